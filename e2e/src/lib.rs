@@ -1,0 +1,21 @@
+//! hotload-e2e: a real Kubernetes cluster on one machine without a container engine, and
+//! the library the end-to-end tests use.
+//!
+//! - [`cluster`]: `cluster up/down/status` — etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler and kube-proxy built from pinned Go modules (`e2e/tools/`), plus
+//! - [`node`]: a node agent that registers Nodes and runs their pods' containers as
+//!   processes, each pod in its own network and mount namespaces ([`runtime`]).
+//! - [`testing`]: start or reuse the cluster, a namespace per test, wait helpers, and a
+//!   dump of pods, events and logs when a test fails.
+
+pub mod cgroup;
+pub mod cluster;
+pub mod images;
+pub mod layout;
+pub mod lock;
+pub mod netplan;
+pub mod node;
+pub mod pki;
+pub mod runtime;
+pub mod testing;
+pub mod testserver;

@@ -1,0 +1,107 @@
+//! `hotload-e2e`: the local cluster's command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use hotload_e2e::{cluster, layout::Layout, node, runtime, testserver};
+
+/// A real Kubernetes cluster on this machine, for Hotload's e2e tests and demo.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Bring the cluster up, tear it down, or show it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run the node agent (started by `cluster up`).
+    NodeAgent(node::AgentArgs),
+    /// Run the e2e test server (the image `hotload/e2e-testserver:dev`).
+    Testserver(testserver::TestServerArgs),
+    /// Internal: hold a pod's namespaces.
+    #[command(hide = true)]
+    Sandbox(runtime::SandboxArgs),
+    /// Internal: enter a pod and exec a container's program.
+    #[command(hide = true)]
+    ContainerInit(runtime::ContainerInitArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Start the cluster (or find it running); prints `export KUBECONFIG=…`.
+    Up(cluster::UpOptions),
+    /// Stop every process and remove the network, cgroups and state.
+    Down {
+        /// Fail if anything of the cluster is left afterwards.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Show the components and Nodes.
+    Status,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // These two run before any thread exists: they enter namespaces and exec.
+    match &cli.command {
+        Command::Sandbox(args) => return runtime::sandbox(args),
+        Command::ContainerInit(args) => return runtime::container_init(args),
+        _ => {}
+    }
+    init_tracing(cli.log_json);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let layout = Layout::from_env();
+        match cli.command {
+            Command::Cluster(ClusterCommand::Up(options)) => {
+                let kubeconfig = cluster::up(&layout, &options).await?;
+                println!("export KUBECONFIG={}", kubeconfig.display());
+                println!(
+                    "export PATH={}:$PATH",
+                    layout.cache().join("bin/current").display()
+                );
+            }
+            Command::Cluster(ClusterCommand::Down { verify }) => {
+                cluster::down(&layout)?;
+                if verify {
+                    let left = cluster::leftovers()?;
+                    anyhow::ensure!(
+                        left.is_empty(),
+                        "left behind after cluster down:\n{}",
+                        left.join("\n")
+                    );
+                    eprintln!(
+                        "cluster down: no process, network namespace, link, cgroup or mount left"
+                    );
+                }
+            }
+            Command::Cluster(ClusterCommand::Status) => {
+                print!("{}", cluster::status(&layout).await?)
+            }
+            Command::NodeAgent(args) => node::run(args).await?,
+            Command::Testserver(args) => testserver::run(args).await?,
+            Command::Sandbox(_) | Command::ContainerInit(_) => unreachable!("handled above"),
+        }
+        Ok(())
+    })
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    // kube's client builder logs every refused connection at ERROR; while `cluster up` polls a
+    // starting apiserver those are expected, and a real failure surfaces as our own error.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

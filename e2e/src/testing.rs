@@ -1,0 +1,279 @@
+//! The e2e test library: start or reuse the local cluster, run each test in its own
+//! namespace, wait for conditions, and on failure print what a person would look at
+//! (pods, events, container logs) before the namespace is deleted.
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn my_test() {
+//!     testing::run(env!("CARGO_BIN_EXE_hotload-e2e"), "my-test", |ns| async move {
+//!         let pods: Api<Pod> = ns.api();
+//!         Ok(())
+//!     })
+//!     .await;
+//! }
+//! ```
+
+use std::fmt::Write as _;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use futures::FutureExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::layout::Layout;
+
+static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Brings the cluster up once per test process (reusing a running one) with the given
+/// `hotload-e2e` binary, and returns the admin kubeconfig.
+pub fn ensure_cluster(e2e_bin: &str) -> Result<PathBuf> {
+    KUBECONFIG
+        .get_or_init(|| {
+            let out = std::process::Command::new(e2e_bin)
+                .args(["cluster", "up"])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("running {e2e_bin} cluster up: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("{e2e_bin} cluster up failed ({})", out.status));
+            }
+            Ok(Layout::from_env().kubeconfig())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A namespace that exists for one test.
+#[derive(Clone)]
+pub struct TestNamespace {
+    /// The namespace's name.
+    pub name: String,
+    /// An admin client.
+    pub client: Client,
+    /// The admin kubeconfig (for kubectl).
+    pub kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    /// An API of namespaced `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Runs kubectl (the cluster's own build) in this namespace; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let kubectl = Layout::from_env().cache().join("bin/current/kubectl");
+        let out = std::process::Command::new(&kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--namespace")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", kubectl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Pods, events and every container's log, for a failing test's output.
+    pub async fn dump(&self) -> String {
+        let mut out = format!("==== namespace {} ====\n", self.name);
+        match self.kubectl(&["get", "pods", "-o", "wide"]) {
+            Ok(table) => out.push_str(&table),
+            Err(e) => {
+                let _ = writeln!(out, "(kubectl get pods failed: {e:#})");
+            }
+        }
+        let events: Api<Event> = self.api();
+        if let Ok(list) = events.list(&ListParams::default()).await {
+            out.push_str("---- events ----\n");
+            for e in list {
+                let _ = writeln!(
+                    out,
+                    "{} {}/{} {}: {}",
+                    e.type_.unwrap_or_default(),
+                    e.involved_object.kind.unwrap_or_default(),
+                    e.involved_object.name.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                );
+            }
+        }
+        let pods: Api<Pod> = self.api();
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let spec = pod.spec.unwrap_or_default();
+                let containers = spec
+                    .init_containers
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(spec.containers);
+                for container in containers {
+                    let params = LogParams {
+                        container: Some(container.name.clone()),
+                        tail_lines: Some(40),
+                        ..Default::default()
+                    };
+                    let log = pods
+                        .logs(&name, &params)
+                        .await
+                        .unwrap_or_else(|e| format!("(no log: {e})\n"));
+                    let _ = write!(out, "---- logs {name}/{} ----\n{log}", container.name);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Runs `body` in a fresh namespace; on error or panic prints [`TestNamespace::dump`], then
+/// deletes the namespace (kept when `HOTLOAD_E2E_KEEP` is set) and fails the test.
+pub async fn run<F, Fut>(e2e_bin: &str, prefix: &str, body: F)
+where
+    F: FnOnce(TestNamespace) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let ns = match namespace(e2e_bin, prefix).await {
+        Ok(ns) => ns,
+        Err(e) => panic!("{prefix}: setting up: {e:#}"),
+    };
+    let failure = match AssertUnwindSafe(body(ns.clone())).catch_unwind().await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(panic) => Some(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+                .unwrap_or_else(|| "panic".into()),
+        ),
+    };
+    if failure.is_some() {
+        eprintln!("{}", ns.dump().await);
+    }
+    let keep = failure.is_some() && std::env::var_os("HOTLOAD_E2E_KEEP").is_some();
+    if !keep {
+        let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+        let _ = namespaces.delete(&ns.name, &DeleteParams::default()).await;
+    }
+    if let Some(message) = failure {
+        panic!("{prefix} (namespace {}): {message}", ns.name);
+    }
+}
+
+async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
+    let kubeconfig = ensure_cluster(e2e_bin)?;
+    let client = crate::cluster::client_for(&kubeconfig).await?;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .subsec_nanos();
+    let name = format!("{prefix}-{:x}", nanos ^ std::process::id());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some([("hotload.dev/e2e".to_string(), "true".to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    // Pods need the namespace's default ServiceAccount, which a controller creates.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &name);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            accounts
+                .get("default")
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        },
+    )
+    .await?;
+    Ok(TestNamespace {
+        name,
+        client,
+        kubeconfig,
+    })
+}
+
+/// Retries `check` every 250 ms until it returns `Ok`, or fails with its last error.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("timed out after {timeout:?} waiting for {what}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// An HTTP GET from the test process (root netns, routed into the cluster); returns the body.
+pub async fn http_get(url: &str) -> Result<String> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// An HTTP POST with an empty body from the test process.
+pub async fn http_post(url: &str) -> Result<String> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .post(url)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    Ok(response.error_for_status()?.text().await?)
+}
+
+/// The pid behind a container status's `hotload://<pid>` container ID.
+pub fn container_pid(container_id: &str) -> Option<u32> {
+    container_id.strip_prefix("hotload://")?.parse().ok()
+}
+
+/// Whether process `pid` is alive on this machine.
+pub fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
