@@ -215,6 +215,13 @@ async fn healthy(layout: &Layout) -> bool {
     if !all_alive {
         return false;
     }
+    // A rebuilt hotload-e2e means a stale node agent: start over with the new one.
+    let agent_exe = read_pid(layout, "node-agent")
+        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+    if agent_exe.is_some_and(|exe| exe.to_string_lossy().ends_with(" (deleted)")) {
+        tracing::info!("hotload-e2e was rebuilt; restarting the cluster");
+        return false;
+    }
     match admin_client(layout).await {
         Ok(client) => apiserver_ready(&client).await,
         Err(_) => false,

@@ -19,3 +19,4 @@ pub mod pki;
 pub mod runtime;
 pub mod testing;
 pub mod testserver;
+pub mod tls;

@@ -255,15 +255,28 @@ async fn exiting_container_restarts_with_backoff() {
         let pods: Api<Pod> = ns.api();
         create(&pods, &pod).await?;
         let created = Instant::now();
+        // restartCount reaching 1, 2 and 3, measured from the pod's creation.
         let mut seen_at: Vec<Duration> = Vec::new();
         let mut saw_backoff = false;
         let deadline = Instant::now() + Duration::from_secs(90);
-        while seen_at.len() < 2 {
-            ensure!(Instant::now() < deadline, "restartCount did not reach 2 (reached {})", seen_at.len());
+        while seen_at.len() < 3 {
+            ensure!(
+                Instant::now() < deadline,
+                "restartCount did not reach 3 (reached {})",
+                seen_at.len()
+            );
             let status = pods.get("crasher").await?.status.unwrap_or_default();
-            let container = status.container_statuses.unwrap_or_default().into_iter().next();
+            let container = status
+                .container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .next();
             if let Some(c) = container {
-                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone());
+                let waiting = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.clone());
                 saw_backoff |= waiting.as_deref() == Some("CrashLoopBackOff");
                 while seen_at.len() < c.restart_count as usize {
                     seen_at.push(created.elapsed());
@@ -275,16 +288,24 @@ async fn exiting_container_restarts_with_backoff() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        ensure!(saw_backoff, "never saw the container waiting in CrashLoopBackOff");
-        let (first, second) = (seen_at[0], seen_at[1] - seen_at[0]);
         ensure!(
-            first >= Duration::from_secs(9) && second >= first + Duration::from_secs(5),
-            "restarts came after {first:?} then {second:?}; the kubelet's back-off is 10 s then 20 s"
+            saw_backoff,
+            "never saw the container waiting in CrashLoopBackOff"
+        );
+        // The kubelet restarts at once the first time, then after 10 s, then 20 s.
+        let gaps = [seen_at[0], seen_at[1] - seen_at[0], seen_at[2] - seen_at[1]];
+        ensure!(
+            gaps[0] < Duration::from_secs(5)
+                && gaps[1] >= Duration::from_secs(9)
+                && gaps[2] >= gaps[1] + Duration::from_secs(5),
+            "restarts came after {gaps:?}; want immediate, then ~10 s, then ~20 s"
         );
         let events: Api<Event> = ns.api();
         let list = events.list(&ListParams::default()).await?;
         ensure!(
-            list.items.iter().any(|e| e.reason.as_deref() == Some("BackOff")),
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("BackOff")),
             "no BackOff event was recorded"
         );
         Ok(())
@@ -507,6 +528,242 @@ async fn unknown_image_is_reported_not_fatal() {
         create(&ns.api(), &deployment("fine", 1, &[])).await?;
         ready_pods(&ns, "fine", 1).await?;
         Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn init_containers_native_sidecars_volumes_and_env() {
+    testing::run(E2E, "sidecar", |ns| async move {
+        let signals = std::env::temp_dir().join(format!("hotload-e2e-{}", ns.name));
+        std::fs::create_dir_all(&signals)?;
+        create(
+            &ns.api::<k8s_openapi::api::core::v1::ConfigMap>(),
+            &from_json(json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hi"}})),
+        )
+        .await?;
+        let server = |name: &str, port: u16| {
+            json!({
+                "name": name,
+                "image": TESTSERVER_IMAGE,
+                "args": ["testserver", "--port", port.to_string(), "--sigterm-file", "/signals/log"],
+                "volumeMounts": [
+                    {"name": "signals", "mountPath": "/signals"},
+                    {"name": "shared", "mountPath": "/shared"},
+                ],
+            })
+        };
+        let mut side = server("side", 9090);
+        side["restartPolicy"] = json!("Always");
+        side["startupProbe"] = json!({"httpGet": {"path": "/healthz", "port": 9090}, "periodSeconds": 1});
+        let mut app = server("app", 8080);
+        app["env"] = json!([
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "MESSAGE", "value": "$(GREETING) from $(POD_NAME)"},
+        ]);
+        app["volumeMounts"].as_array_mut().context("mounts")?.extend([
+            json!({"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}),
+            json!({"name": "meta", "mountPath": "/etc/meta"}),
+        ]);
+        app["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1});
+        let pod: Pod = from_json(json!({
+            "metadata": {"name": "layered", "labels": {"tier": "demo"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 10,
+                "volumes": [
+                    {"name": "signals", "hostPath": {"path": signals}},
+                    {"name": "shared", "emptyDir": {}},
+                    {"name": "cfg", "configMap": {"name": "cfg"}},
+                    {"name": "meta", "downwardAPI": {"items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+                    ]}},
+                ],
+                "initContainers": [
+                    {"name": "setup", "image": TESTSERVER_IMAGE,
+                     "command": ["sh", "-c", "echo init-done > /shared/init"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
+                    side,
+                ],
+                "containers": [app],
+            },
+        }));
+        let pods: Api<Pod> = ns.api();
+        create(&pods, &pod).await?;
+        let pod = eventually("the pod to be Ready", WAIT, || async {
+            let pod = pods.get("layered").await?;
+            ensure!(is_ready(&pod), "not ready yet");
+            Ok(pod)
+        })
+        .await?;
+        let ip = pod_ip(&pod)?;
+        let get = |path: &str| {
+            let url = format!("http://{ip}:8080{path}");
+            async move { http_get(&url).await }
+        };
+        ensure!(get("/file?path=/shared/init").await? == "init-done\n", "init container output missing");
+        ensure!(get("/file?path=/etc/cfg/greeting").await? == "hi", "configMap volume");
+        ensure!(get("/file?path=/etc/meta/labels").await? == "demo", "downwardAPI volume");
+        ensure!(get("/env?name=MESSAGE").await? == "hi from layered", "env expansion");
+        let sa_ns = get("/file?path=/var/run/secrets/kubernetes.io/serviceaccount/namespace").await?;
+        ensure!(sa_ns == ns.name, "service-account namespace file says {sa_ns:?}");
+        // The sidecar shares the pod's network namespace and hostname.
+        let side_says = http_get(&format!("http://{ip}:9090/")).await?;
+        ensure!(side_says == "hello from layered\n", "sidecar answered {side_says:?}");
+
+        let inits = pod.status.clone().unwrap_or_default().init_container_statuses.unwrap_or_default();
+        let setup = inits.iter().find(|c| c.name == "setup").context("setup status")?;
+        let exit = setup.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+        ensure!(exit == Some(0), "init container state {:?}", setup.state);
+        let sidecar = inits.iter().find(|c| c.name == "side").context("sidecar status")?;
+        ensure!(
+            sidecar.started == Some(true) && sidecar.state.as_ref().is_some_and(|s| s.running.is_some()),
+            "sidecar state {:?}",
+            sidecar.state
+        );
+
+        // Deletion stops the app first and the sidecar last.
+        pods.delete("layered", &DeleteParams::default()).await?;
+        eventually("the pod to be gone", WAIT, || async {
+            ensure!(pods.get_opt("layered").await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        let log = std::fs::read_to_string(signals.join("log")).unwrap_or_default();
+        std::fs::remove_dir_all(&signals).ok();
+        ensure!(
+            log == "sigterm layered 8080\nsigterm layered 9090\n",
+            "termination order (app, then sidecar) not kept: {log:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failing_liveness_probe_restarts_the_container() {
+    testing::run(E2E, "liveness", |ns| async move {
+        let pod: Pod = from_json(json!({
+            "metadata": {"name": "sick"},
+            "spec": {"containers": [{
+                "name": "server",
+                "image": TESTSERVER_IMAGE,
+                "args": ["testserver", "--healthy-for", "2"],
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                                  "periodSeconds": 1, "failureThreshold": 2},
+            }]},
+        }));
+        let pods: Api<Pod> = ns.api();
+        create(&pods, &pod).await?;
+        eventually("a liveness restart", WAIT, || async {
+            let status = pods.get("sick").await?.status.unwrap_or_default();
+            let restarts = status
+                .container_statuses
+                .unwrap_or_default()
+                .first()
+                .map_or(0, |c| c.restart_count);
+            ensure!(restarts >= 1, "restartCount {restarts}");
+            Ok(())
+        })
+        .await?;
+        let events: Api<Event> = ns.api();
+        let list = events.list(&ListParams::default()).await?;
+        let unhealthy = |e: &Event| {
+            e.reason.as_deref() == Some("Unhealthy")
+                && e.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("Liveness probe failed")
+        };
+        ensure!(
+            list.items.iter().any(unhealthy),
+            "no Unhealthy event for the liveness probe"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn apiserver_calls_an_in_cluster_admission_webhook() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    testing::run(E2E, "webhook", |ns| async move {
+        let n = ns.name.clone();
+        // A CA and a serving certificate for the webhook Service's DNS name.
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let leaf = rcgen::CertificateParams::new(vec![format!("hook.{n}.svc")])?
+            .signed_by(&key, &issuer)?;
+        let tls: Secret = from_json(json!({"metadata": {"name": "hook-tls"},
+            "stringData": {"tls.crt": leaf.pem(), "tls.key": key.serialize_pem()}}));
+        create(&ns.api(), &tls).await?;
+        let mut hook = deployment(
+            "hook",
+            1,
+            &["--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key"],
+        );
+        let spec = hook.spec.template.spec.as_mut().context("pod spec")?;
+        spec.volumes = Some(vec![from_json(
+            json!({"name": "tls", "secret": {"secretName": "hook-tls"}}),
+        )]);
+        spec.containers[0].volume_mounts =
+            Some(vec![from_json(json!({"name": "tls", "mountPath": "/tls"}))]);
+        create(&ns.api(), &hook).await?;
+        let svc: Service = from_json(json!({"metadata": {"name": "hook"},
+            "spec": {"selector": {"app": "hook"}, "ports": [{"port": 443, "targetPort": 8443}]}}));
+        create(&ns.api(), &svc).await?;
+        ready_pods(&ns, "hook", 1).await?;
+
+        let config_name = format!("e2e-{n}");
+        let webhooks: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
+        let config: MutatingWebhookConfiguration = from_json(json!({
+            "metadata": {"name": config_name},
+            "webhooks": [{
+                "name": "label.hotload.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "clientConfig": {
+                    "service": {"namespace": n, "name": "hook", "path": "/mutate"},
+                    "caBundle": k8s_openapi::ByteString(ca_cert.pem().into_bytes()),
+                },
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["configmaps"]}],
+            }],
+        }));
+        webhooks.create(&PostParams::default(), &config).await?;
+        let mut attempt = 0;
+        let outcome = eventually("the webhook to label a new ConfigMap", WAIT, || {
+            attempt += 1;
+            let configmaps: Api<ConfigMap> = ns.api();
+            async move {
+                let probe: ConfigMap =
+                    from_json(json!({"metadata": {"name": format!("probe-{attempt}")}}));
+                let created = create(&configmaps, &probe).await?;
+                let label = created
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .get("hotload.dev/mutated")
+                    .cloned();
+                ensure!(
+                    label.as_deref() == Some("true"),
+                    "labels were not mutated: {label:?}"
+                );
+                Ok(())
+            }
+        })
+        .await;
+        webhooks
+            .delete(&config_name, &DeleteParams::default())
+            .await?;
+        outcome
     })
     .await;
 }

@@ -45,7 +45,7 @@ pub fn render_hosts(pod_name: &str, pod_ip: &str, namespace: &str, services: &[S
 pub fn render_resolv_conf(namespace: &str) -> String {
     format!(
         "search {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n\
-         options ndots:5\n"
+         options ndots:5 timeout:1 attempts:1\n"
     )
 }
 

@@ -201,8 +201,10 @@ impl Agent {
         let Ok(hosts) = self.hosts.lock() else { return };
         for file in hosts.values() {
             let text = dns::render_hosts(&file.name, &file.ip, &file.namespace, &services);
-            if std::fs::read_to_string(&file.path).ok().as_deref() != Some(text.as_str()) {
-                let _ = std::fs::write(&file.path, text);
+            if std::fs::read_to_string(&file.path).ok().as_deref() != Some(text.as_str())
+                && let Err(e) = std::fs::write(&file.path, text)
+            {
+                tracing::warn!(path = %file.path.display(), error = %e, "writing /etc/hosts");
             }
         }
     }
@@ -270,7 +272,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind((NODE_IP, port))
             .await
             .with_context(|| format!("binding the kubelet API on {NODE_IP}:{port}"))?;
-        let tls = server::tls_acceptor(&args.tls_cert, &args.tls_key, &args.client_ca)?;
+        let tls = crate::tls::acceptor(&args.tls_cert, &args.tls_key, Some(&args.client_ca))?;
         tokio::spawn(server::serve(agent.clone(), listener, tls));
     }
     tokio::spawn(heartbeat(client.clone(), args.nodes));

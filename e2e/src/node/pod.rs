@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Agent;
 use super::container::{Outcome, record_for, supervise};
-use super::dns::{render_hosts, render_resolv_conf};
+use super::dns::render_resolv_conf;
 use super::env::PodFacts;
 use super::restart::ContainerKind;
 use super::sandbox::Sandbox;
@@ -400,11 +400,10 @@ async fn set_up(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
-    let services = agent.services();
-    let hosts = render_hosts(&name, &facts.pod_ip, &namespace, &services);
-    let written = std::fs::write(dir.join("hosts"), hosts)
-        .and_then(|()| std::fs::write(dir.join("resolv.conf"), render_resolv_conf(&namespace)));
-    if let Err(e) = written {
+    // Registered before the first render, so a Service that appears in between is not missed.
+    agent.register_hosts(&uid, &namespace, &name, &facts.pod_ip, &dir.join("hosts"));
+    agent.refresh_hosts();
+    if let Err(e) = std::fs::write(dir.join("resolv.conf"), render_resolv_conf(&namespace)) {
         warn("FailedCreatePodSandBox", format!("writing /etc/hosts: {e}")).await;
     }
     let grace = pod

@@ -30,13 +30,15 @@ pub fn should_restart(kind: ContainerKind, pod_policy: &str, exit_code: i32) -> 
     }
 }
 
-/// The delay before the next restart: `base` at first, doubling up to [`MAX_BACKOFF`], and
-/// back to `base` once a run lasted twice the maximum (the kubelet's reset rule).
+/// The delay before the next restart, the kubelet's way: the first restart is immediate,
+/// then `base`, doubling up to [`MAX_BACKOFF`]; a run that lasted twice the maximum resets
+/// the sequence. `previous` is the last delay (`None` before the first failure).
 pub fn next_backoff(previous: Option<Duration>, ran_for: Duration, base: Duration) -> Duration {
     match previous {
-        Some(_) if ran_for >= 2 * MAX_BACKOFF => base,
+        None => Duration::ZERO,
+        Some(_) if ran_for >= 2 * MAX_BACKOFF => Duration::ZERO,
+        Some(previous) if previous.is_zero() => base,
         Some(previous) => (previous * 2).min(MAX_BACKOFF),
-        None => base,
     }
 }
 
@@ -59,20 +61,24 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_caps_and_resets() {
+    fn backoff_starts_immediate_then_doubles_caps_and_resets() {
         let base = Duration::from_secs(10);
         let short = Duration::from_secs(1);
         let first = next_backoff(None, short, base);
-        assert_eq!(first, base);
+        assert_eq!(first, Duration::ZERO);
         let second = next_backoff(Some(first), short, base);
-        assert_eq!(second, Duration::from_secs(20));
+        assert_eq!(second, base);
+        assert_eq!(
+            next_backoff(Some(second), short, base),
+            Duration::from_secs(20)
+        );
         assert_eq!(
             next_backoff(Some(Duration::from_secs(200)), short, base),
             MAX_BACKOFF
         );
         assert_eq!(
             next_backoff(Some(MAX_BACKOFF), Duration::from_secs(600), base),
-            base
+            Duration::ZERO
         );
     }
 }
