@@ -6,7 +6,7 @@ export GOTOOLCHAIN := local
 
 E2E := cargo run --quiet -p hotload-e2e --
 
-.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down
+.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds
 
 ## test: everything CI runs: formatting, clippy, unit tests, e2e on the local cluster
 test: deps fmt lint unit e2e
@@ -43,3 +43,7 @@ cluster-up: deps
 
 cluster-down:
 	$(E2E) cluster down --verify
+
+## crds: regenerate crds/ from the Rust API types (a test fails when they are stale)
+crds:
+	cargo run --quiet -p hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml

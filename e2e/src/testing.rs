@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
@@ -219,6 +219,43 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
         client,
         kubeconfig,
     })
+}
+
+/// Applies every CRD in the repository's `crds/` (server-side apply) and waits until the
+/// API server serves them.
+pub async fn apply_crds(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let params = PatchParams::apply("hotload-e2e").force();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying {}", path.display()))?;
+        eventually(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = crds.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                ensure!(established, "not established yet");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Retries `check` every 250 ms until it returns `Ok`, or fails with its last error.

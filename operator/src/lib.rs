@@ -1,5 +1,11 @@
-//! The Hotload operator: the `PluginRelease` API, the rollout engine, the sidecar channel
+//! The Hotload operator: the `PluginRelease` API, the rollout planner, the sidecar channel
 //! server, the status writer, sidecar injection and metrics.
 //!
-//! Not built yet: the [operator] issue fills this crate in. It is a workspace member now
-//! so the workspace, CI and the e2e cluster's image map have their final shape.
+//! ```text
+//!  PluginRelease ─┐                       ┌─▶ Assign{plugin, revision} to sidecars
+//!  Pods (meta)  ──┼─▶ planner::plan(…) ───┤
+//!  sidecar acks ──┘    (pure)             └─▶ status (server-side apply), events
+//! ```
+
+pub mod api;
+pub mod revision;

@@ -1,0 +1,436 @@
+//! The `PluginRelease` API (`hotload.dev/v1alpha1`): what a platform team applies, and the
+//! status the operator reports. The CRD in `crds/` is generated from these types
+//! (`hotload-operator crd`); every doc comment becomes a `kubectl explain` description, and
+//! the CEL rules make the API server refuse a bad spec with a message that names the field.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// A plugin artifact pinned by digest, rolled out to the pods a selector picks, without
+/// restarting them.
+// clippy reads the repeated `type_ = …` inside each `printcolumn(…)` as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hotload.dev",
+    version = "v1alpha1",
+    kind = "PluginRelease",
+    namespaced,
+    status = "PluginReleaseStatus",
+    shortname = "plr",
+    category = "hotload",
+    printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.plugin"),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.targetRevision"
+    ),
+    printcolumn(name = "Updated", type_ = "string", json_path = ".status.progress"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginReleaseSpec {
+    /// The plugin slot this release fills in the application (for example `auth-filter`).
+    /// Each pod runs at most one release per plugin.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63")
+        .message("plugin must be a DNS label: lowercase letters, digits and '-', at most 63 characters"))]
+    #[schemars(length(max = 63))]
+    pub plugin: String,
+
+    /// The pods that load the plugin, by label. It must not be empty: an empty selector would
+    /// pick every pod in the namespace.
+    #[x_kube(validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)")
+        .message("selector must not be empty: give matchLabels or matchExpressions"))]
+    pub selector: LabelSelector,
+
+    /// The artifact to load.
+    pub artifact: Artifact,
+
+    /// Free-form configuration handed to the plugin with every load. A change of config is a
+    /// new revision, rolled out like a new artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub config: Option<serde_json::Value>,
+
+    /// How the new revision spreads over the selected pods.
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// What happens when pods fail to load the new revision.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+
+    /// Seconds the rollout may go without progress (a pod loading the new revision) before
+    /// the release is marked Degraded with reason ProgressDeadlineExceeded. Default 600.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: i32,
+
+    /// Stops the rollout where it is; set it back to false to continue. Also releases a
+    /// canary step that pauses until resumed.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// How many past revisions `status.history` keeps. Default 10.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub revision_history_limit: i32,
+}
+
+/// Where the plugin comes from and what it must hash to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// `oci://registry/repository:tag` (OCI distribution API) or `https://host/path`.
+    #[x_kube(validation = Rule::new("self.startsWith('oci://') || self.startsWith('https://')")
+        .message("artifact.url must start with oci:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub url: String,
+
+    /// The artifact's sha256 digest, `sha256:` and 64 lowercase hex digits. Nothing that
+    /// hashes otherwise is ever handed to an application.
+    #[x_kube(validation = Rule::new("self.matches('^sha256:[a-f0-9]{64}$')")
+        .message("artifact.digest must be sha256: followed by 64 lowercase hex digits"))]
+    #[schemars(length(max = 80))]
+    pub digest: String,
+
+    /// A Secret in the release's namespace with registry credentials
+    /// (`kubernetes.io/dockerconfigjson`) or `username`/`password` keys for HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
+
+    /// Require a cosign signature made with this key; an unsigned or wrongly signed
+    /// artifact is never loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignaturePolicy>,
+}
+
+/// A signature the artifact must carry.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SignaturePolicy {
+    /// The PEM-encoded public key the cosign signature must verify against.
+    pub public_key: String,
+}
+
+/// The rollout strategy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    /// How many selected pods may be switching to the new revision at once: a number, or a
+    /// percentage of the selected pods rounded up (never less than one pod). Default 25%.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(schema_with = "int_or_percent")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')")
+        .message("maxUnavailable must be a whole number of at least 1, or a percentage from 0% to 100%"))]
+    pub max_unavailable: IntOrString,
+
+    /// Canary steps, in order. Without steps the rollout goes to every pod, in batches of
+    /// maxUnavailable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub steps: Vec<Step>,
+
+    /// Seconds a pod must have run the new revision before it counts as updated (and the
+    /// next batch may start).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: i32,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self {
+            max_unavailable: default_max_unavailable(),
+            steps: Vec::new(),
+            min_ready_seconds: 0,
+        }
+    }
+}
+
+/// One canary step: grow to a percentage of the pods, then optionally hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.percent) || has(self.pause)")
+    .message("a step needs percent, pause, or both"))]
+pub struct Step {
+    /// The share of the selected pods (1 to 100) that run the new revision at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<i32>,
+
+    /// Hold once the step's pods are updated: for a duration, or until resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+}
+
+/// A hold in a canary rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    /// How long to hold, like `30s`, `5m` or `1h`. Without it the rollout holds until resumed
+    /// (`spec.paused` set to true and back to false, or `kubectl hotload resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(s|m|h)$')")
+        .message("pause.duration must be a whole number of seconds, minutes or hours, like 30s, 5m or 1h"))]
+    #[schemars(length(max = 12))]
+    pub duration: Option<String>,
+}
+
+/// What to do when pods fail to load the new revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// `Rollback` (default) loads the stable revision back on every pod the rollout touched;
+    /// `Pause` stops the rollout where it is for a person to look.
+    #[serde(default)]
+    pub action: FailureAction,
+
+    /// How many pods may fail before the action is taken: a number, or a percentage of the
+    /// selected pods. Default 0: the first failure acts.
+    #[serde(default = "default_max_failures")]
+    #[schemars(schema_with = "int_or_percent")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')")
+        .message("maxFailures must be a whole number of at least 0, or a percentage from 0% to 100%"))]
+    pub max_failures: IntOrString,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self {
+            action: FailureAction::Rollback,
+            max_failures: default_max_failures(),
+        }
+    }
+}
+
+/// The response to failed loads.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailureAction {
+    /// Load the stable revision back everywhere the rollout reached.
+    #[default]
+    Rollback,
+    /// Stop where the rollout is.
+    Pause,
+}
+
+fn default_progress_deadline() -> i32 {
+    600
+}
+
+fn default_history_limit() -> i32 {
+    10
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::String("25%".into())
+}
+
+fn default_max_failures() -> IntOrString {
+    IntOrString::Int(0)
+}
+
+/// A count or a percentage; bounded in length so CEL rules on it stay cheap for the API server.
+fn int_or_percent(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 4}]
+    })
+}
+
+/// Arbitrary JSON kept as written (the API server must not prune it).
+fn free_form(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "Free-form configuration handed to the plugin with every load. A change of config is a new revision, rolled out like a new artifact."
+    })
+}
+
+/// What the operator observed and did, written only by the operator (server-side apply).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginReleaseStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Progressing, Paused, Completed, Degraded or RolledBack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The revision being rolled out (hash of the artifact digest and the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+
+    /// The last revision every pod ran successfully; rollbacks return to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+
+    /// The canary step in progress (0-based), when the strategy has steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<i32>,
+
+    /// When the current step (or pause) began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+
+    /// "updated/matched", for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// Pods the selector matches.
+    #[serde(default)]
+    pub matched: i32,
+    /// Pods that run the target revision (loaded for minReadySeconds).
+    #[serde(default)]
+    pub updated: i32,
+    /// Pods whose plugin is loaded and healthy, whatever the revision.
+    #[serde(default)]
+    pub ready: i32,
+    /// Pods whose last load failed.
+    #[serde(default)]
+    pub failed: i32,
+    /// Pods whose sidecar is not connected to the operator.
+    #[serde(default)]
+    pub unreachable: i32,
+
+    /// Ready, Progressing and Degraded, in kstatus form (`kubectl wait`, Argo CD and Flux
+    /// read them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Per-pod acknowledgements: every pod up to 256, beyond that the ones not converged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodAck>,
+
+    /// Past revisions, newest first, at most spec.revisionHistoryLimit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionRecord>,
+
+    /// What is happening, for a person; names the first failure's pod and cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The `hotload.dev/retry` annotation value already acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_token: Option<String>,
+
+    /// The `hotload.dev/resume` annotation value already acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+
+    /// When the rollout last made progress (for progressDeadlineSeconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_at: Option<Time>,
+}
+
+/// Where a release is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading the target revision on more pods.
+    Progressing,
+    /// Held by spec.paused or a canary pause step.
+    Paused,
+    /// Every selected pod runs the target revision.
+    Completed,
+    /// Failed loads or a missed deadline; see conditions and message.
+    Degraded,
+    /// The target failed and every touched pod was sent back to the stable revision.
+    RolledBack,
+}
+
+/// One pod's acknowledgement of its assignment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAck {
+    /// The pod's name.
+    pub pod: String,
+    /// The revision the pod was told to run.
+    pub revision: String,
+    /// Pending, Loading, Loaded, Failed or Unreachable.
+    pub state: AckState,
+    /// Why a load failed (or the pod is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when the pod is in this state.
+    pub since: Time,
+}
+
+/// A pod's plugin state as its sidecar reported it.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum AckState {
+    /// Assigned, not yet acknowledged.
+    Pending,
+    /// The sidecar is fetching or the app is loading.
+    Loading,
+    /// Loaded and healthy.
+    Loaded,
+    /// The load failed; the previous revision keeps serving.
+    Failed,
+    /// The pod's sidecar is not connected.
+    Unreachable,
+}
+
+/// A revision the release has rolled out.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// The revision hash.
+    pub revision: String,
+    /// The artifact URL.
+    pub url: String,
+    /// The artifact digest.
+    pub digest: String,
+    /// When the rollout of this revision began.
+    pub started_at: Time,
+    /// Progressing, Stable, Failed, RolledBack or Superseded.
+    pub outcome: Outcome,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How a revision's rollout ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still rolling out.
+    Progressing,
+    /// Reached every pod.
+    Stable,
+    /// Failed; the policy paused the rollout.
+    Failed,
+    /// Failed; the fleet went back to the stable revision.
+    RolledBack,
+    /// A newer spec replaced it before it finished.
+    Superseded,
+}
+
+/// The CRD as YAML, as committed in `crds/`.
+pub fn crd_yaml() -> anyhow::Result<String> {
+    use kube::CustomResourceExt;
+    let yaml = serde_saphyr::to_string(&PluginRelease::crd())?;
+    Ok(format!(
+        "# Generated by `hotload-operator crd`; do not edit.\n---\n{yaml}"
+    ))
+}
+
+/// `namespace/name` of a release, for messages and logs.
+pub fn describe(release: &PluginRelease) -> String {
+    use kube::ResourceExt;
+    format!(
+        "{}/{}",
+        release.namespace().unwrap_or_default(),
+        release.name_any()
+    )
+}

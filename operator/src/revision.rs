@@ -1,0 +1,67 @@
+//! Revisions: what a pod must run, named by a hash of everything that changes what loads.
+
+use sha2::{Digest, Sha256};
+
+use crate::api::PluginReleaseSpec;
+
+/// The revision of a spec: the first 10 hex digits of sha256 over the artifact digest and
+/// the canonical JSON of the config. The URL is left out on purpose: the same bytes from a
+/// mirror are the same revision, so moving registries rolls nothing out.
+pub fn revision_of(spec: &PluginReleaseSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(spec.artifact.digest.as_bytes());
+    hasher.update(b"\n");
+    // serde_json sorts object keys (no preserve_order feature), so equal configs hash equally.
+    let config = spec
+        .config
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    hasher.update(config.as_bytes());
+    let digest = hasher.finalize();
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Artifact;
+
+    fn spec(digest: &str, url: &str, config: Option<serde_json::Value>) -> PluginReleaseSpec {
+        serde_json::from_value(serde_json::json!({
+            "plugin": "auth",
+            "selector": {"matchLabels": {"app": "shop"}},
+            "artifact": Artifact {
+                url: url.into(),
+                digest: digest.into(),
+                pull_secret: None,
+                signature: None,
+            },
+            "config": config,
+        }))
+        .unwrap()
+    }
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn digest_and_config_make_the_revision_url_does_not() {
+        let base = revision_of(&spec(A, "oci://r/p:1", None));
+        assert_eq!(base.len(), 10);
+        assert_eq!(base, revision_of(&spec(A, "https://mirror/p.wasm", None)));
+        assert_ne!(base, revision_of(&spec(B, "oci://r/p:1", None)));
+        let with_config = revision_of(&spec(A, "oci://r/p:1", Some(serde_json::json!({"x": 1}))));
+        assert_ne!(base, with_config);
+    }
+
+    #[test]
+    fn config_key_order_does_not_matter() {
+        let one = serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let two = serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
+        assert_eq!(
+            revision_of(&spec(A, "oci://r/p:1", Some(one))),
+            revision_of(&spec(A, "oci://r/p:1", Some(two)))
+        );
+    }
+}
