@@ -8,4 +8,5 @@
 //! ```
 
 pub mod api;
+pub mod planner;
 pub mod revision;

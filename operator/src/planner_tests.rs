@@ -1,0 +1,572 @@
+//! Rollout planner scenarios: each test walks a fleet through plans the way the controller
+//! would, feeding each plan's status and assignments back in as the next input.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+
+use super::*;
+use crate::api::{AckState, FailureAction, Outcome, Phase, PluginReleaseSpec, PluginReleaseStatus};
+
+const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn spec(digest: &str, strategy: serde_json::Value) -> PluginReleaseSpec {
+    serde_json::from_value(json!({
+        "plugin": "auth",
+        "selector": {"matchLabels": {"app": "shop"}},
+        "artifact": {"url": "oci://127.0.0.1:5000/auth:1", "digest": digest},
+        "strategy": strategy,
+    }))
+    .unwrap()
+}
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1_800_000_000 + seconds)
+}
+
+/// A fleet and the clock, advanced by applying plans and sidecar reports.
+struct Fleet {
+    spec: PluginReleaseSpec,
+    status: PluginReleaseStatus,
+    pods: Vec<PodView>,
+    annotations: BTreeMap<String, String>,
+    now: i64,
+    generation: i64,
+}
+
+impl Fleet {
+    /// `n` pods that all run `spec`'s revision as the stable one.
+    fn stable(n: usize, spec: PluginReleaseSpec) -> Self {
+        let mut fleet = Fleet {
+            spec,
+            status: PluginReleaseStatus::default(),
+            pods: (0..n).map(|i| pod(&format!("pod-{i}"))).collect(),
+            annotations: BTreeMap::new(),
+            now: 0,
+            generation: 1,
+        };
+        fleet.converge(100);
+        assert_eq!(fleet.status.phase, Some(Phase::Completed));
+        fleet
+    }
+
+    fn plan(&mut self) -> Plan {
+        let input = Input {
+            spec: &self.spec,
+            generation: self.generation,
+            annotations: &self.annotations,
+            status: &self.status,
+            pods: &self.pods,
+            now: t(self.now),
+        };
+        let plan = plan(&input);
+        self.status = plan.status.clone();
+        for (name, revision) in &plan.assign {
+            let now = t(self.now);
+            let pod = self.pods.iter_mut().find(|p| &p.name == name).unwrap();
+            pod.assigned = revision.clone();
+            pod.state = AckState::Pending;
+            pod.reason = None;
+            pod.since = now;
+        }
+        plan
+    }
+
+    /// Every pod with a pending assignment loads it.
+    fn load_all(&mut self) {
+        let now = t(self.now);
+        for pod in self
+            .pods
+            .iter_mut()
+            .filter(|p| p.state == AckState::Pending && p.connected)
+        {
+            pod.serving = pod.assigned.clone();
+            pod.state = AckState::Loaded;
+            pod.since = now;
+        }
+    }
+
+    fn fail(&mut self, name: &str, reason: &str) {
+        let now = t(self.now);
+        let pod = self.pods.iter_mut().find(|p| p.name == name).unwrap();
+        pod.state = AckState::Failed;
+        pod.reason = Some(reason.into());
+        pod.since = now;
+    }
+
+    /// Plans and loads until nothing changes (at most `rounds` times).
+    fn converge(&mut self, rounds: usize) -> Vec<Note> {
+        let mut notes = Vec::new();
+        for _ in 0..rounds {
+            let plan = self.plan();
+            notes.extend(plan.notes);
+            if plan.assign.is_empty() && !self.pods.iter().any(|p| p.state == AckState::Pending) {
+                break;
+            }
+            self.load_all();
+            self.now += 1;
+        }
+        notes
+    }
+
+    fn apply(&mut self, spec: PluginReleaseSpec) {
+        self.spec = spec;
+        self.generation += 1;
+    }
+
+    fn on(&self, revision: &str) -> usize {
+        self.pods
+            .iter()
+            .filter(|p| p.serving.as_deref() == Some(revision))
+            .count()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let c = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+}
+
+fn pod(name: &str) -> PodView {
+    PodView {
+        name: name.into(),
+        connected: true,
+        assigned: None,
+        serving: None,
+        state: AckState::Pending,
+        reason: None,
+        since: t(0),
+        conflict: None,
+    }
+}
+
+fn rev(digest: &str) -> String {
+    revision_of(&spec(digest, json!({})))
+}
+
+#[test]
+fn rollout_goes_in_batches_of_max_unavailable_then_completes() {
+    let mut fleet = Fleet::stable(5, spec(OLD, json!({"maxUnavailable": 2})));
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 2})));
+    let new = rev(NEW);
+
+    let first = fleet.plan();
+    assert_eq!(first.assign.len(), 2, "first batch: {:?}", first.assign);
+    assert!(
+        first
+            .assign
+            .iter()
+            .all(|(_, r)| r.as_deref() == Some(new.as_str()))
+    );
+    assert_eq!(fleet.status.phase, Some(Phase::Progressing));
+    assert_eq!(fleet.status.target_revision.as_deref(), Some(new.as_str()));
+    assert_eq!(fleet.status.history[0].outcome, Outcome::Progressing);
+    assert!(first.notes.iter().any(|n| n.reason == "RolloutStarted"));
+    // Nothing more until the batch acknowledges.
+    assert!(fleet.plan().assign.is_empty());
+
+    fleet.load_all();
+    assert_eq!(fleet.plan().assign.len(), 2, "second batch");
+    fleet.load_all();
+    assert_eq!(fleet.plan().assign.len(), 1, "last pod");
+    fleet.load_all();
+    let done = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.status.stable_revision.as_deref(), Some(new.as_str()));
+    assert_eq!(fleet.status.progress.as_deref(), Some("5/5"));
+    assert_eq!(fleet.status.history[0].outcome, Outcome::Stable);
+    assert_eq!(
+        fleet.status.history[1].outcome,
+        Outcome::Stable,
+        "the old revision stays in history"
+    );
+    assert_eq!(
+        fleet.condition("Ready"),
+        ("True".into(), "RolloutCompleted".into())
+    );
+    assert_eq!(fleet.condition("Progressing").0, "False");
+    assert!(done.notes.iter().any(|n| n.reason == "RolloutCompleted"));
+    assert_eq!(fleet.on(&new), 5);
+}
+
+#[test]
+fn percentages_round_up_to_at_least_one_pod_and_failures_round_down() {
+    let pct = |s: &str| IntOrString::String(s.into());
+    assert_eq!(max_unavailable(&pct("10%"), 5), 1);
+    assert_eq!(
+        max_unavailable(&pct("0%"), 5),
+        1,
+        "a percentage never blocks the rollout"
+    );
+    assert_eq!(max_unavailable(&pct("25%"), 10), 3);
+    assert_eq!(max_unavailable(&pct("100%"), 7), 7);
+    assert_eq!(max_unavailable(&IntOrString::Int(3), 2), 3);
+    assert_eq!(max_failures(&pct("10%"), 5), 0);
+    assert_eq!(max_failures(&pct("50%"), 5), 2);
+    assert_eq!(max_failures(&IntOrString::Int(1), 5), 1);
+    assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("soon"), None);
+}
+
+#[test]
+fn min_ready_seconds_holds_the_next_batch() {
+    let strategy = json!({"maxUnavailable": 1, "minReadySeconds": 10});
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.apply(spec(NEW, strategy));
+    assert_eq!(fleet.plan().assign.len(), 1);
+    fleet.load_all();
+    fleet.now += 5;
+    let waiting = fleet.plan();
+    assert!(
+        waiting.assign.is_empty(),
+        "loaded 5s ago, minReadySeconds is 10"
+    );
+    assert!(waiting.requeue_after.is_some());
+    assert_eq!(fleet.status.updated, 0);
+    fleet.now += 6;
+    assert_eq!(
+        fleet.plan().assign.len(),
+        1,
+        "after minReadySeconds the next pod goes"
+    );
+}
+
+#[test]
+fn canary_step_pauses_until_resumed_by_annotation() {
+    let strategy = json!({"maxUnavailable": "100%", "steps": [{"percent": 20, "pause": {}}, {"percent": 100}]});
+    let mut fleet = Fleet::stable(10, spec(OLD, json!({})));
+    fleet.apply(spec(NEW, strategy));
+    let new = rev(NEW);
+    assert_eq!(fleet.plan().assign.len(), 2, "20% of 10");
+    fleet.load_all();
+    let paused = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Paused));
+    assert!(paused.notes.iter().any(|n| n.reason == "RolloutPaused"));
+    assert_eq!(
+        fleet.condition("Progressing"),
+        ("False".into(), "RolloutPaused".into())
+    );
+    fleet.now += 3600;
+    assert!(fleet.plan().assign.is_empty(), "an open-ended pause holds");
+    assert_eq!(fleet.on(&new), 2);
+
+    fleet
+        .annotations
+        .insert(RESUME_ANNOTATION.into(), "1".into());
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&new), 10);
+}
+
+#[test]
+fn canary_pause_is_released_by_toggling_spec_paused() {
+    let strategy = json!({"steps": [{"percent": 20, "pause": {}}]});
+    let mut fleet = Fleet::stable(5, spec(OLD, json!({})));
+    fleet.apply(spec(NEW, strategy.clone()));
+    fleet.converge(5);
+    assert_eq!(fleet.status.phase, Some(Phase::Paused));
+    assert_eq!(fleet.on(&rev(NEW)), 1);
+    let mut paused = spec(NEW, strategy.clone());
+    paused.paused = true;
+    fleet.apply(paused);
+    fleet.converge(3);
+    assert_eq!(fleet.on(&rev(NEW)), 1, "still held");
+    fleet.apply(spec(NEW, strategy));
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(NEW)), 5);
+}
+
+#[test]
+fn timed_pause_ends_by_itself() {
+    let strategy =
+        json!({"maxUnavailable": "100%", "steps": [{"percent": 50, "pause": {"duration": "30s"}}]});
+    let mut fleet = Fleet::stable(4, spec(OLD, json!({})));
+    fleet.apply(spec(NEW, strategy));
+    fleet.plan();
+    fleet.load_all();
+    let held = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Paused));
+    assert_eq!(held.requeue_after, Some(Duration::from_secs(30)));
+    fleet.now += 10;
+    assert_eq!(fleet.plan().requeue_after, Some(Duration::from_secs(20)));
+    fleet.now += 21;
+    let go = fleet.plan();
+    assert_eq!(go.assign.len(), 2, "the rest after the pause");
+    assert!(go.notes.iter().any(|n| n.reason == "RolloutStep"));
+}
+
+#[test]
+fn a_failed_load_rolls_every_touched_pod_back_and_names_the_cause() {
+    let mut fleet = Fleet::stable(5, spec(OLD, json!({"maxUnavailable": 2})));
+    let old = rev(OLD);
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 2})));
+    let batch = fleet.plan().assign;
+    fleet.load_all();
+    fleet.fail(&batch[1].0, "self-check trapped: unreachable");
+    let plan = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    let message = fleet.status.message.clone().unwrap();
+    assert!(
+        message.contains(&batch[1].0) && message.contains("self-check trapped"),
+        "{message}"
+    );
+    assert_eq!(
+        plan.assign.len(),
+        2,
+        "both touched pods go back: {:?}",
+        plan.assign
+    );
+    assert!(
+        plan.assign
+            .iter()
+            .all(|(_, r)| r.as_deref() == Some(old.as_str()))
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.warning && n.reason == "RolledBack")
+    );
+    assert_eq!(
+        fleet.condition("Degraded"),
+        ("True".into(), "RolledBack".into())
+    );
+    assert_eq!(fleet.condition("Ready").0, "False");
+    assert_eq!(fleet.status.history[0].outcome, Outcome::RolledBack);
+
+    fleet.load_all();
+    fleet.converge(5);
+    assert_eq!(
+        fleet.status.phase,
+        Some(Phase::RolledBack),
+        "stays rolled back"
+    );
+    assert_eq!(fleet.on(&old), 5);
+    assert_eq!(fleet.status.stable_revision.as_deref(), Some(old.as_str()));
+}
+
+#[test]
+fn pause_policy_holds_where_it_failed() {
+    let policy = json!({"maxUnavailable": 1});
+    let mut failing = spec(NEW, policy.clone());
+    failing.failure_policy.action = FailureAction::Pause;
+    let mut fleet = Fleet::stable(3, spec(OLD, policy));
+    fleet.apply(failing);
+    let batch = fleet.plan().assign;
+    fleet.fail(&batch[0].0, "invalid wasm");
+    let plan = fleet.plan();
+    assert!(plan.assign.is_empty());
+    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    assert_eq!(fleet.status.history[0].outcome, Outcome::Failed);
+    fleet.now += 60;
+    assert!(
+        fleet.plan().assign.is_empty(),
+        "no further pods after a paused failure"
+    );
+}
+
+#[test]
+fn max_failures_tolerates_that_many() {
+    let mut tolerant = spec(NEW, json!({"maxUnavailable": "100%"}));
+    tolerant.failure_policy.max_failures = IntOrString::Int(1);
+    let mut fleet = Fleet::stable(4, spec(OLD, json!({})));
+    fleet.apply(tolerant);
+    fleet.plan();
+    fleet.load_all();
+    fleet.fail("pod-2", "flaky");
+    fleet.plan();
+    assert_ne!(fleet.status.phase, Some(Phase::RolledBack));
+    assert_eq!(fleet.status.failed, 1);
+    assert_eq!(
+        fleet.status.pods[0].pod, "pod-2",
+        "failures are listed first"
+    );
+}
+
+#[test]
+fn retry_annotation_tries_a_rolled_back_revision_again() {
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 1})));
+    let batch = fleet.plan().assign;
+    fleet.fail(&batch[0].0, "missing host function");
+    fleet.plan();
+    fleet.load_all();
+    fleet.converge(3);
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+
+    fleet
+        .annotations
+        .insert(RETRY_ANNOTATION.into(), "after-fix".into());
+    let retry = fleet.plan();
+    assert!(retry.notes.iter().any(|n| n.reason == "RolloutRetried"));
+    assert_eq!(retry.assign.len(), 1);
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(NEW)), 2);
+}
+
+#[test]
+fn reverting_the_spec_returns_to_the_stable_revision_from_cache() {
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 1})));
+    fleet.plan();
+    fleet.load_all();
+    fleet.plan();
+    assert_eq!(fleet.on(&rev(NEW)), 1);
+    // GitOps revert: the old artifact again.
+    fleet.apply(spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.converge(5);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(OLD)), 3);
+    let new = fleet
+        .status
+        .history
+        .iter()
+        .find(|r| r.revision == rev(NEW))
+        .unwrap();
+    assert_eq!(new.outcome, Outcome::Superseded);
+}
+
+#[test]
+fn pods_appearing_mid_rollout_start_stable_and_vanished_pods_do_not_block() {
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 1})));
+    fleet.plan();
+    fleet.pods.push(pod("late"));
+    let plan = fleet.plan();
+    assert!(
+        plan.assign.contains(&("late".into(), Some(rev(OLD)))),
+        "{:?}",
+        plan.assign
+    );
+    fleet.load_all();
+    fleet.pods.retain(|p| p.name != "pod-2");
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.status.matched, 3);
+    assert_eq!(fleet.on(&rev(NEW)), 3);
+}
+
+#[test]
+fn a_stalled_rollout_turns_degraded_after_the_deadline_but_goes_on() {
+    let mut slow = spec(NEW, json!({"maxUnavailable": 1}));
+    slow.progress_deadline_seconds = 60;
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({})));
+    fleet.apply(slow);
+    fleet.plan();
+    fleet.now += 30;
+    assert_eq!(fleet.plan().status.phase, Some(Phase::Progressing));
+    fleet.now += 31;
+    let late = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    assert!(
+        late.notes
+            .iter()
+            .any(|n| n.reason == "ProgressDeadlineExceeded")
+    );
+    assert_eq!(
+        fleet.condition("Degraded"),
+        ("True".into(), "ProgressDeadlineExceeded".into())
+    );
+    fleet.load_all();
+    fleet.converge(5);
+    assert_eq!(
+        fleet.status.phase,
+        Some(Phase::Completed),
+        "progress clears Degraded"
+    );
+}
+
+#[test]
+fn spec_paused_stops_new_assignments() {
+    let mut paused = spec(NEW, json!({"maxUnavailable": 1}));
+    paused.paused = true;
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({})));
+    fleet.apply(paused);
+    assert!(fleet.plan().assign.is_empty());
+    assert_eq!(fleet.status.phase, Some(Phase::Paused));
+}
+
+#[test]
+fn unreachable_pods_wait_and_are_reported() {
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({})));
+    fleet.pods[0].connected = false;
+    fleet.apply(spec(NEW, json!({"maxUnavailable": "100%"})));
+    let plan = fleet.plan();
+    assert_eq!(plan.assign, vec![("pod-1".to_string(), Some(rev(NEW)))]);
+    assert_eq!(fleet.status.unreachable, 1);
+    let ack = fleet.status.pods.iter().find(|a| a.pod == "pod-0").unwrap();
+    assert_eq!(ack.state, AckState::Unreachable);
+}
+
+#[test]
+fn contested_pods_are_skipped_with_a_condition() {
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({})));
+    fleet.pods[1].conflict = Some("shop/older-auth".into());
+    fleet.apply(spec(NEW, json!({"maxUnavailable": "100%"})));
+    let plan = fleet.plan();
+    assert_eq!(plan.assign, vec![("pod-0".to_string(), Some(rev(NEW)))]);
+    let (status, reason) = fleet.condition("Conflict");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "PluginOwnedElsewhere")
+    );
+    assert_eq!(
+        owner(&[(t(5), "shop/b"), (t(1), "shop/z"), (t(1), "shop/a")]),
+        Some("shop/a")
+    );
+}
+
+#[test]
+fn status_lists_every_pod_up_to_the_cap_then_only_unconverged_ones() {
+    let mut fleet = Fleet::stable(300, spec(OLD, json!({"maxUnavailable": 10})));
+    assert!(
+        fleet.status.pods.is_empty(),
+        "all converged: nothing to list beyond the cap"
+    );
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 10})));
+    fleet.plan();
+    assert_eq!(fleet.status.pods.len(), POD_LIST_CAP);
+    let mut small = Fleet::stable(3, spec(OLD, json!({})));
+    small.plan();
+    assert_eq!(small.status.pods.len(), 3, "small fleets list every pod");
+}
+
+#[test]
+fn the_first_rollout_has_no_stable_revision_to_fall_back_to() {
+    let mut fleet = Fleet {
+        spec: spec(NEW, json!({"maxUnavailable": 1})),
+        status: PluginReleaseStatus::default(),
+        pods: vec![pod("a"), pod("b")],
+        annotations: BTreeMap::new(),
+        now: 0,
+        generation: 1,
+    };
+    let plan = fleet.plan();
+    assert_eq!(plan.assign.len(), 1);
+    fleet.fail("a", "trap");
+    let rollback = fleet.plan();
+    assert_eq!(
+        rollback.assign,
+        vec![("a".to_string(), None)],
+        "unload: nothing was there before"
+    );
+    assert!(
+        fleet
+            .status
+            .message
+            .unwrap()
+            .contains("rolling back to no plugin")
+    );
+}
