@@ -28,6 +28,7 @@ unit:
 
 ## e2e: bring the local cluster up, run the cluster tests, and always tear it down
 e2e:
+	cargo build --workspace --bins
 	$(E2E) cluster up >/dev/null
 	status=0; cargo test -p hotload-e2e --tests || status=$$?; \
 	$(E2E) cluster down --verify || status=1; \

@@ -55,6 +55,7 @@ fn main() -> Result<()> {
         _ => {}
     }
     init_tracing(cli.log_json);
+    hotload_e2e::tls::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let layout = Layout::from_env();

@@ -181,6 +181,7 @@ where
 }
 
 async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
+    crate::tls::install_crypto_provider();
     let kubeconfig = ensure_cluster(e2e_bin)?;
     let client = crate::cluster::client_for(&kubeconfig).await?;
     let nanos = SystemTime::now()
@@ -219,6 +220,51 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
         client,
         kubeconfig,
     })
+}
+
+/// A workspace binary built next to `hotload-e2e` (`cargo build --workspace --bins`).
+pub fn workspace_binary(e2e_bin: &str, name: &str) -> Result<PathBuf> {
+    let path = Path::new(e2e_bin).with_file_name(name);
+    ensure!(
+        path.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` (make e2e does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The operator, run as a process scoped to one test namespace, stopped when dropped.
+pub struct Operator {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `hotload-operator run --namespace <ns>` with the admin kubeconfig.
+    pub fn start(e2e_bin: &str, ns: &TestNamespace) -> Result<Self> {
+        let binary = workspace_binary(e2e_bin, "hotload-operator")?;
+        let log = std::env::temp_dir().join(format!("hotload-operator-{}.log", ns.name));
+        let out = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(&binary)
+            .args(["run", "--namespace", &ns.name])
+            .env("KUBECONFIG", &ns.kubeconfig)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { child, log })
+    }
+
+    /// The operator's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 /// Applies every CRD in the repository's `crds/` (server-side apply) and waits until the

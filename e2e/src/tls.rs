@@ -13,6 +13,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// Makes ring the process's rustls provider. Crates in one workspace build can switch on
+/// both ring and aws-lc-rs, and then rustls refuses to guess; every binary (and test process)
+/// that builds a TLS config through a library calls this first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A TLS acceptor for `cert`/`key`; with `client_ca`, clients must present a certificate
 /// that chains to it.
 pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {

@@ -8,5 +8,8 @@
 //! ```
 
 pub mod api;
+pub mod controller;
 pub mod planner;
+pub mod registry;
 pub mod revision;
+pub mod selector;

@@ -1,0 +1,349 @@
+//! The reconciler: the thin shell around [`planner::plan`]. It gathers the release's pods
+//! (from a metadata-only cache, so 10,000 pods stay cheap), every sidecar's report (from the
+//! [`Registry`]) and any competing release, runs the planner, sends the assignments, and
+//! writes status with server-side apply (at most once a second per release) plus events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::api::{PluginRelease, describe};
+use crate::planner::{self, Input, PodView};
+use crate::registry::{Directive, Registry};
+use crate::selector;
+
+/// The field manager of every status write.
+pub const MANAGER: &str = "hotload-operator";
+/// Releases are planned again at least this often (deadlines, reconnects, lost triggers).
+const RESYNC: Duration = Duration::from_secs(60);
+/// Status writes per release are at most this frequent.
+const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing status failed.
+    #[error("release {release}: writing status: {source}")]
+    Status {
+        /// `namespace/name`.
+        release: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The release has no namespace (cannot happen for a namespaced kind).
+    #[error("release {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Status { .. } => "status_write",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    registry: Arc<Registry>,
+    pods: Store<PartialObjectMeta<Pod>>,
+    releases: Store<PluginRelease>,
+    recorder: Recorder,
+    last_write: Mutex<HashMap<String, Instant>>,
+}
+
+/// Runs the controller until the process is asked to stop; with `namespace`, it watches
+/// (and needs RBAC in) that namespace only.
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (pods, pod_writer) = reflector::store();
+    let pod_events = reflector(
+        pod_writer,
+        watcher(
+            api::<PartialObjectMeta<Pod>>(&client, namespace),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (releases, release_writer) = reflector::store();
+    let release_events = reflector(
+        release_writer,
+        watcher(
+            Api::<PluginRelease>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let by_pod = releases.clone();
+    let by_namespace = releases.clone();
+    let changes = BroadcastStream::new(registry.changes())
+        .filter_map(|namespace| async move { namespace.ok() });
+    let woken = changes.flat_map(move |namespace| {
+        let refs: Vec<ObjectRef<PluginRelease>> = by_namespace
+            .state()
+            .iter()
+            .filter(|r| r.namespace().as_deref() == Some(namespace.as_str()))
+            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        registry,
+        pods,
+        releases,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        last_write: Mutex::default(),
+    });
+    Controller::for_stream(release_events, ctx.releases.clone())
+        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
+            releases_of(&by_pod, &pod)
+        })
+        .reconcile_on(woken)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// The releases whose selector picks this pod.
+fn releases_of(
+    releases: &Store<PluginRelease>,
+    pod: &PartialObjectMeta<Pod>,
+) -> Vec<ObjectRef<PluginRelease>> {
+    let labels = pod.labels();
+    releases
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == pod.namespace() && selector::matches(&r.spec.selector, labels))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = describe(&release);
+    let namespace = release
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let now = Timestamp::now();
+    let plugin = &release.spec.plugin;
+    let rivals: Vec<Arc<PluginRelease>> = ctx
+        .releases
+        .state()
+        .into_iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(&namespace)
+                && r.spec.plugin == *plugin
+                && r.uid() != release.uid()
+        })
+        .collect();
+    let mut views: Vec<PodView> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|p| selector::matches(&release.spec.selector, p.labels()))
+        .map(|pod| pod_view(&ctx.registry, &release, &rivals, pod, now))
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let status = release.status.clone().unwrap_or_default();
+    let annotations = release.annotations().clone();
+    let plan = planner::plan(&Input {
+        spec: &release.spec,
+        generation: release.metadata.generation.unwrap_or_default(),
+        annotations: &annotations,
+        status: &status,
+        pods: &views,
+        now,
+    });
+    for (pod, revision) in &plan.assign {
+        let directive = Directive {
+            plugin: plugin.clone(),
+            revision: revision.clone(),
+            url: release.spec.artifact.url.clone(),
+            digest: release.spec.artifact.digest.clone(),
+            config: release.spec.config.clone(),
+            pull_secret: release.spec.artifact.pull_secret.clone(),
+        };
+        if ctx.registry.assign(&namespace, pod, directive, now) {
+            tracing::info!(release = %name, pod = %pod, revision = ?revision, "assigned");
+        }
+    }
+
+    let mut requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
+    if release.status.as_ref() != Some(&plan.status) {
+        let since_last = ctx
+            .last_write
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&name).map(Instant::elapsed));
+        match since_last {
+            // Coalesce: plan again when the interval is over (events wait for the write).
+            Some(elapsed) if elapsed < MIN_WRITE_INTERVAL => {
+                requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed)
+            }
+            _ => {
+                write_status(&ctx.client, &release, &plan.status)
+                    .await
+                    .map_err(|source| Error::Status {
+                        release: name.clone(),
+                        source,
+                    })?;
+                if let Ok(mut writes) = ctx.last_write.lock() {
+                    writes.insert(name.clone(), Instant::now());
+                }
+                for note in &plan.notes {
+                    publish(&ctx.recorder, &release, note).await;
+                }
+            }
+        }
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn pod_view(
+    registry: &Registry,
+    release: &PluginRelease,
+    rivals: &[Arc<PluginRelease>],
+    pod: &PartialObjectMeta<Pod>,
+    now: Timestamp,
+) -> PodView {
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let created = |r: &PluginRelease| r.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let names: Vec<String> = std::iter::once(release)
+        .chain(
+            rivals
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|r| selector::matches(&r.spec.selector, pod.labels())),
+        )
+        .map(describe)
+        .collect();
+    let claims: Vec<(Timestamp, &str)> = std::iter::once(release)
+        .chain(
+            rivals
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|r| selector::matches(&r.spec.selector, pod.labels())),
+        )
+        .zip(&names)
+        .map(|(r, n)| (created(r), n.as_str()))
+        .collect();
+    let me = describe(release);
+    let conflict = planner::owner(&claims)
+        .filter(|owner| *owner != me)
+        .map(str::to_string);
+    let (connected, report) = registry.view(&namespace, &name, &release.spec.plugin);
+    let since = pod.creation_timestamp().map_or(now, |t| t.0);
+    match report {
+        Some(r) => PodView {
+            name,
+            connected,
+            assigned: r.assigned,
+            serving: r.serving,
+            state: r.state,
+            reason: r.reason,
+            since: r.since,
+            conflict,
+        },
+        None => PodView {
+            name,
+            connected,
+            assigned: None,
+            serving: None,
+            state: crate::api::AckState::Pending,
+            reason: None,
+            since,
+            conflict,
+        },
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    release: &PluginRelease,
+    status: &crate::api::PluginReleaseStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<PluginRelease> =
+        Api::namespaced(client.clone(), &release.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "hotload.dev/v1alpha1",
+        "kind": "PluginRelease",
+        "status": status,
+    });
+    api.patch_status(
+        &release.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn publish(recorder: &Recorder, release: &PluginRelease, note: &planner::Note) {
+    let event = Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message.chars().take(1000).collect()),
+        action: note.reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &release.object_ref(&())).await {
+        tracing::warn!(release = %describe(release), error = %e, "event not recorded");
+    }
+}
+
+fn error_policy(release: Arc<PluginRelease>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(release = %describe(&release), error = %error, kind = error.metric_label(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}

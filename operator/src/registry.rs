@@ -1,0 +1,204 @@
+//! The operator's memory of sidecars: which pods have a live channel, and for each plugin
+//! what the pod was told to run and how loading it went. The sidecar channel writes it
+//! (connect, report, disconnect); the controller reads it into the planner's `PodView`s and
+//! sends assignments through it. A change wakes the controller for the pod's namespace.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::AckState;
+
+/// One plugin's state on one pod, as the sidecar reported it (or as last assigned).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginReport {
+    /// The revision the pod was told to run.
+    pub assigned: Option<String>,
+    /// The revision the app runs.
+    pub serving: Option<String>,
+    /// How the assigned revision is doing.
+    pub state: AckState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Since when.
+    pub since: Timestamp,
+}
+
+/// What the operator tells a sidecar to do for one plugin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Directive {
+    /// The plugin slot.
+    pub plugin: String,
+    /// The revision to run; `None` unloads the plugin.
+    pub revision: Option<String>,
+    /// Artifact URL.
+    pub url: String,
+    /// Artifact digest.
+    pub digest: String,
+    /// Plugin config (JSON).
+    pub config: Option<serde_json::Value>,
+    /// Pull secret name.
+    pub pull_secret: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct PodEntry {
+    outbox: Option<mpsc::Sender<Directive>>,
+    plugins: BTreeMap<String, PluginReport>,
+}
+
+/// Sidecar connections and reports, keyed by (namespace, pod).
+#[derive(Debug)]
+pub struct Registry {
+    pods: Mutex<HashMap<(String, String), PodEntry>>,
+    changed: broadcast::Sender<String>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            pods: Mutex::default(),
+            changed: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Registry {
+    /// Whether the pod's sidecar is connected, and its report for `plugin`.
+    pub fn view(&self, namespace: &str, pod: &str, plugin: &str) -> (bool, Option<PluginReport>) {
+        let Ok(pods) = self.pods.lock() else {
+            return (false, None);
+        };
+        match pods.get(&(namespace.to_string(), pod.to_string())) {
+            Some(entry) => (entry.outbox.is_some(), entry.plugins.get(plugin).cloned()),
+            None => (false, None),
+        }
+    }
+
+    /// Sends `directive` to the pod's sidecar and records the assignment as pending.
+    /// Returns false when the sidecar is not connected (the planner never asks for that).
+    pub fn assign(&self, namespace: &str, pod: &str, directive: Directive, now: Timestamp) -> bool {
+        let Ok(mut pods) = self.pods.lock() else {
+            return false;
+        };
+        let entry = pods
+            .entry((namespace.to_string(), pod.to_string()))
+            .or_default();
+        let Some(outbox) = &entry.outbox else {
+            return false;
+        };
+        let sent = outbox.try_send(directive.clone()).is_ok();
+        if sent {
+            let report = entry
+                .plugins
+                .entry(directive.plugin.clone())
+                .or_insert(PluginReport {
+                    assigned: None,
+                    serving: None,
+                    state: AckState::Pending,
+                    reason: None,
+                    since: now,
+                });
+            report.assigned = directive.revision;
+            report.state = AckState::Pending;
+            report.reason = None;
+            report.since = now;
+        }
+        sent
+    }
+
+    /// A sidecar opened its channel.
+    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Directive>) {
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.entry((namespace.to_string(), pod.to_string()))
+                .or_default()
+                .outbox = Some(outbox);
+        }
+        let _ = self.changed.send(namespace.to_string());
+    }
+
+    /// A sidecar's channel closed; what it reported stays known.
+    pub fn disconnect(&self, namespace: &str, pod: &str) {
+        if let Ok(mut pods) = self.pods.lock()
+            && let Some(entry) = pods.get_mut(&(namespace.to_string(), pod.to_string()))
+        {
+            entry.outbox = None;
+        }
+        let _ = self.changed.send(namespace.to_string());
+    }
+
+    /// A sidecar reported on a plugin.
+    pub fn report(&self, namespace: &str, pod: &str, plugin: &str, report: PluginReport) {
+        if let Ok(mut pods) = self.pods.lock() {
+            let entry = pods
+                .entry((namespace.to_string(), pod.to_string()))
+                .or_default();
+            entry.plugins.insert(plugin.to_string(), report);
+        }
+        let _ = self.changed.send(namespace.to_string());
+    }
+
+    /// Forgets a deleted pod.
+    pub fn forget(&self, namespace: &str, pod: &str) {
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.remove(&(namespace.to_string(), pod.to_string()));
+        }
+    }
+
+    /// Namespaces in which something changed, as it happens.
+    pub fn changes(&self) -> broadcast::Receiver<String> {
+        self.changed.subscribe()
+    }
+
+    /// How many sidecars are connected.
+    pub fn connected(&self) -> usize {
+        self.pods
+            .lock()
+            .map(|pods| pods.values().filter(|e| e.outbox.is_some()).count())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directive(revision: &str) -> Directive {
+        Directive {
+            plugin: "auth".into(),
+            revision: Some(revision.into()),
+            url: "oci://r/p:1".into(),
+            digest: "sha256:00".into(),
+            config: None,
+            pull_secret: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn assignments_reach_connected_sidecars_only_and_are_pending_until_reported() {
+        let registry = Registry::default();
+        let now = Timestamp::UNIX_EPOCH;
+        assert!(
+            !registry.assign("shop", "a", directive("r1"), now),
+            "not connected"
+        );
+        let (tx, mut rx) = mpsc::channel(4);
+        registry.connect("shop", "a", tx);
+        assert!(registry.assign("shop", "a", directive("r1"), now));
+        assert_eq!(rx.recv().await.map(|d| d.revision), Some(Some("r1".into())));
+        let (connected, report) = registry.view("shop", "a", "auth");
+        assert!(connected);
+        let report = report.unwrap();
+        assert_eq!(
+            (report.assigned.as_deref(), report.state),
+            (Some("r1"), AckState::Pending)
+        );
+
+        registry.disconnect("shop", "a");
+        let (connected, report) = registry.view("shop", "a", "auth");
+        assert!(!connected);
+        assert!(report.is_some(), "reports survive a reconnect gap");
+    }
+}
