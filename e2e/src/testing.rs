@@ -233,27 +233,56 @@ pub fn workspace_binary(e2e_bin: &str, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The operator, run as a process scoped to one test namespace, stopped when dropped.
+/// The operator, run as a process scoped to one test namespace, stopped when dropped. Its
+/// sidecar channel listens on 127.0.0.1 with a certificate from a CA made for the test.
 pub struct Operator {
     child: tokio::process::Child,
     log: PathBuf,
+    /// The channel's address.
+    pub channel: std::net::SocketAddr,
+    /// The CA (PEM) that signed the channel's certificate.
+    pub ca_pem: String,
 }
 
 impl Operator {
     /// Starts `hotload-operator run --namespace <ns>` with the admin kubeconfig.
     pub fn start(e2e_bin: &str, ns: &TestNamespace) -> Result<Self> {
         let binary = workspace_binary(e2e_bin, "hotload-operator")?;
-        let log = std::env::temp_dir().join(format!("hotload-operator-{}.log", ns.name));
+        let dir = std::env::temp_dir().join(format!("hotload-operator-{}", ns.name));
+        std::fs::create_dir_all(&dir)?;
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?
+            .signed_by(&key, &issuer)?;
+        std::fs::write(dir.join("tls.crt"), cert.pem())?;
+        std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+        let channel = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let log = dir.join("operator.log");
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(&binary)
             .args(["run", "--namespace", &ns.name])
+            .arg(format!("--channel-addr={channel}"))
+            .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
+            .arg(format!("--tls-key={}", dir.join("tls.key").display()))
             .env("KUBECONFIG", &ns.kubeconfig)
             .stdout(out.try_clone()?)
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { child, log })
+        Ok(Self {
+            child,
+            log,
+            channel,
+            ca_pem,
+        })
     }
 
     /// The operator's output so far.

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod api;
+pub mod channel;
 pub mod controller;
 pub mod planner;
 pub mod registry;

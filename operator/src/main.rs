@@ -1,6 +1,6 @@
 //! `hotload-operator`: parse arguments, run.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// The Hotload operator.
@@ -23,6 +23,15 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "HOTLOAD_WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Where sidecars dial in (gRPC over TLS).
+        #[arg(long, env = "HOTLOAD_CHANNEL_ADDR", default_value = "0.0.0.0:8443")]
+        channel_addr: std::net::SocketAddr,
+        /// The channel's TLS certificate (PEM); sidecars trust its CA.
+        #[arg(long, env = "HOTLOAD_CHANNEL_TLS_CERT")]
+        tls_cert: std::path::PathBuf,
+        /// The channel's TLS key (PEM).
+        #[arg(long, env = "HOTLOAD_CHANNEL_TLS_KEY")]
+        tls_key: std::path::PathBuf,
     },
 }
 
@@ -30,14 +39,33 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", hotload_operator::api::crd_yaml()?),
-        Command::Run { namespace } => {
+        Command::Run {
+            namespace,
+            channel_addr,
+            tls_cert,
+            tls_key,
+        } => {
             init_tracing(cli.log_json);
             // Workspace builds can enable both rustls providers; pick one explicitly.
             let _ = rustls::crypto::ring::default_provider().install_default();
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(&tls_cert)
+                    .with_context(|| format!("reading {}", tls_cert.display()))?,
+                std::fs::read(&tls_key)
+                    .with_context(|| format!("reading {}", tls_key.display()))?,
+            );
             tokio::runtime::Runtime::new()?.block_on(async {
                 let client = kube::Client::try_default().await?;
-                let registry = std::sync::Arc::default();
-                hotload_operator::controller::run(client, registry, namespace.as_deref()).await
+                let registry = std::sync::Arc::new(hotload_operator::registry::Registry::default());
+                let channel = tonic::transport::Server::builder()
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?
+                    .add_service(hotload_operator::channel::ChannelService::new(client.clone(), registry.clone()))
+                    .serve(channel_addr);
+                tracing::info!(%channel_addr, "sidecar channel listening");
+                tokio::select! {
+                    served = channel => served.context("sidecar channel server"),
+                    ran = hotload_operator::controller::run(client, registry, namespace.as_deref()) => ran,
+                }
             })?;
         }
     }

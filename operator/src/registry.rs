@@ -46,6 +46,9 @@ pub struct Directive {
 #[derive(Debug, Default)]
 struct PodEntry {
     outbox: Option<mpsc::Sender<Directive>>,
+    /// Which connection the outbox belongs to, so a stale stream's end cannot cut off the
+    /// sidecar's new one.
+    connection: u64,
     plugins: BTreeMap<String, PluginReport>,
 }
 
@@ -54,6 +57,7 @@ struct PodEntry {
 pub struct Registry {
     pods: Mutex<HashMap<(String, String), PodEntry>>,
     changed: broadcast::Sender<String>,
+    connections: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Registry {
@@ -61,6 +65,7 @@ impl Default for Registry {
         Self {
             pods: Mutex::default(),
             changed: broadcast::channel(1024).0,
+            connections: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -109,20 +114,28 @@ impl Registry {
         sent
     }
 
-    /// A sidecar opened its channel.
-    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Directive>) {
+    /// A sidecar opened its channel; returns the connection's id for [`Registry::disconnect`].
+    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Directive>) -> u64 {
+        let id = self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if let Ok(mut pods) = self.pods.lock() {
-            pods.entry((namespace.to_string(), pod.to_string()))
-                .or_default()
-                .outbox = Some(outbox);
+            let entry = pods
+                .entry((namespace.to_string(), pod.to_string()))
+                .or_default();
+            entry.outbox = Some(outbox);
+            entry.connection = id;
         }
         let _ = self.changed.send(namespace.to_string());
+        id
     }
 
-    /// A sidecar's channel closed; what it reported stays known.
-    pub fn disconnect(&self, namespace: &str, pod: &str) {
+    /// Connection `id` closed; what the sidecar reported stays known.
+    pub fn disconnect(&self, namespace: &str, pod: &str, id: u64) {
         if let Ok(mut pods) = self.pods.lock()
             && let Some(entry) = pods.get_mut(&(namespace.to_string(), pod.to_string()))
+            && entry.connection == id
         {
             entry.outbox = None;
         }
@@ -185,7 +198,7 @@ mod tests {
             "not connected"
         );
         let (tx, mut rx) = mpsc::channel(4);
-        registry.connect("shop", "a", tx);
+        let first = registry.connect("shop", "a", tx);
         assert!(registry.assign("shop", "a", directive("r1"), now));
         assert_eq!(rx.recv().await.map(|d| d.revision), Some(Some("r1".into())));
         let (connected, report) = registry.view("shop", "a", "auth");
@@ -196,7 +209,15 @@ mod tests {
             (Some("r1"), AckState::Pending)
         );
 
-        registry.disconnect("shop", "a");
+        // A reconnect replaces the outbox; the old stream ending does not cut the new one off.
+        let (tx2, _rx2) = mpsc::channel(4);
+        let second = registry.connect("shop", "a", tx2);
+        registry.disconnect("shop", "a", first);
+        assert!(
+            registry.view("shop", "a", "auth").0,
+            "still connected through the new stream"
+        );
+        registry.disconnect("shop", "a", second);
         let (connected, report) = registry.view("shop", "a", "auth");
         assert!(!connected);
         assert!(report.is_some(), "reports survive a reconnect gap");

@@ -1,0 +1,238 @@
+//! The sidecar channel on the real cluster: a stream is accepted only with the pod's own
+//! audience-bound projected token, and once accepted it carries the operator's assignments
+//! out and the pod's acknowledgements in, which land in the release's status.
+//!
+//! The test itself speaks the sidecar side of the protocol (hotload-channel's generated
+//! client), so it can present tokens a real sidecar never would; the sidecar's own use of
+//! the channel is covered with the data plane's e2e tests.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail, ensure};
+use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
+use hotload_channel::proto::{
+    Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
+};
+use hotload_e2e::images::TESTSERVER_IMAGE;
+use hotload_e2e::testing::{self, Operator, TestNamespace, eventually, http_get};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
+const WAIT: Duration = Duration::from_secs(60);
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Two pods with a projected token for the channel's audience at /var/run/hotload/token.
+async fn shop(ns: &TestNamespace) -> Result<Vec<(String, String)>> {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {
+                    "volumes": [{"name": "hotload-token", "projected": {"sources": [
+                        {"serviceAccountToken": {"audience": hotload_channel::TOKEN_AUDIENCE,
+                                                 "expirationSeconds": 3600, "path": "token"}},
+                    ]}}],
+                    "containers": [{
+                        "name": "app", "image": TESTSERVER_IMAGE, "args": ["testserver"],
+                        "volumeMounts": [{"name": "hotload-token", "mountPath": "/var/run/hotload"}],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let pods: Api<Pod> = ns.api();
+    eventually("two running pods", WAIT, || async {
+        let list = pods.list(&ListParams::default().labels("app=shop")).await?;
+        let mut out = Vec::new();
+        for pod in list.items {
+            let ip = pod.status.and_then(|s| s.pod_ip).context("no IP yet")?;
+            let token = http_get(&format!(
+                "http://{ip}:8080/file?path=/var/run/hotload/token"
+            ))
+            .await?;
+            out.push((pod.metadata.name.unwrap_or_default(), token));
+        }
+        ensure!(out.len() == 2, "{} pods", out.len());
+        out.sort();
+        Ok(out)
+    })
+    .await
+}
+
+async fn client(operator: &Operator) -> Result<PluginChannelClient<Channel>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&operator.ca_pem))
+        .domain_name("127.0.0.1");
+    let channel = eventually("the operator's channel to listen", WAIT, || async {
+        Ok(
+            Channel::from_shared(format!("https://{}", operator.channel))?
+                .tls_config(tls.clone())?
+                .connect()
+                .await?,
+        )
+    })
+    .await?;
+    Ok(PluginChannelClient::new(channel))
+}
+
+/// Opens a stream as `pod` with `token`; returns the sender and the operator's replies.
+async fn attach(
+    client: &mut PluginChannelClient<Channel>,
+    namespace: &str,
+    pod: &str,
+    token: Option<&str>,
+) -> Result<
+    (
+        mpsc::Sender<SidecarMessage>,
+        tonic::Streaming<OperatorMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(8);
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            plugins: Vec::new(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| tonic::Status::internal("send"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("token"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let replies = client.attach(request).await?.into_inner();
+    Ok((tx, replies))
+}
+
+#[tokio::test]
+async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
+    testing::run(E2E, "channel", |ns| async move {
+        testing::apply_crds(&ns.client).await?;
+        let operator = Operator::start(E2E, &ns)?;
+        let pods = shop(&ns).await?;
+        let ((pod_a, token_a), (pod_b, _)) = (&pods[0], &pods[1]);
+        let mut client = client(&operator).await?;
+
+        match attach(&mut client, &ns.name, pod_a, None).await {
+            Err(status) => ensure!(
+                status.code() == tonic::Code::Unauthenticated,
+                "no token: {status:?}"
+            ),
+            Ok(_) => bail!("a stream without a token was accepted"),
+        }
+        match attach(&mut client, &ns.name, pod_b, Some(token_a)).await {
+            Err(status) => {
+                ensure!(
+                    status.code() == tonic::Code::PermissionDenied,
+                    "other pod: {status:?}"
+                );
+                ensure!(
+                    status.message().contains(pod_a) && status.message().contains(pod_b),
+                    "{}",
+                    status.message()
+                );
+            }
+            Ok(_) => bail!("pod {pod_a}'s token was accepted for pod {pod_b}"),
+        }
+        let (tx, mut replies) = attach(&mut client, &ns.name, pod_a, Some(token_a)).await?;
+
+        let gvk = GroupVersionKind::gvk("hotload.dev", "v1alpha1", "PluginRelease");
+        let releases: Api<DynamicObject> =
+            Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk));
+        let release: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "hotload.dev/v1alpha1", "kind": "PluginRelease",
+            "metadata": {"name": "greeter"},
+            "spec": {
+                "plugin": "greeter",
+                "selector": {"matchLabels": {"app": "shop"}},
+                "artifact": {"url": "https://127.0.0.1:9/greeter.wasm", "digest": DIGEST},
+                "config": {"greeting": "hello"},
+                "strategy": {"maxUnavailable": "100%"},
+            },
+        }))?;
+        releases.create(&PostParams::default(), &release).await?;
+
+        // The connected pod is assigned the revision; the other one is unreachable.
+        let message = tokio::time::timeout(WAIT, replies.message())
+            .await??
+            .context("stream ended")?;
+        let Some(operator_message::Kind::Assign(assign)) = message.kind else {
+            bail!("expected Assign, got {message:?}");
+        };
+        ensure!(
+            assign.plugin == "greeter" && assign.digest == DIGEST,
+            "{assign:?}"
+        );
+        ensure!(
+            assign.config_json == r#"{"greeting":"hello"}"#,
+            "config: {}",
+            assign.config_json
+        );
+        let now_ms = i64::try_from(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_millis(),
+        )?;
+        let loaded = SidecarMessage {
+            kind: Some(sidecar_message::Kind::State(PluginState {
+                plugin: "greeter".into(),
+                assigned_revision: assign.revision.clone(),
+                serving_revision: assign.revision.clone(),
+                state: State::Loaded as i32,
+                reason: String::new(),
+                since_unix_ms: now_ms,
+            })),
+        };
+        tx.send(loaded).await.context("sending the ack")?;
+        let status = eventually("the ack in status", WAIT, || async {
+            let status = releases.get("greeter").await?.data["status"].clone();
+            ensure!(
+                status["updated"] == 1 && status["unreachable"] == 1,
+                "status: {status}"
+            );
+            Ok(status)
+        })
+        .await?;
+        let acks = status["pods"].as_array().context("pods")?;
+        let a = acks
+            .iter()
+            .find(|a| a["pod"] == pod_a.as_str())
+            .context("pod A ack")?;
+        ensure!(
+            a["state"] == "Loaded" && a["revision"] == assign.revision.as_str(),
+            "{a}"
+        );
+        let b = acks
+            .iter()
+            .find(|a| a["pod"] == pod_b.as_str())
+            .context("pod B ack")?;
+        ensure!(b["state"] == "Unreachable", "{b}");
+        ensure!(
+            status["progress"] == "1/2",
+            "progress {}",
+            status["progress"]
+        );
+        Ok(())
+    })
+    .await;
+}
