@@ -240,6 +240,8 @@ pub struct Operator {
     log: PathBuf,
     /// The channel's address.
     pub channel: std::net::SocketAddr,
+    /// The admin address (/live, /ready, /metrics).
+    pub admin: std::net::SocketAddr,
     /// The CA (PEM) that signed the channel's certificate.
     pub ca_pem: String,
 }
@@ -260,15 +262,16 @@ impl Operator {
             .signed_by(&key, &issuer)?;
         std::fs::write(dir.join("tls.crt"), cert.pem())?;
         std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-        let channel = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            probe.local_addr()?
+        let free_port = || -> Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
         };
+        let (channel, admin) = (free_port()?, free_port()?);
         let log = dir.join("operator.log");
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(&binary)
             .args(["run", "--namespace", &ns.name])
             .arg(format!("--channel-addr={channel}"))
+            .arg(format!("--admin-addr={admin}"))
             .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
             .arg(format!("--tls-key={}", dir.join("tls.key").display()))
             .env("KUBECONFIG", &ns.kubeconfig)
@@ -281,8 +284,20 @@ impl Operator {
             child,
             log,
             channel,
+            admin,
             ca_pem,
         })
+    }
+
+    /// Waits until the operator reports Ready (leader, caches synced), as a Service would.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let url = format!("http://{}/ready", self.admin);
+        eventually("the operator to be ready", Duration::from_secs(60), || {
+            http_get(&url)
+        })
+        .await
+        .with_context(|| format!("operator log:\n{}", self.log()))?;
+        Ok(())
     }
 
     /// The operator's output so far.

@@ -130,6 +130,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         testing::apply_crds(&ns.client).await?;
         let operator = Operator::start(E2E, &ns)?;
         let pods = shop(&ns).await?;
+        operator.wait_ready().await?;
         let ((pod_a, token_a), (pod_b, _)) = (&pods[0], &pods[1]);
         let mut client = client(&operator).await?;
 

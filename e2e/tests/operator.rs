@@ -167,6 +167,17 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
             "--timeout=5s",
         ])?;
         ensure!(operator.running(), "operator exited:\n{}", operator.log());
+        // The sole replica leads, so it is Ready; its metrics count what it did.
+        let ready = testing::http_get(&format!("http://{}/ready", operator.admin)).await?;
+        ensure!(ready == "ready\n", "/ready: {ready:?}");
+        let metrics = testing::http_get(&format!("http://{}/metrics", operator.admin)).await?;
+        for want in [
+            "hotload_reconciles_total{value=\"ok\"}",
+            "hotload_status_writes_total",
+            "hotload_rollout_events_total{value=\"RolloutStarted\"} 1",
+        ] {
+            ensure!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+        }
         Ok(())
     })
     .await;

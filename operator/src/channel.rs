@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admin::Health;
 use crate::api::AckState;
+use crate::metrics::{Metrics, label};
 use crate::registry::{Directive, PluginReport, Registry};
 
 /// The pod a verified token belongs to.
@@ -76,12 +78,24 @@ pub fn identity(review: &TokenReviewStatus) -> Result<PodIdentity, String> {
 pub struct ChannelService {
     client: Client,
     registry: Arc<Registry>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChannelService {
     /// A service that checks tokens with `client` and records sidecars in `registry`.
-    pub fn new(client: Client, registry: Arc<Registry>) -> PluginChannelServer<Self> {
-        PluginChannelServer::new(Self { client, registry })
+    pub fn new(
+        client: Client,
+        registry: Arc<Registry>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> PluginChannelServer<Self> {
+        PluginChannelServer::new(Self {
+            client,
+            registry,
+            health,
+            metrics,
+        })
     }
 
     async fn review(&self, token: &str) -> Result<PodIdentity, Status> {
@@ -110,6 +124,11 @@ impl PluginChannel for ChannelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Status> {
+        if !self.health.ready() {
+            return Err(Status::unavailable(
+                "this operator replica is not the leader (or is still syncing)",
+            ));
+        }
         let token = request
             .metadata()
             .get("authorization")
@@ -142,11 +161,19 @@ impl PluginChannel for ChannelService {
             self.registry
                 .report(&who.namespace, &who.pod, &state.plugin, report(state));
         }
-        let registry = self.registry.clone();
+        let (registry, metrics) = (self.registry.clone(), self.metrics.clone());
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
                 if let Some(sidecar_message::Kind::State(state)) = message.kind {
-                    registry.report(&who.namespace, &who.pod, &state.plugin, report(&state));
+                    let report = report(&state);
+                    metrics
+                        .acks
+                        .get_or_create(&label(&format!("{:?}", report.state)))
+                        .inc();
+                    if report.state == AckState::Failed {
+                        metrics.load_failed(report.reason.as_deref().unwrap_or("unknown"));
+                    }
+                    registry.report(&who.namespace, &who.pod, &state.plugin, report);
                 }
             }
             registry.disconnect(&who.namespace, &who.pod, id);

@@ -19,7 +19,9 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::admin::Health;
 use crate::api::{PluginRelease, describe};
+use crate::metrics::{Metrics, label};
 use crate::planner::{self, Input, PodView};
 use crate::registry::{Directive, Registry};
 use crate::selector;
@@ -60,6 +62,8 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     pods: Store<PartialObjectMeta<Pod>>,
     releases: Store<PluginRelease>,
@@ -73,6 +77,8 @@ pub async fn run(
     client: Client,
     registry: Arc<Registry>,
     namespace: Option<&str>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
@@ -98,7 +104,7 @@ pub async fn run(
     let release_events = reflector(
         release_writer,
         watcher(
-            Api::<PluginRelease>::all(client.clone()),
+            api::<PluginRelease>(&client, namespace),
             watcher::Config::default(),
         ),
     )
@@ -118,8 +124,25 @@ pub async fn run(
             .collect();
         futures::stream::iter(refs)
     });
+    tokio::spawn({
+        let (pods, releases, health) = (pods.clone(), releases.clone(), health.clone());
+        async move {
+            // The controller waits on the release store too, and kube-runtime's readiness
+            // signal wakes only its last waiter; polling again on a short timeout sees the
+            // memoized result whichever waiter was woken.
+            let synced = wait_ready(|| pods.wait_until_ready()).await
+                && wait_ready(|| releases.wait_until_ready()).await;
+            if !synced {
+                return;
+            }
+            health.set_synced();
+            tracing::info!("caches synced");
+        }
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
+        health,
+        metrics,
         registry,
         pods,
         releases,
@@ -148,6 +171,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits until a store is ready (false if its writer is gone), re-polling every 250 ms.
+async fn wait_ready<F, Fut, E>(ready: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(250), ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
 /// The releases whose selector picks this pod.
 fn releases_of(
     releases: &Store<PluginRelease>,
@@ -163,7 +200,22 @@ fn releases_of(
 }
 
 async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = describe(&release);
+    if !ctx.health.ready() {
+        // A follower (or a leader still syncing) watches but never acts.
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let started = Instant::now();
+    let result = act(&release, &ctx).await;
+    let label = result.as_ref().map_or_else(Error::metric_label, |_| "ok");
+    ctx.metrics.reconciled(label, started.elapsed());
+    ctx.metrics
+        .connected_sidecars
+        .set(i64::try_from(ctx.registry.connected()).unwrap_or(i64::MAX));
+    result
+}
+
+async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let name = describe(release);
     let namespace = release
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
@@ -187,7 +239,7 @@ async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Act
             p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
         })
         .filter(|p| selector::matches(&release.spec.selector, p.labels()))
-        .map(|pod| pod_view(&ctx.registry, &release, &rivals, pod, now))
+        .map(|pod| pod_view(&ctx.registry, release, &rivals, pod, now))
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -228,7 +280,7 @@ async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Act
                 requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed)
             }
             _ => {
-                write_status(&ctx.client, &release, &plan.status)
+                write_status(&ctx.client, release, &plan.status)
                     .await
                     .map_err(|source| Error::Status {
                         release: name.clone(),
@@ -237,8 +289,13 @@ async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Act
                 if let Ok(mut writes) = ctx.last_write.lock() {
                     writes.insert(name.clone(), Instant::now());
                 }
+                ctx.metrics.status_writes.inc();
                 for note in &plan.notes {
-                    publish(&ctx.recorder, &release, note).await;
+                    ctx.metrics
+                        .rollout_events
+                        .get_or_create(&label(note.reason))
+                        .inc();
+                    publish(&ctx.recorder, release, note).await;
                 }
             }
         }

@@ -7,9 +7,12 @@
 //!  sidecar acks ──┘    (pure)             └─▶ status (server-side apply), events
 //! ```
 
+pub mod admin;
 pub mod api;
 pub mod channel;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod planner;
 pub mod registry;
 pub mod revision;
