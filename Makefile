@@ -25,6 +25,7 @@ lint:
 unit:
 	cargo test --workspace --exclude hotload-e2e
 	cargo test -p hotload-e2e --lib --bins
+	python3 -m unittest discover -s examples/python
 
 ## e2e: bring the local cluster up, run the cluster tests, and always tear it down
 e2e:

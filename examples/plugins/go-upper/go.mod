@@ -1,0 +1,3 @@
+module hotload.dev/examples/go-upper
+
+go 1.24

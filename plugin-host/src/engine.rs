@@ -1,0 +1,141 @@
+//! The one wasmtime [`Engine`] an app shares across all its plugins: pooling allocator,
+//! epoch interruption, and the background ticker that advances the epoch.
+//!
+//! Epochs rather than fuel: an epoch check is a load and a compare at loop heads, fuel
+//! instruments every basic block (~10–30 % slower). A deadline of `call_timeout` is
+//! `ceil(call_timeout / epoch_tick)` ticks, so its precision is one tick.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Limits and knobs of a host; every field has a production default.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Ceiling of one instance's linear memory, in bytes.
+    pub max_memory_bytes: usize,
+    /// Longest a single guest call (request, self-check, state hand-over) may run.
+    pub call_timeout: Duration,
+    /// Granularity of the epoch ticker (the deadline's precision).
+    pub epoch_tick: Duration,
+    /// Warm instances per loaded revision: the most calls one plugin serves in parallel.
+    pub instances_per_revision: usize,
+    /// How long a call waits for a free instance before it fails `Busy`.
+    pub checkout_timeout: Duration,
+    /// Most named plugins one host holds; sizes the pooling allocator.
+    pub max_plugins: usize,
+    /// Directory of precompiled modules (`None` = compile every time).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            max_memory_bytes: 64 << 20,
+            call_timeout: Duration::from_millis(500),
+            epoch_tick: Duration::from_millis(5),
+            instances_per_revision: 4,
+            checkout_timeout: Duration::from_secs(2),
+            max_plugins: 16,
+            cache_dir: None,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Epoch ticks that make up `call_timeout` (at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        let tick = self.epoch_tick.as_nanos().max(1);
+        self.call_timeout.as_nanos().div_ceil(tick).max(1) as u64
+    }
+
+    /// Pool slots needed: per plugin the serving revision, a draining one and a candidate,
+    /// plus one replacement instance each, so a load never starves on slots in a steady state.
+    pub fn pool_slots(&self) -> u32 {
+        let per_plugin = 3 * (self.instances_per_revision + 1);
+        u32::try_from(self.max_plugins.saturating_mul(per_plugin)).unwrap_or(u32::MAX)
+    }
+}
+
+/// Builds the engine. Fails only on a configuration wasmtime rejects.
+pub(crate) fn build_engine(cfg: &HostConfig) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let slots = cfg.pool_slots();
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(cfg.max_memory_bytes);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // Swaps compile a whole module; spreading functions over cores keeps loads short.
+        .parallel_compilation(true);
+    Engine::new(&config)
+}
+
+/// Advances the engine's epoch every tick until dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("hotload-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_round_up_and_never_zero() {
+        let mut c = HostConfig {
+            call_timeout: Duration::from_millis(501),
+            ..HostConfig::default()
+        };
+        assert_eq!(c.deadline_ticks(), 101);
+        c.call_timeout = Duration::ZERO;
+        assert_eq!(c.deadline_ticks(), 1);
+    }
+
+    #[test]
+    fn pool_slots_cover_serving_draining_and_candidate() {
+        let c = HostConfig {
+            max_plugins: 2,
+            instances_per_revision: 4,
+            ..HostConfig::default()
+        };
+        assert_eq!(c.pool_slots(), 30);
+    }
+}

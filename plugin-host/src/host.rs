@@ -1,0 +1,447 @@
+//! [`PluginHost`]: named plugin slots, each holding its serving revision in an `ArcSwap`.
+//!
+//! ```text
+//!  load(req) ── verify digest ─ compile/cache ─ ABI check ─ instantiate pool ─ configure
+//!      │                                                           │
+//!      │        self_check ─ state hand-over (old.save → new.restore) ─ before_unload
+//!      │                                                           │
+//!      └──────────────── slot.current.store(new)  ◄── the only critical section
+//!  call(name) ── slot.current.load_full() ── checkout instance ── handle ── return
+//! ```
+//! Everything before the store happens off the request path; a failure anywhere leaves the
+//! slot untouched. A call holds an `Arc` to the revision it started on, so it finishes there.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use wasmtime::{Engine, Linker};
+
+use crate::abi;
+use crate::cache::{self, CacheOutcome};
+use crate::digest::{parse_sha256, sha256_digest};
+use crate::engine::{EpochTicker, HostConfig, build_engine};
+use crate::error::{CallError, GuestFailure, LoadError, Phase};
+use crate::hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
+use crate::instance::{StoreState, describe_exports};
+use crate::revision::{InstanceError, Revision, RevisionId, RevisionLimits};
+
+/// A request to make `revision` of `plugin` the serving one.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// Plugin slot name.
+    pub plugin: String,
+    /// Revision name (opaque to the host).
+    pub revision: String,
+    /// Expected `sha256:<hex>` of `wasm`.
+    pub digest: String,
+    /// Config bytes handed to the plugin's `configure` export.
+    pub config: Vec<u8>,
+    /// The module (binary Wasm).
+    pub wasm: Vec<u8>,
+}
+
+impl LoadRequest {
+    /// Reads the module from `path` (the sidecar's store on the shared volume).
+    pub fn from_file(
+        plugin: &str,
+        revision: &str,
+        path: &Path,
+        digest: &str,
+        config: Vec<u8>,
+    ) -> Result<Self, LoadError> {
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+            plugin: plugin.into(),
+            revision: revision.into(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(LoadRequest {
+            plugin: plugin.into(),
+            revision: revision.into(),
+            digest: digest.into(),
+            config,
+            wasm,
+        })
+    }
+}
+
+/// Whether state moved across the swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateHandover {
+    /// No previous revision, or one side lacks the exports.
+    None,
+    /// This many bytes of state were restored into every new instance.
+    Restored(usize),
+}
+
+/// A successful load.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The revision now serving.
+    pub revision: String,
+    /// `false` when the request named the revision already serving (nothing was done).
+    pub swapped: bool,
+    /// Where the compiled code came from.
+    pub cache: CacheOutcome,
+    /// Whether the plugin exported a self-check (and passed it).
+    pub self_checked: bool,
+    /// State hand-over result.
+    pub state: StateHandover,
+    /// Wall time of compile (or cache load).
+    pub compile: Duration,
+    /// Wall time of the whole load.
+    pub total: Duration,
+    /// Time of the atomic swap alone.
+    pub swap: Duration,
+}
+
+/// What a load request means given what is serving. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPlan {
+    /// The same revision, digest and config already serve: answer `Loaded` again.
+    AlreadyServing,
+    /// Build and swap in a new revision.
+    Swap,
+}
+
+/// Decides whether a load needs work (a reconnecting sidecar re-sends the whole set).
+pub fn plan_load(current: Option<&RevisionId>, wanted: &RevisionId) -> LoadPlan {
+    match current {
+        Some(c) if c == wanted => LoadPlan::AlreadyServing,
+        _ => LoadPlan::Swap,
+    }
+}
+
+struct Slot {
+    current: ArcSwapOption<Revision>,
+    /// Serializes loads of one plugin; other plugins load concurrently.
+    loading: Mutex<()>,
+}
+
+/// The app's plugin host: one engine, many named plugins.
+pub struct PluginHost {
+    engine: Engine,
+    fingerprint: String,
+    config: HostConfig,
+    linker: Linker<StoreState>,
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+    hooks: Arc<dyn HostHooks>,
+    _ticker: EpochTicker,
+}
+
+/// The host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// wasmtime rejected the configuration.
+    #[error("cannot configure wasm engine: {0}")]
+    Engine(String),
+    /// The epoch thread could not be spawned.
+    #[error("cannot start epoch ticker thread: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+impl PluginHost {
+    /// Starts a host with no hooks.
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        Self::with_hooks(config, Arc::new(NoHooks))
+    }
+
+    /// Starts a host that reports load events to `hooks`.
+    pub fn with_hooks(config: HostConfig, hooks: Arc<dyn HostHooks>) -> Result<Self, HostError> {
+        let engine = build_engine(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        let mut linker = Linker::new(&engine);
+        // The only imports plugins get: sandboxed WASI preview1 (see instance.rs).
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Ok(PluginHost {
+            fingerprint: cache::engine_fingerprint(&engine),
+            linker,
+            engine,
+            config,
+            slots: RwLock::new(HashMap::new()),
+            hooks,
+            _ticker: ticker,
+        })
+    }
+
+    fn slot(&self, plugin: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(plugin)
+            .cloned()
+    }
+
+    fn slot_or_create(&self, plugin: &str) -> Result<Arc<Slot>, LoadError> {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(plugin) {
+            return Ok(s.clone());
+        }
+        if slots.len() >= self.config.max_plugins {
+            return Err(LoadError::TooManyPlugins {
+                plugin: plugin.into(),
+                max: self.config.max_plugins,
+            });
+        }
+        let slot = Arc::new(Slot {
+            current: ArcSwapOption::empty(),
+            loading: Mutex::new(()),
+        });
+        slots.insert(plugin.into(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Calls `plugin`'s `handle` with `input` on the revision serving right now.
+    pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let rev = self
+            .slot(plugin)
+            .and_then(|s| s.current.load_full())
+            .ok_or_else(|| CallError::NotLoaded {
+                plugin: plugin.into(),
+            })?;
+        rev.call(input)
+    }
+
+    /// The revision serving `plugin`, if any.
+    pub fn serving(&self, plugin: &str) -> Option<RevisionId> {
+        self.slot(plugin)
+            .and_then(|s| s.current.load_full())
+            .map(|r| r.id.clone())
+    }
+
+    /// Loads a revision; on any failure the previous revision keeps serving.
+    pub fn load(&self, req: LoadRequest) -> Result<Loaded, LoadError> {
+        let (plugin, revision) = (req.plugin.clone(), req.revision.clone());
+        let result = self.try_load(req);
+        match &result {
+            Ok(l) => tracing::info!(plugin, revision, swapped = l.swapped, cache = ?l.cache,
+                total_ms = l.total.as_secs_f64() * 1e3, swap_us = l.swap.as_secs_f64() * 1e6, "plugin loaded"),
+            Err(e) => {
+                tracing::warn!(plugin, revision, error = %e, "plugin load failed; previous revision keeps serving");
+                self.hooks.load_failed(&plugin, &revision, e);
+            }
+        }
+        result
+    }
+
+    fn try_load(&self, req: LoadRequest) -> Result<Loaded, LoadError> {
+        let start = Instant::now();
+        let LoadRequest {
+            plugin,
+            revision,
+            digest,
+            config,
+            wasm,
+        } = req;
+        let Some(hex) = parse_sha256(&digest) else {
+            return Err(LoadError::BadDigest {
+                plugin,
+                revision,
+                digest,
+            });
+        };
+        let actual = sha256_digest(&wasm);
+        if actual != digest {
+            return Err(LoadError::DigestMismatch {
+                plugin,
+                revision,
+                expected: digest,
+                actual,
+            });
+        }
+        let hex = hex.to_string();
+        let slot = self.slot_or_create(&plugin)?;
+        let _serial = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = slot.current.load_full();
+        let id = RevisionId {
+            plugin,
+            revision,
+            digest,
+            config,
+        };
+        if plan_load(old.as_ref().map(|o| &o.id), &id) == LoadPlan::AlreadyServing {
+            return Ok(Loaded {
+                revision: id.revision,
+                swapped: false,
+                cache: CacheOutcome::Hit,
+                self_checked: false,
+                state: StateHandover::None,
+                compile: Duration::ZERO,
+                total: start.elapsed(),
+                swap: Duration::ZERO,
+            });
+        }
+        let (p, r) = (id.plugin.clone(), id.revision.clone());
+        let guest = |phase: Phase, detail: GuestFailure| LoadError::Guest {
+            plugin: p.clone(),
+            revision: r.clone(),
+            phase,
+            detail,
+        };
+
+        let t = Instant::now();
+        let (module, cache) = cache::load_module(
+            &self.engine,
+            &self.fingerprint,
+            self.config.cache_dir.as_deref(),
+            &hex,
+            &wasm,
+        )
+        .map_err(|e| LoadError::InvalidWasm {
+            plugin: p.clone(),
+            revision: r.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let compile = t.elapsed();
+        let abi_err = |reason: String| LoadError::Abi {
+            plugin: p.clone(),
+            revision: r.clone(),
+            reason,
+        };
+        let caps = abi::check_exports(&describe_exports(&module)).map_err(abi_err)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
+            abi_err(format!(
+                "imports cannot be satisfied (plugins get none): {e:#}"
+            ))
+        })?;
+        let limits = RevisionLimits {
+            instances: self.config.instances_per_revision,
+            max_memory: self.config.max_memory_bytes,
+            deadline_ticks: self.config.deadline_ticks(),
+            checkout_timeout: self.config.checkout_timeout,
+        };
+        let new = Revision::new(id, caps, pre, limits).map_err(|e| match e {
+            InstanceError::Instantiate(fault) => LoadError::Instantiate {
+                plugin: p.clone(),
+                revision: r.clone(),
+                fault,
+            },
+            InstanceError::Configure(detail) => guest(Phase::Configure, detail),
+        })?;
+        let mut self_checked = false;
+        if caps.self_check {
+            new.for_each_instance(|i| i.self_check())
+                .map_err(|d| guest(Phase::SelfCheck, d))?;
+            self_checked = true;
+        }
+        let state = match &old {
+            Some(old) if old.caps.save_state && caps.restore_state => {
+                let snapshot = {
+                    let mut inst = old.checkout().map_err(|e| {
+                        guest(
+                            Phase::SaveState,
+                            GuestFailure::Fault(crate::Fault::Other(e.to_string())),
+                        )
+                    })?;
+                    inst.save_state()
+                        .map_err(|d| guest(Phase::SaveState, d))?
+                        .unwrap_or_default()
+                };
+                new.for_each_instance(|i| i.restore_state(&snapshot))
+                    .map_err(|d| guest(Phase::RestoreState, d))?;
+                StateHandover::Restored(snapshot.len())
+            }
+            _ => StateHandover::None,
+        };
+        if let Some(old) = &old {
+            self.hooks.before_unload(&UnloadEvent {
+                plugin: &p,
+                revision: &old.id.revision,
+                next: Some(&r),
+            });
+        }
+        let new = Arc::new(new);
+        let t = Instant::now();
+        slot.current.store(Some(new));
+        let swap = t.elapsed();
+        self.hooks.after_load(&LoadEvent {
+            plugin: &p,
+            revision: &r,
+            previous: old.as_ref().map(|o| o.id.revision.as_str()),
+            cache,
+            swap,
+        });
+        Ok(Loaded {
+            revision: r,
+            swapped: true,
+            cache,
+            self_checked,
+            state,
+            compile,
+            total: start.elapsed(),
+            swap,
+        })
+    }
+
+    /// Removes a plugin; in-flight calls finish on the revision they started on.
+    pub fn unload(&self, plugin: &str) -> bool {
+        let Some(slot) = self
+            .slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(plugin)
+        else {
+            return false;
+        };
+        let _serial = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.current.swap(None) {
+            self.hooks.before_unload(&UnloadEvent {
+                plugin,
+                revision: &old.id.revision,
+                next: None,
+            });
+        }
+        true
+    }
+
+    /// Names of the plugins with a serving revision.
+    pub fn plugins(&self) -> Vec<String> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<_> = slots
+            .iter()
+            .filter(|(_, s)| s.current.load().is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(rev: &str, cfg: &[u8]) -> RevisionId {
+        RevisionId {
+            plugin: "p".into(),
+            revision: rev.into(),
+            digest: "sha256:x".into(),
+            config: cfg.to_vec(),
+        }
+    }
+
+    #[test]
+    fn same_revision_digest_and_config_is_already_serving() {
+        assert_eq!(
+            plan_load(Some(&id("r1", b"a")), &id("r1", b"a")),
+            LoadPlan::AlreadyServing
+        );
+    }
+
+    #[test]
+    fn any_difference_or_nothing_serving_means_swap() {
+        assert_eq!(plan_load(None, &id("r1", b"")), LoadPlan::Swap);
+        assert_eq!(
+            plan_load(Some(&id("r1", b"a")), &id("r1", b"b")),
+            LoadPlan::Swap
+        );
+        assert_eq!(
+            plan_load(Some(&id("r1", b"")), &id("r2", b"")),
+            LoadPlan::Swap
+        );
+    }
+}

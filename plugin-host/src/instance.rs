@@ -1,0 +1,258 @@
+//! One live plugin instance: its store, memory and typed exports, and the byte-level calls
+//! that move requests, config and state across the ABI under a deadline.
+
+use wasmtime::{
+    ExternType, InstancePre, Memory, Module, ResourceLimiter, Store, TypedFunc, ValType,
+};
+
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::abi::{self, Capabilities, ExportKind};
+use crate::error::{Fault, GuestFailure, MemoryLimitExceeded, classify};
+
+/// Per-store data: the memory ceiling (enforced by [`ResourceLimiter`]) and the plugin's
+/// WASI preview1 context.
+pub(crate) struct StoreState {
+    max_memory: usize,
+    pub(crate) wasi: WasiP1Ctx,
+}
+
+/// The WASI a plugin gets: clocks and randomness only. No preopened directories, no
+/// environment, no arguments, no sockets; stdout and stderr are discarded. Enough for the
+/// runtimes of compiled languages (Go, Rust, C via wasi-libc) to start, nothing to escape with.
+fn sandboxed_wasi() -> WasiP1Ctx {
+    WasiCtxBuilder::new().build_p1()
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // An error (not `Ok(false)`) so the guest traps with a reason we can classify,
+        // instead of `memory.grow` quietly returning -1 and the plugin limping on.
+        if desired > self.max_memory {
+            return Err(MemoryLimitExceeded {
+                requested: desired,
+                limit: self.max_memory,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Reduces a module's exports to what [`abi::check_exports`] needs.
+pub(crate) fn describe_exports(module: &Module) -> Vec<(String, ExportKind)> {
+    fn ty(v: &ValType) -> &'static str {
+        match v {
+            ValType::I32 => "i32",
+            ValType::I64 => "i64",
+            ValType::F32 => "f32",
+            ValType::F64 => "f64",
+            ValType::V128 => "v128",
+            ValType::Ref(_) => "ref",
+        }
+    }
+    module
+        .exports()
+        .map(|e| {
+            let kind = match e.ty() {
+                ExternType::Memory(_) => ExportKind::Memory,
+                ExternType::Func(f) => {
+                    let params: Vec<_> = f.params().map(|p| ty(&p)).collect();
+                    let results: Vec<_> = f.results().map(|r| ty(&r)).collect();
+                    ExportKind::Func(format!("({})->{}", params.join(","), results.join(",")))
+                }
+                _ => ExportKind::Other,
+            };
+            (e.name().to_string(), kind)
+        })
+        .collect()
+}
+
+/// A ready instance of one revision.
+pub(crate) struct PluginInstance {
+    store: Store<StoreState>,
+    memory: Memory,
+    deadline_ticks: u64,
+    alloc: TypedFunc<i32, i32>,
+    handle: TypedFunc<(i32, i32), i64>,
+    configure: Option<TypedFunc<(i32, i32), i32>>,
+    self_check: Option<TypedFunc<(), i32>>,
+    save_state: Option<TypedFunc<(), i64>>,
+    restore_state: Option<TypedFunc<(i32, i32), i32>>,
+}
+
+fn fault(e: wasmtime::Error) -> GuestFailure {
+    GuestFailure::Fault(classify(&e))
+}
+
+impl PluginInstance {
+    /// Instantiates and binds the exports `caps` says exist (checked on the module already).
+    pub(crate) fn new(
+        pre: &InstancePre<StoreState>,
+        caps: Capabilities,
+        max_memory: usize,
+        deadline_ticks: u64,
+    ) -> Result<Self, Fault> {
+        let state = StoreState {
+            max_memory,
+            wasi: sandboxed_wasi(),
+        };
+        let mut store = Store::new(pre.module().engine(), state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.epoch_deadline_trap();
+        // A start function is guest code too: it runs under the same deadline.
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = pre.instantiate(&mut store).map_err(|e| classify(&e))?;
+        let other = |e: wasmtime::Error| Fault::Other(format!("{e:#}"));
+        // WASI reactors (Go `-buildmode=c-shared`, wasi-libc) initialise their runtime here.
+        if let Some(init) = instance.get_func(&mut store, abi::INITIALIZE) {
+            let init = init.typed::<(), ()>(&store).map_err(other)?;
+            store.set_epoch_deadline(deadline_ticks);
+            init.call(&mut store, ()).map_err(|e| classify(&e))?;
+        }
+        let memory = instance
+            .get_memory(&mut store, abi::MEMORY)
+            .ok_or_else(|| Fault::Other("export `memory` vanished".into()))?;
+        let alloc = instance
+            .get_typed_func(&mut store, abi::ALLOC)
+            .map_err(other)?;
+        let handle = instance
+            .get_typed_func(&mut store, abi::HANDLE)
+            .map_err(other)?;
+        let mut opt = |present: bool, name: &str| {
+            present
+                .then(|| instance.get_func(&mut store, name))
+                .flatten()
+        };
+        let configure = opt(caps.configure, abi::CONFIGURE);
+        let self_check = opt(caps.self_check, abi::SELF_CHECK);
+        let save_state = opt(caps.save_state, abi::SAVE_STATE);
+        let restore_state = opt(caps.restore_state, abi::RESTORE_STATE);
+        Ok(PluginInstance {
+            configure: configure
+                .map(|f| f.typed(&store))
+                .transpose()
+                .map_err(other)?,
+            self_check: self_check
+                .map(|f| f.typed(&store))
+                .transpose()
+                .map_err(other)?,
+            save_state: save_state
+                .map(|f| f.typed(&store))
+                .transpose()
+                .map_err(other)?,
+            restore_state: restore_state
+                .map(|f| f.typed(&store))
+                .transpose()
+                .map_err(other)?,
+            store,
+            memory,
+            deadline_ticks,
+            alloc,
+            handle,
+        })
+    }
+
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+    }
+
+    /// Copies `bytes` into guest memory through `alloc`.
+    fn write(&mut self, bytes: &[u8]) -> Result<(i32, i32), GuestFailure> {
+        let len = u32::try_from(bytes.len()).map_err(|_| GuestFailure::BadRange {
+            ptr: 0,
+            len: u32::MAX,
+        })?;
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len as i32)
+            .map_err(fault)? as u32;
+        let data = self.memory.data_mut(&mut self.store);
+        let range =
+            abi::checked_range(ptr, len, data.len()).ok_or(GuestFailure::BadRange { ptr, len })?;
+        data[range].copy_from_slice(bytes);
+        Ok((ptr as i32, len as i32))
+    }
+
+    /// Copies a packed `(ptr, len)` out of guest memory.
+    fn read(&self, packed: i64) -> Result<Vec<u8>, GuestFailure> {
+        let (ptr, len) = abi::unpack(packed);
+        let data = self.memory.data(&self.store);
+        let range =
+            abi::checked_range(ptr, len, data.len()).ok_or(GuestFailure::BadRange { ptr, len })?;
+        Ok(data[range].to_vec())
+    }
+
+    fn status(code: i32) -> Result<(), GuestFailure> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(GuestFailure::Status(code))
+        }
+    }
+
+    /// Handles one request.
+    pub(crate) fn handle(&mut self, input: &[u8]) -> Result<Vec<u8>, GuestFailure> {
+        self.arm();
+        let (ptr, len) = self.write(input)?;
+        let packed = self
+            .handle
+            .call(&mut self.store, (ptr, len))
+            .map_err(fault)?;
+        self.read(packed)
+    }
+
+    /// Hands the config bytes over, if the plugin takes config.
+    pub(crate) fn configure(&mut self, config: &[u8]) -> Result<(), GuestFailure> {
+        let Some(f) = self.configure.clone() else {
+            return Ok(());
+        };
+        self.arm();
+        let (ptr, len) = self.write(config)?;
+        Self::status(f.call(&mut self.store, (ptr, len)).map_err(fault)?)
+    }
+
+    /// Runs the self-check, if exported.
+    pub(crate) fn self_check(&mut self) -> Result<(), GuestFailure> {
+        let Some(f) = self.self_check.clone() else {
+            return Ok(());
+        };
+        self.arm();
+        Self::status(f.call(&mut self.store, ()).map_err(fault)?)
+    }
+
+    /// Takes a state snapshot (`None` if the plugin exports no `save_state`).
+    pub(crate) fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
+        let Some(f) = self.save_state.clone() else {
+            return Ok(None);
+        };
+        self.arm();
+        let packed = f.call(&mut self.store, ()).map_err(fault)?;
+        self.read(packed).map(Some)
+    }
+
+    /// Restores a snapshot; a plugin without `restore_state` ignores it.
+    pub(crate) fn restore_state(&mut self, state: &[u8]) -> Result<(), GuestFailure> {
+        let Some(f) = self.restore_state.clone() else {
+            return Ok(());
+        };
+        self.arm();
+        let (ptr, len) = self.write(state)?;
+        Self::status(f.call(&mut self.store, (ptr, len)).map_err(fault)?)
+    }
+}

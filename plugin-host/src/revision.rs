@@ -1,0 +1,233 @@
+//! One loaded revision of a plugin: a fixed pool of warm instances that calls check out.
+//!
+//! Why a pool of long-lived instances and not an instance per call: plugins keep state
+//! (caches, counters) that the ABI lets them hand over across a swap, which needs instances
+//! that outlive a call; and a pooled call costs a mutex pop instead of an instantiation.
+//! Isolation between requests is still kept where it matters: an instance that faulted
+//! (trap, deadline, memory limit) is discarded, never reused, and a fresh one is created
+//! lazily on the next checkout. The `Arc<Revision>` a call holds keeps the whole pool alive
+//! until the last in-flight call on it returns, which is how a swap never cuts a call off.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use wasmtime::InstancePre;
+
+use crate::abi::Capabilities;
+use crate::error::{CallError, Fault, GuestFailure};
+use crate::instance::{PluginInstance, StoreState};
+
+/// Identity of a revision: what a repeated `Load` is compared against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionId {
+    /// Plugin slot name.
+    pub plugin: String,
+    /// Revision name given by the sidecar.
+    pub revision: String,
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+    /// Config bytes handed to `configure`.
+    pub config: Vec<u8>,
+}
+
+struct Pool {
+    idle: Vec<PluginInstance>,
+    /// Instances that exist (idle + checked out).
+    live: usize,
+}
+
+/// A loaded revision and its instances.
+pub(crate) struct Revision {
+    pub(crate) id: RevisionId,
+    pub(crate) caps: Capabilities,
+    pre: InstancePre<StoreState>,
+    target: usize,
+    max_memory: usize,
+    deadline_ticks: u64,
+    checkout_timeout: Duration,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+/// An instance on loan; goes back to the pool on drop unless it faulted.
+pub(crate) struct Checkout<'a> {
+    rev: &'a Revision,
+    inst: Option<PluginInstance>,
+    faulted: bool,
+}
+
+impl std::ops::Deref for Checkout<'_> {
+    type Target = PluginInstance;
+    fn deref(&self) -> &PluginInstance {
+        self.inst.as_ref().expect("instance present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Checkout<'_> {
+    fn deref_mut(&mut self) -> &mut PluginInstance {
+        self.inst.as_mut().expect("instance present until drop")
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.rev.lock();
+        match self.inst.take() {
+            Some(inst) if !self.faulted => pool.idle.push(inst),
+            _ => pool.live -= 1,
+        }
+        drop(pool);
+        self.rev.freed.notify_one();
+    }
+}
+
+/// Settings a revision is built with.
+pub(crate) struct RevisionLimits {
+    pub instances: usize,
+    pub max_memory: usize,
+    pub deadline_ticks: u64,
+    pub checkout_timeout: Duration,
+}
+
+impl Revision {
+    /// Creates the revision with `limits.instances` configured instances.
+    pub(crate) fn new(
+        id: RevisionId,
+        caps: Capabilities,
+        pre: InstancePre<StoreState>,
+        limits: RevisionLimits,
+    ) -> Result<Self, InstanceError> {
+        let rev = Revision {
+            id,
+            caps,
+            pre,
+            target: limits.instances.max(1),
+            max_memory: limits.max_memory,
+            deadline_ticks: limits.deadline_ticks,
+            checkout_timeout: limits.checkout_timeout,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                live: 0,
+            }),
+            freed: Condvar::new(),
+        };
+        let mut idle = Vec::with_capacity(rev.target);
+        for _ in 0..rev.target {
+            idle.push(rev.instantiate()?);
+        }
+        *rev.lock() = Pool {
+            live: idle.len(),
+            idle,
+        };
+        Ok(rev)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding this lock cannot leave `Pool` inconsistent (two plain
+        // fields updated together), so a poisoned lock is safe to keep using.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn instantiate(&self) -> Result<PluginInstance, InstanceError> {
+        let mut inst =
+            PluginInstance::new(&self.pre, self.caps, self.max_memory, self.deadline_ticks)
+                .map_err(InstanceError::Instantiate)?;
+        inst.configure(&self.id.config)
+            .map_err(InstanceError::Configure)?;
+        Ok(inst)
+    }
+
+    /// Borrows an instance, creating one if the pool lost some to faults.
+    pub(crate) fn checkout(&self) -> Result<Checkout<'_>, CallError> {
+        let deadline = Instant::now() + self.checkout_timeout;
+        let mut pool = self.lock();
+        loop {
+            if let Some(inst) = pool.idle.pop() {
+                return Ok(Checkout {
+                    rev: self,
+                    inst: Some(inst),
+                    faulted: false,
+                });
+            }
+            if pool.live < self.target {
+                pool.live += 1;
+                drop(pool);
+                return match self.instantiate() {
+                    Ok(inst) => Ok(Checkout {
+                        rev: self,
+                        inst: Some(inst),
+                        faulted: false,
+                    }),
+                    Err(e) => {
+                        self.lock().live -= 1;
+                        Err(CallError::Reinstantiate {
+                            plugin: self.id.plugin.clone(),
+                            revision: self.id.revision.clone(),
+                            fault: e.into_fault(),
+                        })
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CallError::Busy {
+                    plugin: self.id.plugin.clone(),
+                    revision: self.id.revision.clone(),
+                    waited_ms: self.checkout_timeout.as_millis(),
+                });
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Runs `f` on every instance, waiting for each to be free (used for state hand-over).
+    pub(crate) fn for_each_instance(
+        &self,
+        mut f: impl FnMut(&mut PluginInstance) -> Result<(), GuestFailure>,
+    ) -> Result<(), GuestFailure> {
+        // Only called before the revision is published, so every instance is idle.
+        let mut pool = self.lock();
+        for inst in pool.idle.iter_mut() {
+            f(inst)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one request on a pooled instance.
+    pub(crate) fn call(&self, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let mut inst = self.checkout()?;
+        match inst.handle(input) {
+            Ok(out) => Ok(out),
+            Err(failure) => {
+                // Its memory may be half-updated: never hand it to another request.
+                inst.faulted = true;
+                Err(CallError::Guest {
+                    plugin: self.id.plugin.clone(),
+                    revision: self.id.revision.clone(),
+                    failure,
+                })
+            }
+        }
+    }
+}
+
+/// Why a fresh instance could not be made ready.
+#[derive(Debug)]
+pub(crate) enum InstanceError {
+    Instantiate(Fault),
+    Configure(GuestFailure),
+}
+
+impl InstanceError {
+    fn into_fault(self) -> Fault {
+        match self {
+            InstanceError::Instantiate(f) => f,
+            InstanceError::Configure(GuestFailure::Fault(f)) => f,
+            InstanceError::Configure(other) => Fault::Other(format!("configure: {other}")),
+        }
+    }
+}

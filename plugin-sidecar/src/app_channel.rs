@@ -1,0 +1,109 @@
+//! The app channel server: a Unix socket on the shared volume. Each connection is read as
+//! newline-delimited JSON (see `protocol.rs`); the newest connection is the app.
+//! A bad line is answered with an `error` message and the connection stays usable; only a
+//! line too long to resynchronise on closes it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::protocol::{MAX_LINE_BYTES, ProtocolError, SidecarMessage, encode_line, parse_app_line};
+
+/// Binds the socket (replacing a stale one left by a previous sidecar process).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Accepts app connections until the task is dropped.
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let id = NEXT.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(connection(stream, id, agent.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "app socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, id: u64, agent: Arc<Agent>) {
+    let (rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SidecarMessage>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if wr.write_all(&encode_line(&msg)).await.is_err() {
+                break;
+            }
+        }
+    });
+    agent.app_connected(id, tx.clone());
+    let mut reader = BufReader::new(rd);
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        number += 1;
+        // `take` bounds the buffer: a peer that never sends a newline cannot grow it.
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(connection = id, error = %e, "app socket read failed");
+                break;
+            }
+        }
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) && complete {
+            continue;
+        }
+        if !complete && line.len() > MAX_LINE_BYTES {
+            let reason = format!(
+                "line {number}: {}; closing the connection",
+                ProtocolError::TooLong
+            );
+            tracing::warn!(connection = id, reason, "garbage on app socket");
+            let _ = tx.send(SidecarMessage::Error { reason });
+            break;
+        }
+        match parse_app_line(&line) {
+            Ok(msg) => agent.app_message(id, msg),
+            Err(e) => {
+                let reason = format!("line {number}: {e}");
+                tracing::warn!(connection = id, reason, "garbage on app socket");
+                let _ = tx.send(SidecarMessage::Error { reason });
+            }
+        }
+        if !complete {
+            break;
+        }
+    }
+    agent.app_disconnected(id);
+    drop(tx);
+    // Let queued replies (an error for the last line) reach the peer before closing.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+}

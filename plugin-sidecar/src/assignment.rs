@@ -1,0 +1,86 @@
+//! What a source of assignments (the local `load` command today, the operator channel
+//! later) asks for, and what it is told back. Owned by the sidecar: both sources speak it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// "Run this artifact as this plugin."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Plugin slot name.
+    pub plugin: String,
+    /// Revision name; derived from digest + config when absent.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// `https://…` or `oci://…`.
+    pub artifact: String,
+    /// Mandatory `sha256:<hex>` of the artifact.
+    pub digest: String,
+    /// Plugin config handed to the app.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+impl Assignment {
+    /// The revision name to use.
+    pub fn revision_name(&self) -> String {
+        self.revision
+            .clone()
+            .unwrap_or_else(|| derive_revision(&self.digest, &self.config))
+    }
+}
+
+/// The revision name the operator would compute: a hash of digest and config. Pure.
+pub fn derive_revision(digest: &str, config: &serde_json::Value) -> String {
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    h.update(b"\n");
+    h.update(config.to_string().as_bytes());
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("r-{hex}")
+}
+
+/// The result of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AssignOutcome {
+    /// The app confirmed it serves the revision.
+    Loaded {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision now serving.
+        revision: String,
+        /// The app's health summary.
+        health: String,
+        /// Whether the artifact had to be downloaded (false: store hit).
+        downloaded: bool,
+    },
+    /// The revision is not serving; the previous one (if any) still is.
+    Failed {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision that failed.
+        revision: String,
+        /// Stage-prefixed reason (`fetch:`, `app:`, `ack:`, `store:`).
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_revision_depends_on_digest_and_config() {
+        let a = derive_revision("sha256:1", &serde_json::json!({"k": 1}));
+        assert_eq!(a, derive_revision("sha256:1", &serde_json::json!({"k": 1})));
+        assert_ne!(a, derive_revision("sha256:1", &serde_json::json!({"k": 2})));
+        assert_ne!(a, derive_revision("sha256:2", &serde_json::json!({"k": 1})));
+        assert!(a.starts_with("r-") && a.len() == 14, "{a}");
+    }
+}

@@ -1,0 +1,244 @@
+//! Command line: `hotload-sidecar run` (the agent) and `hotload-sidecar load` (submit one
+//! assignment to a running agent over its control socket and print the outcome).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::{Agent, AgentSettings};
+use crate::assignment::{AssignOutcome, Assignment};
+use crate::fetch::oci::{OciPuller, PullSecrets};
+use crate::fetch::{Fetcher, HttpLimits, RetryPolicy, https};
+use crate::readiness::ReadinessPolicy;
+use crate::store::Store;
+
+/// The per-pod Hotload agent.
+#[derive(Debug, Parser)]
+#[command(name = "hotload-sidecar", version, about)]
+pub struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, env = "HOTLOAD_JSON_LOGS", global = true)]
+    pub json_logs: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Ask a running agent to load a plugin and wait for the app's answer.
+    Load(LoadArgs),
+}
+
+/// Where the agent keeps its files and sockets.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// Directory on the shared volume for the store and the app socket.
+    #[arg(long, env = "HOTLOAD_STATE_DIR", default_value = "/var/run/hotload")]
+    pub state_dir: PathBuf,
+    /// Control socket (default: <state-dir>/control.sock).
+    #[arg(long, env = "HOTLOAD_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+}
+
+impl PathArgs {
+    /// The control socket path.
+    pub fn control(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("control.sock"))
+    }
+}
+
+/// `run` options.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// State directory and control socket.
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// App socket (default: <state-dir>/app.sock).
+    #[arg(long, env = "HOTLOAD_APP_SOCKET")]
+    pub app_socket: Option<PathBuf>,
+    /// Admin HTTP address (/ready, /live, /status); port 0 picks one.
+    #[arg(long, env = "HOTLOAD_ADMIN_ADDR", default_value = "127.0.0.1:9901")]
+    pub admin_addr: SocketAddr,
+    /// Revisions per plugin kept on disk for rollback.
+    #[arg(long, env = "HOTLOAD_KEEP_REVISIONS", default_value_t = 3)]
+    pub keep_revisions: usize,
+    /// Extra CA certificates (PEM bundle) trusted for HTTPS and registries.
+    #[arg(long, env = "HOTLOAD_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Pull secret (`.dockerconfigjson`) for OCI registries.
+    #[arg(long, env = "HOTLOAD_PULL_SECRET")]
+    pub pull_secret: Option<PathBuf>,
+    /// Largest artifact accepted, in bytes.
+    #[arg(long, env = "HOTLOAD_MAX_ARTIFACT_BYTES", default_value_t = 64 << 20)]
+    pub max_artifact_bytes: u64,
+    /// Connect timeout, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// Longest silence while reading, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub read_timeout_ms: u64,
+    /// Whole-download timeout, in milliseconds.
+    #[arg(long, default_value_t = 300_000)]
+    pub total_timeout_ms: u64,
+    /// Download attempts per fetch (first included).
+    #[arg(long, default_value_t = 4)]
+    pub attempts: u32,
+    /// First retry's back-off ceiling, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub backoff_ms: u64,
+    /// How long an assignment waits for the app's answer, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub ack_timeout_ms: u64,
+    /// Report ready even before plugins are loaded.
+    #[arg(long)]
+    pub always_ready: bool,
+    /// Stay unready until at least one plugin is assigned.
+    #[arg(long)]
+    pub require_assignment: bool,
+}
+
+/// `load` options.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// State directory and control socket.
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// Plugin slot name.
+    #[arg(long)]
+    pub plugin: String,
+    /// `https://…` or `oci://registry/repo:tag@sha256:…`.
+    #[arg(long)]
+    pub artifact: String,
+    /// `sha256:<hex>` of the artifact.
+    #[arg(long)]
+    pub digest: String,
+    /// Revision name (default: derived from digest and config).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Plugin config as JSON.
+    #[arg(long)]
+    pub config: Option<String>,
+}
+
+fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("read {what} {}", p.display())))
+        .transpose()
+}
+
+/// Builds the agent from `run` options.
+pub fn build_agent(args: &RunArgs) -> anyhow::Result<Arc<Agent>> {
+    let ca = read_optional(args.ca_bundle.as_deref(), "CA bundle")?;
+    let secrets = match read_optional(args.pull_secret.as_deref(), "pull secret")? {
+        Some(json) => PullSecrets::parse(&json).map_err(anyhow::Error::msg)?,
+        None => PullSecrets::default(),
+    };
+    let limits = HttpLimits {
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        read_timeout: Duration::from_millis(args.read_timeout_ms),
+        total_timeout: Duration::from_millis(args.total_timeout_ms),
+        max_bytes: args.max_artifact_bytes,
+    };
+    let retry = RetryPolicy {
+        attempts: args.attempts.max(1),
+        base: Duration::from_millis(args.backoff_ms),
+        ..RetryPolicy::default()
+    };
+    let client = https::build_client(&limits, ca.as_deref()).map_err(anyhow::Error::msg)?;
+    let oci = OciPuller::new(&limits, ca.as_deref(), secrets);
+    let store = Store::open(&args.paths.state_dir)?;
+    let readiness = if args.always_ready {
+        ReadinessPolicy::Always
+    } else {
+        ReadinessPolicy::RequireLoaded {
+            require_assignment: args.require_assignment,
+        }
+    };
+    let settings = AgentSettings {
+        keep_revisions: args.keep_revisions.max(1),
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms),
+        readiness,
+    };
+    Agent::new(store, Fetcher::new(client, limits, retry, oci), settings)
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let agent = build_agent(&args)?;
+    let app_path = args
+        .app_socket
+        .clone()
+        .unwrap_or_else(|| args.paths.state_dir.join("app.sock"));
+    let control_path = args.paths.control();
+    let app = crate::app_channel::bind(&app_path)
+        .with_context(|| format!("bind app socket {}", app_path.display()))?;
+    let control = crate::app_channel::bind(&control_path)
+        .with_context(|| format!("bind control socket {}", control_path.display()))?;
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("bind admin address {}", args.admin_addr))?;
+    let admin_addr = admin.local_addr()?;
+    // One machine-readable line so a supervisor or a test learns the bound addresses.
+    println!(
+        "hotload-sidecar admin={admin_addr} app-socket={} control-socket={}",
+        app_path.display(),
+        control_path.display()
+    );
+    tracing::info!(%admin_addr, app_socket = %app_path.display(), control_socket = %control_path.display(), "sidecar running");
+    let app_task = tokio::spawn(crate::app_channel::serve(app, agent.clone()));
+    let control_task = tokio::spawn(crate::control::serve(control, agent.clone()));
+    let admin_task =
+        tokio::spawn(async move { axum::serve(admin, crate::admin::router(agent)).await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+        r = admin_task => anyhow::bail!("admin server stopped: {r:?}"),
+    }
+    app_task.abort();
+    control_task.abort();
+    let _ = std::fs::remove_file(&app_path);
+    let _ = std::fs::remove_file(&control_path);
+    Ok(())
+}
+
+/// Runs `load`; the exit code is 0 only when the app loaded the plugin.
+pub async fn load(args: LoadArgs) -> anyhow::Result<bool> {
+    let config = match &args.config {
+        Some(text) => serde_json::from_str(text).context("--config is not JSON")?,
+        None => serde_json::Value::Null,
+    };
+    let a = Assignment {
+        plugin: args.plugin,
+        revision: args.revision,
+        artifact: args.artifact,
+        digest: args.digest,
+        config,
+    };
+    let outcome = crate::control::request(&args.paths.control(), &a).await?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(matches!(outcome, AssignOutcome::Loaded { .. }))
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

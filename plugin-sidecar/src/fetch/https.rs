@@ -1,0 +1,171 @@
+//! One HTTPS download attempt: status check, size limit before and during the body,
+//! streamed through the hash into the store's staging file.
+
+use std::time::Duration;
+
+use crate::fetch::error::{FetchError, TransportCause, status_failure, transport_cause};
+use crate::store::{Staging, Store};
+
+/// Timeouts and limits of HTTPS downloads.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// TCP + TLS connect.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading the body.
+    pub read_timeout: Duration,
+    /// Whole request, body included.
+    pub total_timeout: Duration,
+    /// Largest artifact accepted, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(300),
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Builds the HTTPS client: rustls, the platform's roots plus `extra_ca_pem` if given.
+pub fn build_client(
+    limits: &HttpLimits,
+    extra_ca_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, String> {
+    crate::ensure_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(limits.connect_timeout)
+        .read_timeout(limits.read_timeout)
+        .timeout(limits.total_timeout)
+        // Artifacts are fetched from the URL given; a redirect to plain HTTP is refused.
+        .https_only(true);
+    if let Some(pem) = extra_ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("CA bundle: {e}"))?;
+        if certs.is_empty() {
+            return Err("CA bundle: no certificate found".into());
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("HTTPS client: {e}"))
+}
+
+/// Maps a reqwest error (request or body phase) to a precise failure.
+pub(crate) fn map_reqwest(
+    artifact: &str,
+    err: &reqwest::Error,
+    limits: &HttpLimits,
+    received: u64,
+) -> FetchError {
+    let artifact = artifact.to_string();
+    match transport_cause(err) {
+        TransportCause::Tls(reason) => return FetchError::Tls { artifact, reason },
+        TransportCause::Reset => return FetchError::ConnectionReset { artifact, received },
+        TransportCause::TimedOut => {
+            return FetchError::Timeout {
+                artifact,
+                phase: "read",
+                after: limits.read_timeout,
+            };
+        }
+        TransportCause::Other(_) => {}
+    }
+    if err.is_timeout() {
+        let (phase, after) = if err.is_connect() {
+            ("connect", limits.connect_timeout)
+        } else if received > 0 || err.is_body() {
+            ("body", limits.read_timeout)
+        } else {
+            ("response", limits.total_timeout)
+        };
+        return FetchError::Timeout {
+            artifact,
+            phase,
+            after,
+        };
+    }
+    let reason = match transport_cause(err) {
+        TransportCause::Other(chain) => chain,
+        other => format!("{other:?}"),
+    };
+    if err.is_connect() {
+        FetchError::Connect { artifact, reason }
+    } else {
+        FetchError::Other { artifact, reason }
+    }
+}
+
+/// Downloads `url` into a staging file (not yet verified or published).
+pub(crate) async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    store: &Store,
+    limits: &HttpLimits,
+) -> Result<Staging, FetchError> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| map_reqwest(url, &e, limits, 0))?;
+    if let Some(err) = status_failure(url, resp.status().as_u16()) {
+        return Err(err);
+    }
+    let expected = resp.content_length();
+    if let Some(size) = expected
+        && size > limits.max_bytes
+    {
+        return Err(FetchError::TooLarge {
+            artifact: url.into(),
+            size,
+            limit: limits.max_bytes,
+        });
+    }
+    let store_err = |e: crate::store::StoreError| FetchError::Store {
+        artifact: url.into(),
+        reason: e.to_string(),
+    };
+    let mut staging = store.stage().map_err(store_err)?;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let size = staging.len() + chunk.len() as u64;
+                if size > limits.max_bytes {
+                    // Chunked bodies announce no length: the limit is enforced while reading.
+                    return Err(FetchError::TooLarge {
+                        artifact: url.into(),
+                        size,
+                        limit: limits.max_bytes,
+                    });
+                }
+                staging.write(&chunk).map_err(store_err)?;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let received = staging.len();
+                return Err(match (map_reqwest(url, &e, limits, received), expected) {
+                    (reset @ FetchError::ConnectionReset { .. }, _) => reset,
+                    (timeout @ FetchError::Timeout { .. }, _) => timeout,
+                    (_, Some(expected)) if received < expected => FetchError::Truncated {
+                        artifact: url.into(),
+                        received,
+                        expected,
+                    },
+                    (other, _) => other,
+                });
+            }
+        }
+    }
+    if let Some(expected) = expected
+        && staging.len() < expected
+    {
+        return Err(FetchError::Truncated {
+            artifact: url.into(),
+            received: staging.len(),
+            expected,
+        });
+    }
+    Ok(staging)
+}

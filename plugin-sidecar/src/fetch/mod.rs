@@ -1,0 +1,179 @@
+//! Fetching artifacts: parse the reference, reuse a verified cached blob when there is one,
+//! otherwise download (HTTPS or OCI) with bounded, jittered retries, and publish into the
+//! store only after the digest matched. Every attempt restarts from byte 0 into a fresh
+//! staging file, so a torn attempt can never leak into the next.
+
+pub mod error;
+pub mod https;
+pub mod oci;
+pub mod retry;
+
+use std::path::PathBuf;
+
+pub use error::FetchError;
+pub use https::HttpLimits;
+pub use retry::RetryPolicy;
+
+use crate::digest::Sha256Digest;
+use crate::store::{Staging, Store, StoreError};
+
+/// A parsed artifact location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactRef {
+    /// `https://host/path`.
+    Https(String),
+    /// `oci://registry/repository[:tag][@sha256:…]`.
+    Oci(oci::OciRef),
+}
+
+impl ArtifactRef {
+    /// Parses an artifact string. Pure.
+    pub fn parse(artifact: &str) -> Result<Self, FetchError> {
+        let bad = |reason: &str| FetchError::BadReference {
+            artifact: artifact.into(),
+            reason: reason.into(),
+        };
+        if let Some(rest) = artifact.strip_prefix("oci://") {
+            return oci::OciRef::parse(rest)
+                .map(ArtifactRef::Oci)
+                .map_err(|r| bad(&r));
+        }
+        if artifact.starts_with("https://") && artifact.len() > "https://".len() {
+            return Ok(ArtifactRef::Https(artifact.into()));
+        }
+        Err(bad(
+            "want https://… or oci://registry/repo:tag@sha256:…; plain http is refused",
+        ))
+    }
+}
+
+/// A fetched, verified artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Its path in the store.
+    pub path: PathBuf,
+    /// `false` when it was already cached.
+    pub downloaded: bool,
+    /// Download attempts made (0 when cached).
+    pub attempts: u32,
+}
+
+/// Downloads artifacts into a [`Store`].
+#[derive(Clone)]
+pub struct Fetcher {
+    http: reqwest::Client,
+    limits: HttpLimits,
+    retry: RetryPolicy,
+    oci: oci::OciPuller,
+}
+
+impl Fetcher {
+    /// A fetcher with the given client (see [`https::build_client`]) and registry auth.
+    pub fn new(
+        http: reqwest::Client,
+        limits: HttpLimits,
+        retry: RetryPolicy,
+        oci: oci::OciPuller,
+    ) -> Self {
+        Fetcher {
+            http,
+            limits,
+            retry,
+            oci,
+        }
+    }
+
+    /// Returns the verified artifact, downloading it only if the store lacks it.
+    pub async fn fetch(
+        &self,
+        artifact: &str,
+        digest: &Sha256Digest,
+        store: &Store,
+    ) -> Result<Fetched, FetchError> {
+        let reference = ArtifactRef::parse(artifact)?;
+        if let Some(path) = store.verified_blob(digest) {
+            return Ok(Fetched {
+                path,
+                downloaded: false,
+                attempts: 0,
+            });
+        }
+        let attempts = self.retry.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let result = match &reference {
+                ArtifactRef::Https(url) => {
+                    https::download(&self.http, url, store, &self.limits).await
+                }
+                ArtifactRef::Oci(r) => {
+                    self.oci
+                        .pull(r, artifact, digest, store, &self.limits)
+                        .await
+                }
+            };
+            let err = match result.and_then(|staging| commit(store, staging, artifact, digest)) {
+                Ok(path) => {
+                    return Ok(Fetched {
+                        path,
+                        downloaded: true,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) => e,
+            };
+            if !err.retryable() || attempt >= attempts {
+                return Err(err);
+            }
+            let delay = self.retry.backoff(attempt, fastrand::f64());
+            tracing::warn!(artifact, attempt, error = %err, reason = err.label(), delay_ms = delay.as_millis() as u64, "fetch failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn commit(
+    store: &Store,
+    staging: Staging,
+    artifact: &str,
+    digest: &Sha256Digest,
+) -> Result<PathBuf, FetchError> {
+    store.commit(staging, digest).map_err(|e| match e {
+        StoreError::DigestMismatch {
+            expected, actual, ..
+        } => FetchError::DigestMismatch {
+            artifact: artifact.into(),
+            expected,
+            actual,
+        },
+        other => FetchError::Store {
+            artifact: artifact.into(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_https_and_oci_and_refuses_plain_http() {
+        assert_eq!(
+            ArtifactRef::parse("https://h/p.wasm"),
+            Ok(ArtifactRef::Https("https://h/p.wasm".into()))
+        );
+        assert!(matches!(
+            ArtifactRef::parse("oci://reg:5000/team/auth:v1"),
+            Ok(ArtifactRef::Oci(_))
+        ));
+        assert!(matches!(
+            ArtifactRef::parse("http://h/p"),
+            Err(FetchError::BadReference { .. })
+        ));
+        assert!(matches!(
+            ArtifactRef::parse("https://"),
+            Err(FetchError::BadReference { .. })
+        ));
+    }
+}

@@ -1,0 +1,351 @@
+//! OCI distribution pulls via `oci-client`: resolve the manifest (pinned by digest when the
+//! reference has one), pick the plugin layer, stream it through the size limit and the hash.
+//! Credentials come from a Kubernetes pull secret (`.dockerconfigjson`) mounted as a file.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::digest::Sha256Digest;
+use crate::fetch::error::{FetchError, TransportCause, status_failure, transport_cause};
+use crate::fetch::https::{HttpLimits, map_reqwest};
+use crate::store::{Staging, Store};
+
+/// A parsed `registry/repository[:tag][@sha256:…]` (the part after `oci://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciRef {
+    /// Registry host, with port if any.
+    pub registry: String,
+    /// Repository path.
+    pub repository: String,
+    /// Tag, if given.
+    pub tag: Option<String>,
+    /// Manifest digest, if given (then the tag is informational).
+    pub digest: Option<String>,
+}
+
+impl OciRef {
+    /// Parses the reference. Pure.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (name, digest) = match s.split_once('@') {
+            Some((n, d)) => {
+                Sha256Digest::parse(d).map_err(|e| e.to_string())?;
+                (n, Some(d.to_string()))
+            }
+            None => (s, None),
+        };
+        let (registry, path) = name
+            .split_once('/')
+            .ok_or("missing repository after the registry")?;
+        // A ':' after the last '/' is a tag; one before it belongs to the registry's port.
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
+            _ => (path, None),
+        };
+        if registry.is_empty() || repository.is_empty() || tag.as_deref() == Some("") {
+            return Err("want registry/repository[:tag][@sha256:…]".into());
+        }
+        if tag.is_none() && digest.is_none() {
+            return Err("pin the manifest with :tag@sha256:… (or at least a tag)".into());
+        }
+        Ok(OciRef {
+            registry: registry.into(),
+            repository: repository.into(),
+            tag,
+            digest,
+        })
+    }
+
+    fn reference(&self) -> Reference {
+        match (&self.tag, &self.digest) {
+            (Some(t), Some(d)) => Reference::with_tag_and_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                t.clone(),
+                d.clone(),
+            ),
+            (None, Some(d)) => {
+                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone())
+            }
+            (t, None) => Reference::with_tag(
+                self.registry.clone(),
+                self.repository.clone(),
+                t.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        }
+    }
+}
+
+/// Registry credentials from a `.dockerconfigjson` pull secret, by registry host.
+#[derive(Debug, Clone, Default)]
+pub struct PullSecrets(BTreeMap<String, (String, String)>);
+
+impl PullSecrets {
+    /// Parses `{"auths":{"host":{"auth":"base64(user:pass)"}|{"username":…,"password":…}}}`. Pure.
+    pub fn parse(json: &[u8]) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct Config {
+            auths: BTreeMap<String, Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            auth: Option<String>,
+            username: Option<String>,
+            password: Option<String>,
+        }
+        let cfg: Config = serde_json::from_slice(json).map_err(|e| format!("pull secret: {e}"))?;
+        let mut out = BTreeMap::new();
+        for (host, e) in cfg.auths {
+            let pair = match (e.username, e.password, e.auth) {
+                (Some(u), Some(p), _) => (u, p),
+                (_, _, Some(auth)) => {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(auth.trim())
+                        .map_err(|e| {
+                            format!("pull secret entry {host}: auth is not base64: {e}")
+                        })?;
+                    let text = String::from_utf8(raw)
+                        .map_err(|_| format!("pull secret entry {host}: auth is not UTF-8"))?;
+                    let (u, p) = text.split_once(':').ok_or_else(|| {
+                        format!("pull secret entry {host}: auth is not user:password")
+                    })?;
+                    (u.to_string(), p.to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "pull secret entry {host}: no auth or username/password"
+                    ));
+                }
+            };
+            // Secrets often spell hosts as URLs (https://host/v1/); match on the bare host.
+            let bare = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            out.insert(bare.split('/').next().unwrap_or(bare).to_string(), pair);
+        }
+        Ok(PullSecrets(out))
+    }
+
+    /// The auth to use for `registry`.
+    pub fn auth_for(&self, registry: &str) -> RegistryAuth {
+        match self.0.get(registry) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+/// Pulls plugin layers from OCI registries.
+#[derive(Clone)]
+pub struct OciPuller {
+    client: Client,
+    secrets: PullSecrets,
+}
+
+impl OciPuller {
+    /// A puller trusting the platform roots plus `extra_ca_pem`.
+    pub fn new(limits: &HttpLimits, extra_ca_pem: Option<&[u8]>, secrets: PullSecrets) -> Self {
+        crate::ensure_crypto_provider();
+        let config = oci_client::client::ClientConfig {
+            extra_root_certificates: extra_ca_pem
+                .map(|pem| {
+                    vec![oci_client::client::Certificate {
+                        encoding: oci_client::client::CertificateEncoding::Pem,
+                        data: pem.to_vec(),
+                    }]
+                })
+                .unwrap_or_default(),
+            read_timeout: Some(limits.read_timeout),
+            connect_timeout: Some(limits.connect_timeout),
+            ..Default::default()
+        };
+        OciPuller {
+            client: Client::new(config),
+            secrets,
+        }
+    }
+
+    /// Streams the plugin layer of `r` into a staging file.
+    pub(crate) async fn pull(
+        &self,
+        r: &OciRef,
+        artifact: &str,
+        digest: &Sha256Digest,
+        store: &Store,
+        limits: &HttpLimits,
+    ) -> Result<Staging, FetchError> {
+        let reference = r.reference();
+        let auth = self.secrets.auth_for(&r.registry);
+        let (manifest, _manifest_digest) = self
+            .client
+            .pull_image_manifest(&reference, &auth)
+            .await
+            .map_err(|e| map_oci(artifact, e, limits))?;
+        let layer = match manifest.layers.as_slice() {
+            [only] => only.clone(),
+            layers => layers
+                .iter()
+                .find(|l| l.digest == digest.to_string())
+                .cloned()
+                .ok_or_else(|| {
+                    let seen: Vec<_> = layers.iter().map(|l| l.digest.as_str()).collect();
+                    FetchError::Other {
+                        artifact: artifact.into(),
+                        reason: format!("no layer with digest {digest} (layers: {seen:?})"),
+                    }
+                })?,
+        };
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        if declared > limits.max_bytes {
+            return Err(FetchError::TooLarge {
+                artifact: artifact.into(),
+                size: declared,
+                limit: limits.max_bytes,
+            });
+        }
+        let mut stream = self
+            .client
+            .pull_blob_stream(&reference, &layer)
+            .await
+            .map_err(|e| map_oci(artifact, e, limits))?;
+        let expected = stream.content_length.or(Some(declared).filter(|d| *d > 0));
+        let store_err = |e: crate::store::StoreError| FetchError::Store {
+            artifact: artifact.into(),
+            reason: e.to_string(),
+        };
+        let mut staging = store.stage().map_err(store_err)?;
+        while let Some(chunk) = stream.next().await {
+            let received = staging.len();
+            let chunk = chunk.map_err(|e| match transport_cause(&e) {
+                TransportCause::Reset => FetchError::ConnectionReset {
+                    artifact: artifact.into(),
+                    received,
+                },
+                _ => match expected {
+                    Some(expected) => FetchError::Truncated {
+                        artifact: artifact.into(),
+                        received,
+                        expected,
+                    },
+                    None => FetchError::Other {
+                        artifact: artifact.into(),
+                        reason: e.to_string(),
+                    },
+                },
+            })?;
+            let size = received + chunk.len() as u64;
+            if size > limits.max_bytes {
+                return Err(FetchError::TooLarge {
+                    artifact: artifact.into(),
+                    size,
+                    limit: limits.max_bytes,
+                });
+            }
+            staging.write(&chunk).map_err(store_err)?;
+        }
+        if let Some(expected) = expected
+            && staging.len() < expected
+        {
+            return Err(FetchError::Truncated {
+                artifact: artifact.into(),
+                received: staging.len(),
+                expected,
+            });
+        }
+        Ok(staging)
+    }
+}
+
+/// Maps an `oci-client` error to a precise failure.
+fn map_oci(artifact: &str, err: OciDistributionError, limits: &HttpLimits) -> FetchError {
+    let a = || artifact.to_string();
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => FetchError::Unauthorized {
+            artifact: a(),
+            status: 401,
+        },
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            FetchError::NotFound { artifact: a() }
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<_> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                FetchError::Unauthorized {
+                    artifact: a(),
+                    status: 401,
+                }
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NameUnknown
+                )
+            }) {
+                FetchError::NotFound { artifact: a() }
+            } else {
+                FetchError::Other {
+                    artifact: a(),
+                    reason: format!("registry error: {codes:?}"),
+                }
+            }
+        }
+        OciDistributionError::ServerError { code, message, .. } => status_failure(artifact, code)
+            .unwrap_or_else(|| FetchError::Other {
+                artifact: a(),
+                reason: format!("HTTP {code}: {message}"),
+            }),
+        OciDistributionError::RequestError(e) => map_reqwest(artifact, &e, limits, 0),
+        other => FetchError::Other {
+            artifact: a(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_registry_port_tag_and_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = OciRef::parse(&format!("127.0.0.1:5000/team/auth:v1@{d}")).expect("parses");
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "team/auth");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.digest, Some(d));
+        let r = OciRef::parse("reg:5000/auth:v2").expect("parses");
+        assert_eq!(
+            (r.repository.as_str(), r.tag.as_deref(), r.digest),
+            ("auth", Some("v2"), None)
+        );
+    }
+
+    #[test]
+    fn refuses_unpinned_or_malformed_references() {
+        assert!(OciRef::parse("reg/auth").is_err());
+        assert!(OciRef::parse("auth:v1").is_err());
+        assert!(OciRef::parse("reg/auth:v1@sha256:short").is_err());
+    }
+
+    #[test]
+    fn pull_secret_accepts_auth_and_username_forms() {
+        let json = br#"{"auths":{"https://reg.example:5000/v1/":{"auth":"dXNlcjpwYXNz"},"other":{"username":"a","password":"b"}}}"#;
+        let s = PullSecrets::parse(json).expect("parses");
+        assert!(
+            matches!(s.auth_for("reg.example:5000"), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+        );
+        assert!(matches!(s.auth_for("other"), RegistryAuth::Basic(u, _) if u == "a"));
+        assert!(matches!(s.auth_for("unknown"), RegistryAuth::Anonymous));
+        assert!(PullSecrets::parse(br#"{"auths":{"h":{"auth":"!!"}}}"#).is_err());
+    }
+}
