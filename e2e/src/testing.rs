@@ -222,6 +222,14 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
     })
 }
 
+/// The namespace's PluginReleases, as dynamic objects (the e2e crate does not link the
+/// operator's types: it checks the API as a user sees it).
+pub fn plugin_releases(ns: &TestNamespace) -> Api<kube::api::DynamicObject> {
+    use kube::api::{ApiResource, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk("hotload.dev", "v1alpha1", "PluginRelease");
+    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
+}
+
 /// A workspace binary built next to `hotload-e2e` (`cargo build --workspace --bins`).
 pub fn workspace_binary(e2e_bin: &str, name: &str) -> Result<PathBuf> {
     let path = Path::new(e2e_bin).with_file_name(name);

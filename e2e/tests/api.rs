@@ -2,18 +2,12 @@
 //! with a message that names the field and says what is wrong.
 
 use anyhow::{Result, bail, ensure};
-use hotload_e2e::testing::{self, TestNamespace};
-use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use hotload_e2e::testing;
+use kube::api::{DynamicObject, PostParams};
 use serde_json::{Value, json};
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn releases(ns: &TestNamespace) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("hotload.dev", "v1alpha1", "PluginRelease");
-    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
-}
 
 fn release(name: &str, spec: Value) -> Result<DynamicObject> {
     Ok(serde_json::from_value(json!({
@@ -36,7 +30,7 @@ fn good_spec() -> Value {
 async fn defaults_fill_in_and_bad_specs_are_refused_with_a_reason() {
     testing::run(E2E, "api", |ns| async move {
         testing::apply_crds(&ns.client).await?;
-        let api = releases(&ns);
+        let api = testing::plugin_releases(&ns);
         let created = api.create(&PostParams::default(), &release("good", good_spec())?).await?;
         let spec = &created.data["spec"];
         ensure!(spec["strategy"]["maxUnavailable"] == "25%", "default maxUnavailable: {spec}");

@@ -18,7 +18,7 @@ use hotload_e2e::testing::{self, Operator, TestNamespace, eventually, http_get};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{DynamicObject, ListParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -157,9 +157,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         }
         let (tx, mut replies) = attach(&mut client, &ns.name, pod_a, Some(token_a)).await?;
 
-        let gvk = GroupVersionKind::gvk("hotload.dev", "v1alpha1", "PluginRelease");
-        let releases: Api<DynamicObject> =
-            Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk));
+        let releases = testing::plugin_releases(&ns);
         let release: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "hotload.dev/v1alpha1", "kind": "PluginRelease",
             "metadata": {"name": "greeter"},

@@ -11,17 +11,12 @@ use hotload_e2e::testing::{self, Operator, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 const WAIT: Duration = Duration::from_secs(60);
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn releases(ns: &TestNamespace) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("hotload.dev", "v1alpha1", "PluginRelease");
-    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
-}
 
 fn release(name: &str, deadline: i32) -> Result<DynamicObject> {
     Ok(serde_json::from_value(json!({
@@ -74,7 +69,7 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
         testing::apply_crds(&ns.client).await?;
         let mut operator = Operator::start(E2E, &ns)?;
         shop(&ns, 3).await?;
-        let api = releases(&ns);
+        let api = testing::plugin_releases(&ns);
         api.create(&PostParams::default(), &release("greeter", 8)?)
             .await?;
 
@@ -189,7 +184,7 @@ async fn a_second_release_for_the_same_plugin_is_refused_with_a_condition() {
         testing::apply_crds(&ns.client).await?;
         let _operator = Operator::start(E2E, &ns)?;
         shop(&ns, 2).await?;
-        let api = releases(&ns);
+        let api = testing::plugin_releases(&ns);
         api.create(&PostParams::default(), &release("first", 600)?)
             .await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
