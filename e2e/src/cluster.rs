@@ -490,6 +490,11 @@ fn command_line(
             "--metrics-bind-address=127.0.0.1:10249".into(),
             // Leave the kernel's conntrack table size alone (it is not ours to tune).
             "--conntrack-max-per-core=0".into(),
+            // One kube-proxy serves every node (they share the node netns), but it treats
+            // only its own node's endpoints as local and masquerades hairpin traffic (a pod
+            // reaching itself through its Service) only for those. Masquerading all Service
+            // traffic makes hairpin work for pods on every node.
+            "--masquerade-all=true".into(),
         ],
         "node-agent" => {
             let exe = std::env::current_exe().context("locating hotload-e2e itself")?;
