@@ -3,6 +3,10 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/hotload/target
 export HOTLOAD_CACHE ?= $(HOME)/.cache/hotload
 export GOTOOLCHAIN := local
+# CI builds once per run: incremental artifacts would only cost disk.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 
 E2E := cargo run --quiet -p hotload-e2e --
 
