@@ -243,13 +243,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
 
     let mut desired: BTreeMap<&str, Option<String>> = BTreeMap::new();
-    let gave_up = matches!(status.phase, Some(Phase::RolledBack))
-        || (status.phase == Some(Phase::Degraded)
-            && history_outcome(&status, &target) == Some(Outcome::Failed));
     let limit = max_failures(&spec.failure_policy.max_failures, eligible.len());
     let mut requeue: Option<Duration> = None;
 
-    if !gave_up && !failures.is_empty() && failures.len() > limit {
+    if !given_up(&status, &target) && !failures.is_empty() && failures.len() > limit {
         let first = failures[0];
         let cause = format!(
             "pod {} failed to load revision {target}: {}",
@@ -281,12 +278,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             message: status.message.clone().unwrap_or_default(),
         });
     }
-    let gave_up = gave_up
-        || matches!(status.phase, Some(Phase::RolledBack))
-        || (status.phase == Some(Phase::Degraded)
-            && history_outcome(&status, &target) == Some(Outcome::Failed));
-
-    if gave_up {
+    if given_up(&status, &target) {
         if status.phase == Some(Phase::RolledBack) {
             // Every pod the rollout touched goes back to the stable revision (cached on disk).
             for pod in &eligible {
@@ -511,6 +503,14 @@ fn start_history(
             reason: None,
         },
     );
+}
+
+/// The target failed and the failure policy acted (rolled back, or paused on failure): no
+/// more pods get it until the spec changes or a retry is asked for.
+fn given_up(status: &PluginReleaseStatus, target: &str) -> bool {
+    status.phase == Some(Phase::RolledBack)
+        || (status.phase == Some(Phase::Degraded)
+            && history_outcome(status, target) == Some(Outcome::Failed))
 }
 
 fn history_outcome(status: &PluginReleaseStatus, revision: &str) -> Option<Outcome> {

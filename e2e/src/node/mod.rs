@@ -209,7 +209,7 @@ impl Agent {
         }
     }
 
-    fn layout_cgroup_dir(&self, uid: &str) -> PathBuf {
+    fn pod_cgroup_dir(&self, uid: &str) -> PathBuf {
         crate::cgroup::mount_point()
             .unwrap_or_default()
             .join(crate::cgroup::ROOT)

@@ -531,7 +531,7 @@ async fn finish(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     agent.unregister_pod_dir(&namespace, &name);
     let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_dir(agent.layout_cgroup_dir(&uid));
+    let _ = std::fs::remove_dir(agent.pod_cgroup_dir(&uid));
     if !gone {
         let pods: Api<Pod> = Api::namespaced(agent.client.clone(), &namespace);
         let params = DeleteParams {
