@@ -157,6 +157,11 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         }
         let (tx, mut replies) = attach(&mut client, &ns.name, pod_a, Some(token_a)).await?;
 
+        let pull: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pull"},
+            "stringData": {"username": "robot", "password": "s3cret"},
+        }))?;
+        ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &pull).await?;
         let releases = testing::plugin_releases(&ns);
         let release: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "hotload.dev/v1alpha1", "kind": "PluginRelease",
@@ -164,7 +169,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
             "spec": {
                 "plugin": "greeter",
                 "selector": {"matchLabels": {"app": "shop"}},
-                "artifact": {"url": "https://127.0.0.1:9/greeter.wasm", "digest": DIGEST},
+                "artifact": {"url": "https://127.0.0.1:9/greeter.wasm", "digest": DIGEST, "pullSecret": "pull"},
                 "config": {"greeting": "hello"},
                 "strategy": {"maxUnavailable": "100%"},
             },
@@ -187,6 +192,9 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
             "config: {}",
             assign.config_json
         );
+        // The pod needs no RBAC: the operator reads the pull secret and sends its credentials.
+        let credentials = assign.credentials.as_ref().context("no credentials in Assign")?;
+        ensure!(credentials.username == "robot" && credentials.password == "s3cret", "credentials");
         let now_ms = i64::try_from(
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)?

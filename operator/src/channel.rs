@@ -15,7 +15,8 @@ use futures::{Stream, StreamExt};
 use hotload_channel::TOKEN_AUDIENCE;
 use hotload_channel::proto::plugin_channel_server::{PluginChannel, PluginChannelServer};
 use hotload_channel::proto::{
-    Assign, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
+    Assign, Credentials, OperatorMessage, PluginState, SidecarMessage, State, operator_message,
+    sidecar_message,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
@@ -210,7 +211,10 @@ fn assign(directive: Directive) -> OperatorMessage {
             url: directive.url,
             digest: directive.digest,
             config_json: directive.config.map(|c| c.to_string()).unwrap_or_default(),
-            credentials: None,
+            credentials: directive.credentials.map(|c| Credentials {
+                username: c.username,
+                password: c.password,
+            }),
         })),
     }
 }

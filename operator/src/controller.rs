@@ -253,6 +253,23 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         pods: &views,
         now,
     });
+    let credentials = if plan.assign.is_empty() {
+        None
+    } else {
+        match pull_credentials(&ctx.client, release, &namespace).await {
+            Ok(credentials) => credentials,
+            Err(why) => {
+                // Assign anyway: the sidecar then reports the registry's refusal per pod.
+                let note = planner::Note {
+                    warning: true,
+                    reason: "PullSecretUnusable",
+                    message: why,
+                };
+                publish(&ctx.recorder, release, &note).await;
+                None
+            }
+        }
+    };
     for (pod, revision) in &plan.assign {
         let directive = Directive {
             plugin: plugin.clone(),
@@ -260,7 +277,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
             url: release.spec.artifact.url.clone(),
             digest: release.spec.artifact.digest.clone(),
             config: release.spec.config.clone(),
-            pull_secret: release.spec.artifact.pull_secret.clone(),
+            credentials: credentials.clone(),
         };
         if ctx.registry.assign(&namespace, pod, directive, now) {
             tracing::info!(release = %name, pod = %pod, revision = ?revision, "assigned");
@@ -301,6 +318,28 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         }
     }
     Ok(Action::requeue(requeue))
+}
+
+/// The credentials of the release's pull secret for its artifact (`None` when it names
+/// none), or why the secret cannot be used.
+async fn pull_credentials(
+    client: &Client,
+    release: &PluginRelease,
+    namespace: &str,
+) -> Result<Option<crate::credentials::Credentials>, String> {
+    let Some(name) = release.spec.artifact.pull_secret.as_deref() else {
+        return Ok(None);
+    };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        format!(
+            "release {}: pull secret {namespace}/{name}: {e}",
+            describe(release)
+        )
+    })?;
+    crate::credentials::credentials_for(&secret, &release.spec.artifact.url)
+        .map_err(|why| format!("release {}: {why}", describe(release)))
 }
 
 fn pod_view(

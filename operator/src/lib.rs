@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod channel;
 pub mod controller;
+pub mod credentials;
 pub mod leader;
 pub mod metrics;
 pub mod planner;

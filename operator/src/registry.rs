@@ -39,8 +39,8 @@ pub struct Directive {
     pub digest: String,
     /// Plugin config (JSON).
     pub config: Option<serde_json::Value>,
-    /// Pull secret name.
-    pub pull_secret: Option<String>,
+    /// Credentials from the release's pull secret, for the artifact's host.
+    pub credentials: Option<crate::credentials::Credentials>,
 }
 
 #[derive(Debug, Default)]
@@ -185,7 +185,7 @@ mod tests {
             url: "oci://r/p:1".into(),
             digest: "sha256:00".into(),
             config: None,
-            pull_secret: None,
+            credentials: None,
         }
     }
 

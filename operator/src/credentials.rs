@@ -1,0 +1,183 @@
+//! Registry credentials from a release's pull secret. Pods need no RBAC, so the sidecar
+//! cannot read Secrets itself; the operator reads the one the release names and sends the
+//! credentials for the artifact's host with the assignment, over the TLS channel.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+
+/// A username and password for the artifact's registry or HTTPS host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password, not even in debug logs.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuth {
+    username: Option<String>,
+    password: Option<String>,
+    auth: Option<String>,
+}
+
+/// The host (and port) of an `oci://host[:port]/repo…` or `https://host[:port]/path` URL.
+pub fn host_of(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("oci://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    rest.split('/').next().filter(|h| !h.is_empty())
+}
+
+/// The credentials `secret` holds for `url`'s host: a `kubernetes.io/dockerconfigjson`
+/// entry for that registry, or plain `username`/`password` keys. `Ok(None)` when the
+/// secret has nothing for this host; `Err` names what is wrong with the secret.
+pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>, String> {
+    let name = secret.metadata.name.as_deref().unwrap_or("?");
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    if let (Some(username), Some(password)) = (text("username"), text("password")) {
+        return Ok(Some(Credentials { username, password }));
+    }
+    let Some(config) = text(".dockerconfigjson") else {
+        return Err(format!(
+            "secret {name} has neither .dockerconfigjson nor username/password keys"
+        ));
+    };
+    let config: DockerConfig = serde_json::from_str(&config)
+        .map_err(|e| format!("secret {name}: .dockerconfigjson is not valid JSON: {e}"))?;
+    let Some(host) = host_of(url) else {
+        return Ok(None);
+    };
+    let entry = config.auths.iter().find(|(registry, _)| {
+        let registry = registry
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        registry.split('/').next() == Some(host)
+    });
+    let Some((registry, auth)) = entry else {
+        return Ok(None);
+    };
+    if let (Some(username), Some(password)) = (&auth.username, &auth.password) {
+        return Ok(Some(Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        }));
+    }
+    let encoded = auth.auth.as_deref().ok_or_else(|| {
+        format!("secret {name}: entry {registry} has no auth or username/password")
+    })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("secret {name}: entry {registry}: auth is not base64: {e}"))?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| format!("secret {name}: entry {registry}: auth is not UTF-8"))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| format!("secret {name}: entry {registry}: auth is not user:password"))?;
+    Ok(Some(Credentials {
+        username: username.to_string(),
+        password: password.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("pull".into());
+        secret.data = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        secret
+    }
+
+    fn creds(user: &str, pass: &str) -> Option<Credentials> {
+        Some(Credentials {
+            username: user.into(),
+            password: pass.into(),
+        })
+    }
+
+    #[test]
+    fn docker_config_entries_match_the_artifact_host() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("robot:s3cret");
+        let config = format!(
+            r#"{{"auths": {{"registry.shop:5000": {{"auth": "{auth}"}}, "https://ghcr.example": {{"username": "u", "password": "p"}}}}}}"#
+        );
+        let s = secret(&[(".dockerconfigjson", &config)]);
+        assert_eq!(
+            credentials_for(&s, "oci://registry.shop:5000/plugins/auth:1"),
+            Ok(creds("robot", "s3cret"))
+        );
+        assert_eq!(
+            credentials_for(&s, "oci://ghcr.example/org/p:2"),
+            Ok(creds("u", "p"))
+        );
+        assert_eq!(credentials_for(&s, "oci://elsewhere/p:1"), Ok(None));
+    }
+
+    #[test]
+    fn basic_auth_keys_serve_any_host() {
+        let s = secret(&[("username", "alice"), ("password", "pw")]);
+        assert_eq!(
+            credentials_for(&s, "https://files.shop/p.wasm"),
+            Ok(creds("alice", "pw"))
+        );
+    }
+
+    #[test]
+    fn broken_secrets_say_what_is_wrong() {
+        let empty = credentials_for(&secret(&[("token", "x")]), "oci://r/p:1").unwrap_err();
+        assert!(
+            empty.contains("neither .dockerconfigjson nor username/password"),
+            "{empty}"
+        );
+        let garbage =
+            credentials_for(&secret(&[(".dockerconfigjson", "{")]), "oci://r/p:1").unwrap_err();
+        assert!(garbage.contains("not valid JSON"), "{garbage}");
+        let bad = r#"{"auths": {"r": {"auth": "!!!"}}}"#;
+        let bad =
+            credentials_for(&secret(&[(".dockerconfigjson", bad)]), "oci://r/p:1").unwrap_err();
+        assert!(bad.contains("not base64"), "{bad}");
+    }
+
+    #[test]
+    fn hosts_come_from_oci_and_https_urls_and_passwords_stay_out_of_logs() {
+        assert_eq!(
+            host_of("oci://127.0.0.1:5000/a/b:1"),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(host_of("https://files.shop/p.wasm"), Some("files.shop"));
+        assert_eq!(host_of("ftp://x/y"), None);
+        let printed = format!("{:?}", creds("alice", "hunter2"));
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+}
