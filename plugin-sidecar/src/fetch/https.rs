@@ -158,14 +158,5 @@ pub(crate) async fn download(
             }
         }
     }
-    if let Some(expected) = expected
-        && staging.len() < expected
-    {
-        return Err(FetchError::Truncated {
-            artifact: url.into(),
-            received: staging.len(),
-            expected,
-        });
-    }
-    Ok(staging)
+    super::complete(url, staging, expected)
 }

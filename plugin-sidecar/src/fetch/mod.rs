@@ -132,6 +132,22 @@ impl Fetcher {
     }
 }
 
+/// A download is whole only if it has every byte the server announced.
+pub(crate) fn complete(
+    artifact: &str,
+    staging: Staging,
+    expected: Option<u64>,
+) -> Result<Staging, FetchError> {
+    match expected {
+        Some(expected) if staging.len() < expected => Err(FetchError::Truncated {
+            artifact: artifact.into(),
+            received: staging.len(),
+            expected,
+        }),
+        _ => Ok(staging),
+    }
+}
+
 fn commit(
     store: &Store,
     staging: Staging,

@@ -247,16 +247,7 @@ impl OciPuller {
             }
             staging.write(&chunk).map_err(store_err)?;
         }
-        if let Some(expected) = expected
-            && staging.len() < expected
-        {
-            return Err(FetchError::Truncated {
-                artifact: artifact.into(),
-                received: staging.len(),
-                expected,
-            });
-        }
-        Ok(staging)
+        super::complete(artifact, staging, expected)
     }
 }
 
