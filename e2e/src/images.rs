@@ -147,11 +147,28 @@ pub fn default_images() -> Result<ImageMap> {
             args: vec!["testserver".to_string()],
         },
     );
+    // Hotload's own images are the workspace binaries built next to this one.
+    for (image, binary, args) in HOTLOAD_IMAGES {
+        map.images.insert(
+            image.to_string(),
+            Image {
+                entrypoint: exe.with_file_name(binary),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            },
+        );
+    }
     Ok(map)
 }
 
 /// The image of the e2e test server.
 pub const TESTSERVER_IMAGE: &str = "hotload/e2e-testserver:dev";
+
+/// Hotload's images as the Dockerfiles build them: image, binary, default CMD.
+pub const HOTLOAD_IMAGES: [(&str, &str, &[&str]); 3] = [
+    ("hotload/sidecar:dev", "hotload-sidecar", &["run"]),
+    ("hotload/demo-app:dev", "hotload-demo-app", &[]),
+    ("hotload/operator:dev", "hotload-operator", &["run"]),
+];
 
 #[cfg(test)]
 mod tests {

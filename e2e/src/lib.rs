@@ -6,8 +6,10 @@
 //! - [`node`]: a node agent that registers Nodes and runs their pods' containers as
 //!   processes, each pod in its own network and mount namespaces ([`runtime`]).
 //! - [`testing`]: start or reuse the cluster, a namespace per test, wait helpers, and a
-//!   dump of pods, events and logs when a test fails.
+//!   dump of pods, events and logs when a test fails; [`artifacts`]: an HTTPS server that
+//!   pods reach, for plugin artifacts.
 
+pub mod artifacts;
 pub mod cgroup;
 pub mod cluster;
 pub mod images;

@@ -28,6 +28,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::layout::Layout;
+use crate::netplan;
 
 static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
@@ -242,9 +243,11 @@ pub fn workspace_binary(e2e_bin: &str, name: &str) -> Result<PathBuf> {
 }
 
 /// The operator, run as a process scoped to one test namespace, stopped when dropped. Its
-/// sidecar channel listens on 127.0.0.1 with a certificate from a CA made for the test.
+/// sidecar channel listens on the root end of the node link ([`netplan::HOST_IP`]), which
+/// pods reach through their node, with a certificate from a CA made for the test.
 pub struct Operator {
     child: tokio::process::Child,
+    command: std::process::Command,
     log: PathBuf,
     /// The channel's address.
     pub channel: std::net::SocketAddr,
@@ -260,41 +263,48 @@ impl Operator {
         let binary = workspace_binary(e2e_bin, "hotload-operator")?;
         let dir = std::env::temp_dir().join(format!("hotload-operator-{}", ns.name));
         std::fs::create_dir_all(&dir)?;
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_pem = ca.self_signed(&ca_key)?.pem();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?
-            .signed_by(&key, &issuer)?;
-        std::fs::write(dir.join("tls.crt"), cert.pem())?;
-        std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-        let free_port = || -> Result<std::net::SocketAddr> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        let host = netplan::HOST_IP.to_string();
+        let pki = TestCa::new(&["127.0.0.1", &host])?;
+        pki.write(&dir)?;
+        let free_port = |ip: &str| -> Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
         };
-        let (channel, admin) = (free_port()?, free_port()?);
+        let (channel, admin) = (free_port(&host)?, free_port("127.0.0.1")?);
         let log = dir.join("operator.log");
-        let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(&binary)
+        let mut command = std::process::Command::new(&binary);
+        command
             .args(["run", "--namespace", &ns.name])
             .arg(format!("--channel-addr={channel}"))
             .arg(format!("--admin-addr={admin}"))
             .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
             .arg(format!("--tls-key={}", dir.join("tls.key").display()))
-            .env("KUBECONFIG", &ns.kubeconfig)
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .env("KUBECONFIG", &ns.kubeconfig);
+        let child = spawn_logged(&command, &log)?;
         Ok(Self {
             child,
+            command,
             log,
             channel,
             admin,
-            ca_pem,
+            ca_pem: pki.ca_pem,
         })
+    }
+
+    /// The channel's URL as a sidecar dials it.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.channel)
+    }
+
+    /// Kills the process with SIGKILL (no clean shutdown, no lease release) and waits for it.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts the operator again with the same arguments, certificate and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.child = spawn_logged(&self.command, &self.log)?;
+        Ok(())
     }
 
     /// Waits until the operator reports Ready (leader, caches synced), as a Service would.
@@ -316,6 +326,70 @@ impl Operator {
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Starts `command`, appending its stdout and stderr to `log`; killed when dropped.
+fn spawn_logged(command: &std::process::Command, log: &Path) -> Result<tokio::process::Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut command = tokio::process::Command::from(clone_command(command));
+    command
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.as_std().get_program()))
+}
+
+fn clone_command(command: &std::process::Command) -> std::process::Command {
+    let mut copy = std::process::Command::new(command.get_program());
+    copy.args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => copy.env(key, value),
+            None => copy.env_remove(key),
+        };
+    }
+    copy
+}
+
+/// A CA made for one test and a serving certificate it signed.
+pub struct TestCa {
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    /// The serving certificate (PEM).
+    pub cert_pem: String,
+    /// The serving key (PEM).
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A CA and a certificate for `names` (DNS names or IP addresses).
+    pub fn new(names: &[&str]) -> Result<Self> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_pem,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes `tls.crt`, `tls.key` and `ca.crt` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join("tls.crt"), &self.cert_pem)?;
+        std::fs::write(dir.join("tls.key"), &self.key_pem)?;
+        std::fs::write(dir.join("ca.crt"), &self.ca_pem)?;
+        Ok(())
     }
 }
 

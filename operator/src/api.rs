@@ -255,6 +255,15 @@ fn free_form(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A history record's config, kept as written.
+fn revision_config(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "The plugin config of this revision, kept so a rollback hands pods exactly what they ran before."
+    })
+}
+
 /// What the operator observed and did, written only by the operator (server-side apply).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -392,6 +401,11 @@ pub struct RevisionRecord {
     pub url: String,
     /// The artifact digest.
     pub digest: String,
+    /// The plugin config of this revision, kept so a rollback hands pods exactly what they
+    /// ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "revision_config")]
+    pub config: Option<serde_json::Value>,
     /// When the rollout of this revision began.
     pub started_at: Time,
     /// Progressing, Stable, Failed, RolledBack or Superseded.

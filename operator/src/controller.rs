@@ -24,7 +24,7 @@ use crate::api::{PluginRelease, describe};
 use crate::metrics::{Metrics, label};
 use crate::planner::{self, Input, PodView};
 use crate::registry::{Directive, Registry};
-use crate::selector;
+use crate::{revision, selector};
 
 /// The field manager of every status write.
 pub const MANAGER: &str = "hotload-operator";
@@ -271,12 +271,26 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         }
     };
     for (pod, revision) in &plan.assign {
+        let source = match revision {
+            Some(r) => match revision::source_of(r, &release.spec, &plan.status.history) {
+                Some(source) => source,
+                None => {
+                    tracing::error!(release = %name, pod = %pod, revision = %r, "revision is in neither the spec nor the history; not assigned");
+                    continue;
+                }
+            },
+            None => revision::RevisionSource {
+                url: String::new(),
+                digest: String::new(),
+                config: None,
+            },
+        };
         let directive = Directive {
             plugin: plugin.clone(),
             revision: revision.clone(),
-            url: release.spec.artifact.url.clone(),
-            digest: release.spec.artifact.digest.clone(),
-            config: release.spec.config.clone(),
+            url: source.url,
+            digest: source.digest,
+            config: source.config,
             credentials: credentials.clone(),
         };
         if ctx.registry.assign(&namespace, pod, directive, now) {

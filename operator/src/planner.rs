@@ -110,8 +110,19 @@ fn in_flight(pod: &PodView, target: &str, min_ready: Duration, now: Timestamp) -
         && !updated(pod, target, min_ready, now)
 }
 
-fn failed(pod: &PodView, target: &str) -> bool {
-    pod.assigned.as_deref() == Some(target) && pod.state == AckState::Failed
+/// Failed the target during the current attempt at it. A failure from before the attempt
+/// began (a retry after a fix) is not held against it: that pod is assigned again.
+fn failed(pod: &PodView, target: &str, attempt: Option<Timestamp>) -> bool {
+    pod.assigned.as_deref() == Some(target)
+        && pod.state == AckState::Failed
+        && attempt.is_none_or(|started| pod.since >= started)
+}
+
+/// Failed the target before the current attempt at it began: to be assigned again.
+fn stale_failure(pod: &PodView, target: &str, attempt: Option<Timestamp>) -> bool {
+    pod.assigned.as_deref() == Some(target)
+        && pod.state == AckState::Failed
+        && !failed(pod, target, attempt)
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
@@ -237,7 +248,15 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let count = |f: &dyn Fn(&PodView) -> bool| eligible.iter().filter(|p| f(p)).count();
     let n_updated = count(&|p| updated(p, &target, min_ready, now));
     let n_flight = count(&|p| in_flight(p, &target, min_ready, now));
-    let failures: Vec<&&PodView> = eligible.iter().filter(|p| failed(p, &target)).collect();
+    let attempt = status
+        .history
+        .iter()
+        .find(|r| r.revision == target)
+        .map(|r| r.started_at.0);
+    let failures: Vec<&&PodView> = eligible
+        .iter()
+        .filter(|p| failed(p, &target, attempt))
+        .collect();
     if n_updated > usize::try_from(prev.updated).unwrap_or(0) || fresh {
         status.last_progress_at = Some(Time(now));
     }
@@ -312,7 +331,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         };
         for pod in &eligible {
             let on_target = pod.assigned.as_deref() == Some(target.as_str());
-            if on_target {
+            if on_target && !stale_failure(pod, &target, attempt) {
                 continue;
             }
             if room > 0 && pod.connected {
@@ -378,7 +397,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .into_iter()
         .filter(|(name, revision)| {
             let pod = eligible.iter().find(|p| p.name == *name);
-            pod.is_some_and(|p| p.assigned != *revision)
+            // Sent when it changes what the pod runs, or to try a stale failure again.
+            pod.is_some_and(|p| p.assigned != *revision || stale_failure(p, &target, attempt))
         })
         .map(|(name, revision)| (name.to_string(), revision))
         .collect();
@@ -498,6 +518,7 @@ fn start_history(
             revision: target.to_string(),
             url: spec.artifact.url.clone(),
             digest: spec.artifact.digest.clone(),
+            config: spec.config.clone(),
             started_at: Time(now),
             outcome: Outcome::Progressing,
             reason: None,
@@ -533,10 +554,16 @@ fn set_outcome(
     }
 }
 
+/// Keeps the newest `limit` records, and always the stable revision's: a rollback needs its
+/// artifact.
 fn trim_history(status: &mut PluginReleaseStatus, limit: i32) {
-    status
-        .history
-        .truncate(usize::try_from(limit).unwrap_or(0).max(1));
+    let keep = usize::try_from(limit).unwrap_or(0).max(1);
+    let stable = status.stable_revision.as_deref();
+    let mut kept = 0;
+    status.history.retain(|r| {
+        kept += 1;
+        kept <= keep || Some(r.revision.as_str()) == stable
+    });
 }
 
 fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {

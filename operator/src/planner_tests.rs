@@ -570,3 +570,55 @@ fn the_first_rollout_has_no_stable_revision_to_fall_back_to() {
             .contains("rolling back to no plugin")
     );
 }
+
+#[test]
+fn the_stable_revision_outlives_a_short_history_so_a_rollback_can_find_its_artifact() {
+    let mut old = spec(OLD, json!({}));
+    old.revision_history_limit = 1;
+    let mut fleet = Fleet::stable(2, old);
+    let mut new = spec(NEW, json!({"maxUnavailable": 1}));
+    new.revision_history_limit = 1;
+    new.config = Some(json!({"mode": "new"}));
+    fleet.apply(new);
+    fleet.plan();
+    let stable = fleet.status.stable_revision.clone().unwrap();
+    let revisions: Vec<_> = fleet.status.history.iter().map(|r| &r.revision).collect();
+    assert_eq!(revisions.len(), 2, "target plus stable: {revisions:?}");
+    assert_eq!(revisions[1], &stable);
+    assert_eq!(fleet.status.history[0].config, Some(json!({"mode": "new"})));
+    assert_eq!(fleet.status.history[1].digest, OLD);
+}
+
+#[test]
+fn retry_after_a_pause_on_failure_assigns_the_failed_pods_again() {
+    let strategy = json!({"maxUnavailable": 1});
+    let mut fleet = Fleet::stable(2, spec(OLD, strategy.clone()));
+    let mut new = spec(NEW, strategy);
+    new.failure_policy.action = FailureAction::Pause;
+    fleet.apply(new);
+    let batch = fleet.plan().assign;
+    fleet.now += 1;
+    fleet.fail(&batch[0].0, "fetch: 404 Not Found");
+    fleet.converge(3);
+    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    assert!(
+        fleet.plan().assign.is_empty(),
+        "paused on failure: no pod moves"
+    );
+
+    fleet.now += 5;
+    fleet
+        .annotations
+        .insert(RETRY_ANNOTATION.into(), "artifact-uploaded".into());
+    let retry = fleet.plan();
+    assert!(retry.notes.iter().any(|n| n.reason == "RolloutRetried"));
+    assert_eq!(
+        retry.assign,
+        vec![(batch[0].0.clone(), Some(rev(NEW)))],
+        "the pod that failed before the retry is assigned again"
+    );
+    assert_eq!(fleet.status.phase, Some(Phase::Progressing));
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(NEW)), 2);
+}

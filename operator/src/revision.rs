@@ -2,7 +2,43 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::api::PluginReleaseSpec;
+use crate::api::{PluginReleaseSpec, RevisionRecord};
+
+/// What a pod loads to run one revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionSource {
+    /// Artifact URL.
+    pub url: String,
+    /// Artifact digest.
+    pub digest: String,
+    /// Plugin config.
+    pub config: Option<serde_json::Value>,
+}
+
+/// Where `revision` comes from: the spec when it is the spec's revision, otherwise its
+/// history record (a rollback hands pods what they ran before, not the spec's new artifact).
+/// `None` when the revision is in neither. Pure.
+pub fn source_of(
+    revision: &str,
+    spec: &PluginReleaseSpec,
+    history: &[RevisionRecord],
+) -> Option<RevisionSource> {
+    if revision == revision_of(spec) {
+        return Some(RevisionSource {
+            url: spec.artifact.url.clone(),
+            digest: spec.artifact.digest.clone(),
+            config: spec.config.clone(),
+        });
+    }
+    history
+        .iter()
+        .find(|r| r.revision == revision)
+        .map(|r| RevisionSource {
+            url: r.url.clone(),
+            digest: r.digest.clone(),
+            config: r.config.clone(),
+        })
+}
 
 /// The revision of a spec: the first 10 hex digits of sha256 over the artifact digest and
 /// the canonical JSON of the config. The URL is left out on purpose: the same bytes from a
@@ -53,6 +89,31 @@ mod tests {
         assert_ne!(base, revision_of(&spec(B, "oci://r/p:1", None)));
         let with_config = revision_of(&spec(A, "oci://r/p:1", Some(serde_json::json!({"x": 1}))));
         assert_ne!(base, with_config);
+    }
+
+    #[test]
+    fn a_rollback_loads_the_stable_revisions_own_artifact_and_config() {
+        let stable = spec(A, "oci://r/p:1", Some(serde_json::json!({"mode": "old"})));
+        let broken = spec(B, "oci://r/p:2", None);
+        let record = RevisionRecord {
+            revision: revision_of(&stable),
+            url: stable.artifact.url.clone(),
+            digest: A.into(),
+            config: stable.config.clone(),
+            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+            outcome: crate::api::Outcome::Stable,
+            reason: None,
+        };
+        let history = [record];
+        let back = source_of(&revision_of(&stable), &broken, &history).expect("in history");
+        assert_eq!(back.digest, A);
+        assert_eq!(back.url, "oci://r/p:1");
+        assert_eq!(back.config, Some(serde_json::json!({"mode": "old"})));
+        let forward = source_of(&revision_of(&broken), &broken, &history).expect("the spec");
+        assert_eq!(forward.digest, B);
+        assert_eq!(source_of("0123456789", &broken, &history), None);
     }
 
     #[test]

@@ -133,7 +133,11 @@ impl Agent {
             Ok(d) => d,
             Err(e) => return failed(format!("assignment: {e}")),
         };
-        let fetched = match self.fetcher.fetch(&a.artifact, &digest, &self.store).await {
+        let fetched = match self
+            .fetcher
+            .fetch_with(&a.artifact, &digest, &self.store, a.credentials.as_ref())
+            .await
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(plugin = a.plugin, revision, reason = e.label(), error = %e, "fetch failed");

@@ -19,6 +19,28 @@ pub struct Assignment {
     /// Plugin config handed to the app.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// Credentials for the artifact's host (from the release's pull secret); they take the
+    /// place of the sidecar's own pull secret for this fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// A username and password for a registry or HTTPS server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Username.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Assignment {

@@ -105,6 +105,68 @@ pub struct RunArgs {
     /// Stay unready until at least one plugin is assigned.
     #[arg(long)]
     pub require_assignment: bool,
+    /// The operator's channel, `https://host:port`; without it the sidecar takes
+    /// assignments from its control socket only.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// How to reach the operator.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// The operator's sidecar channel, `https://host:port`.
+    #[arg(long = "operator-addr", env = "HOTLOAD_OPERATOR_ADDR")]
+    pub addr: Option<String>,
+    /// CA bundle (PEM) that signed the operator's certificate.
+    #[arg(long = "operator-ca", env = "HOTLOAD_OPERATOR_CA", requires = "addr")]
+    pub ca: Option<PathBuf>,
+    /// Name the operator's certificate must carry (default: the address's host).
+    #[arg(long = "operator-server-name", env = "HOTLOAD_OPERATOR_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Projected service-account token with audience `hotload.dev/channel`.
+    #[arg(
+        long,
+        env = "HOTLOAD_TOKEN_FILE",
+        default_value = "/var/run/secrets/hotload/token"
+    )]
+    pub token_file: PathBuf,
+    /// This pod's name (downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+}
+
+impl OperatorArgs {
+    /// The channel settings, or `None` when no operator address is given.
+    pub fn settings(&self) -> anyhow::Result<Option<crate::channel::ChannelSettings>> {
+        let Some(endpoint) = self.addr.clone() else {
+            return Ok(None);
+        };
+        let missing = |what: &str, flag: &str| {
+            anyhow::anyhow!("--operator-addr {endpoint} needs {what} ({flag})")
+        };
+        let ca = self
+            .ca
+            .as_deref()
+            .ok_or_else(|| missing("the operator's CA", "--operator-ca"))?;
+        Ok(Some(crate::channel::ChannelSettings {
+            endpoint: endpoint.clone(),
+            ca_pem: std::fs::read(ca)
+                .with_context(|| format!("read operator CA {}", ca.display()))?,
+            server_name: self.server_name.clone(),
+            token_file: self.token_file.clone(),
+            namespace: self.pod_namespace.clone().ok_or_else(|| {
+                missing("the pod's namespace", "--pod-namespace or POD_NAMESPACE")
+            })?,
+            pod: self
+                .pod_name
+                .clone()
+                .ok_or_else(|| missing("the pod's name", "--pod-name or POD_NAME"))?,
+            backoff: (Duration::from_millis(200), Duration::from_secs(10)),
+        }))
+    }
 }
 
 /// `load` options.
@@ -173,6 +235,7 @@ pub fn build_agent(args: &RunArgs) -> anyhow::Result<Arc<Agent>> {
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let operator = args.operator.settings()?;
     let agent = build_agent(&args)?;
     let app_path = args
         .app_socket
@@ -196,6 +259,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%admin_addr, app_socket = %app_path.display(), control_socket = %control_path.display(), "sidecar running");
     let app_task = tokio::spawn(crate::app_channel::serve(app, agent.clone()));
     let control_task = tokio::spawn(crate::control::serve(control, agent.clone()));
+    let channel_task = operator.map(|settings| {
+        tracing::info!(
+            operator = settings.endpoint,
+            pod = settings.pod,
+            "dialing the operator"
+        );
+        tokio::spawn(crate::channel::run(agent.clone(), settings))
+    });
     let admin_task =
         tokio::spawn(async move { axum::serve(admin, crate::admin::router(agent)).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -206,6 +277,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     app_task.abort();
     control_task.abort();
+    if let Some(task) = channel_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&app_path);
     let _ = std::fs::remove_file(&control_path);
     Ok(())
@@ -223,6 +297,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<bool> {
         artifact: args.artifact,
         digest: args.digest,
         config,
+        credentials: None,
     };
     let outcome = crate::control::request(&args.paths.control(), &a).await?;
     println!("{}", serde_json::to_string(&outcome)?);

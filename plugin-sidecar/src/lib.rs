@@ -5,17 +5,18 @@
 //!   sources of assignments             agent                         app
 //!   ┌──────────────────────┐  assign  ┌───────────────────────┐ Load  ┌──────────────┐
 //!   │ control.rs (`load`)  │ ───────► │ fetch → verify → store│ ────► │ app_channel  │
-//!   │ operator channel     │ ◄─────── │ state.json, readiness │ ◄──── │ (Unix socket)│
-//!   │ (future, one module) │ outcome  └───────────────────────┘ ack   └──────────────┘
+//!   │ channel.rs (operator,│ ◄─────── │ state.json, readiness │ ◄──── │ (Unix socket)│
+//!   │  gRPC)               │ outcome  └───────────────────────┘ ack   └──────────────┘
 //!   └──────────────────────┘
 //! ```
-//! The operator-facing channel will be one more module calling [`agent::Agent::assign`] and
-//! watching [`agent::Agent::subscribe_app`]; nothing else needs to change for it.
+//! Both sources call [`agent::Agent::assign`]; the operator channel also watches
+//! [`agent::Agent::subscribe_app`] to report what the app confirms.
 
 pub mod admin;
 pub mod agent;
 pub mod app_channel;
 pub mod assignment;
+pub mod channel;
 pub mod cli;
 pub mod control;
 pub mod digest;

@@ -137,6 +137,7 @@ pub async fn assign_to(
             artifact: "https://artifacts.invalid/handler".into(),
             digest: digest.to_string(),
             config,
+            credentials: None,
         })
         .await
 }

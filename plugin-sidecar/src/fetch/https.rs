@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::assignment::Credentials;
 use crate::fetch::error::{FetchError, TransportCause, status_failure, transport_cause};
 use crate::store::{Staging, Store};
 
@@ -104,9 +105,13 @@ pub(crate) async fn download(
     url: &str,
     store: &Store,
     limits: &HttpLimits,
+    credentials: Option<&Credentials>,
 ) -> Result<Staging, FetchError> {
-    let mut resp = client
-        .get(url)
+    let mut request = client.get(url);
+    if let Some(c) = credentials {
+        request = request.basic_auth(&c.username, Some(&c.password));
+    }
+    let mut resp = request
         .send()
         .await
         .map_err(|e| map_reqwest(url, &e, limits, 0))?;

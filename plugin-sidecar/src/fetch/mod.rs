@@ -14,6 +14,7 @@ pub use error::FetchError;
 pub use https::HttpLimits;
 pub use retry::RetryPolicy;
 
+use crate::assignment::Credentials;
 use crate::digest::Sha256Digest;
 use crate::store::{Staging, Store, StoreError};
 
@@ -90,6 +91,18 @@ impl Fetcher {
         digest: &Sha256Digest,
         store: &Store,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_with(artifact, digest, store, None).await
+    }
+
+    /// [`Fetcher::fetch`] with credentials for the artifact's host, which take the place of
+    /// the pull secret the sidecar was started with.
+    pub async fn fetch_with(
+        &self,
+        artifact: &str,
+        digest: &Sha256Digest,
+        store: &Store,
+        credentials: Option<&Credentials>,
+    ) -> Result<Fetched, FetchError> {
         let reference = ArtifactRef::parse(artifact)?;
         if let Some(path) = store.verified_blob(digest) {
             return Ok(Fetched {
@@ -103,11 +116,11 @@ impl Fetcher {
         loop {
             let result = match &reference {
                 ArtifactRef::Https(url) => {
-                    https::download(&self.http, url, store, &self.limits).await
+                    https::download(&self.http, url, store, &self.limits, credentials).await
                 }
                 ArtifactRef::Oci(r) => {
                     self.oci
-                        .pull(r, artifact, digest, store, &self.limits)
+                        .pull(r, artifact, digest, store, &self.limits, credentials)
                         .await
                 }
             };

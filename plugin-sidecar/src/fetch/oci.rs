@@ -10,6 +10,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use crate::assignment::Credentials;
 use crate::digest::Sha256Digest;
 use crate::fetch::error::{FetchError, TransportCause, status_failure, transport_cause};
 use crate::fetch::https::{HttpLimits, map_reqwest};
@@ -177,9 +178,13 @@ impl OciPuller {
         digest: &Sha256Digest,
         store: &Store,
         limits: &HttpLimits,
+        credentials: Option<&Credentials>,
     ) -> Result<Staging, FetchError> {
         let reference = r.reference();
-        let auth = self.secrets.auth_for(&r.registry);
+        let auth = match credentials {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => self.secrets.auth_for(&r.registry),
+        };
         let (manifest, _manifest_digest) = self
             .client
             .pull_image_manifest(&reference, &auth)

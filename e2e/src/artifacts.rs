@@ -1,0 +1,110 @@
+//! A real HTTPS artifact server for rollout tests: rustls with a CA made for the test,
+//! listening on the root end of the node link ([`netplan::HOST_IP`]) so sidecars in pods
+//! reach it. It counts downloads per file, so a test can prove a rollback came from the
+//! sidecar's cache, and files can be added or removed while it runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest as _, Sha256};
+
+use crate::netplan;
+use crate::testing::TestCa;
+
+#[derive(Default)]
+struct Files {
+    bytes: HashMap<String, Vec<u8>>,
+    hits: HashMap<String, usize>,
+}
+
+/// The server; stops when dropped.
+pub struct ArtifactServer {
+    files: Arc<Mutex<Files>>,
+    base: String,
+    /// The CA (PEM) sidecars must trust.
+    pub ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The `sha256:<hex>` digest of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+async fn serve_file(
+    State(files): State<Arc<Mutex<Files>>>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let Ok(mut files) = files.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    *files.hits.entry(name.clone()).or_default() += 1;
+    match files.bytes.get(&name) {
+        Some(bytes) => bytes.clone().into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no artifact {name}\n")).into_response(),
+    }
+}
+
+impl ArtifactServer {
+    /// Starts the server on a free port of [`netplan::HOST_IP`]; `dir` keeps its certificate.
+    pub async fn start(dir: &std::path::Path) -> Result<Self> {
+        crate::tls::install_crypto_provider();
+        let host = netplan::HOST_IP.to_string();
+        let pki = TestCa::new(&[&host])?;
+        std::fs::create_dir_all(dir)?;
+        pki.write(dir)?;
+        let tls = crate::tls::acceptor(&dir.join("tls.crt"), &dir.join("tls.key"), None)?;
+        let listener = tokio::net::TcpListener::bind((netplan::HOST_IP, 0))
+            .await
+            .context("binding the artifact server (is the cluster up?)")?;
+        let base = format!("https://{}", listener.local_addr()?);
+        let files = Arc::new(Mutex::new(Files::default()));
+        let app = Router::new()
+            .route("/{name}", get(serve_file))
+            .with_state(files.clone());
+        let task = tokio::spawn(crate::tls::serve(app, listener, tls));
+        Ok(Self {
+            files,
+            base,
+            ca_pem: pki.ca_pem,
+            task,
+        })
+    }
+
+    /// Serves `bytes` as `name`; returns its URL.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> String {
+        if let Ok(mut files) = self.files.lock() {
+            files.bytes.insert(name.to_string(), bytes.to_vec());
+        }
+        self.url(name)
+    }
+
+    /// The URL `name` is (or would be) served at.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    /// How many times `name` was requested.
+    pub fn hits(&self, name: &str) -> usize {
+        self.files
+            .lock()
+            .map(|f| f.hits.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ArtifactServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

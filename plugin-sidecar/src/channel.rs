@@ -1,0 +1,509 @@
+//! The operator channel: the sidecar dials the operator, proves which pod it is with its
+//! projected service-account token, says what it has (`Hello`), and from then on runs what
+//! it is told (`Assign` → [`Agent::assign`]) and reports every change (`PluginState`).
+//!
+//! ```text
+//!   operator ──Assign──► inbound ──► worker (one at a time) ──► Agent::assign
+//!      ▲                                  │ attempt started/ended
+//!      │                                  ▼
+//!      └──PluginState◄── diff ◄── Reporter::refresh ◄── app acks (Agent::subscribe_app)
+//! ```
+//! What the operator is told is one pure function of the agent's state, what the app
+//! confirmed, and the assignment attempts in flight or failed ([`summarize`]). Each stream
+//! sends the whole picture in `Hello` and then only what changed, so a reconnect (operator
+//! restart, leader change) needs no special case. Assignments outlive streams: a load that
+//! is half-way when the stream drops finishes and is reported on the next stream.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
+use hotload_channel::proto::{
+    self, Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message,
+    sidecar_message,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::agent::Agent;
+use crate::assignment::{AssignOutcome, Assignment, Credentials};
+use crate::readiness::LiveApp;
+use crate::state::SidecarState;
+
+/// How to reach the operator and who this sidecar is.
+#[derive(Debug, Clone)]
+pub struct ChannelSettings {
+    /// `https://host:port` of the operator's channel.
+    pub endpoint: String,
+    /// CA (PEM) that signed the operator's certificate.
+    pub ca_pem: Vec<u8>,
+    /// Name to check the operator's certificate against (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// The projected token (audience `hotload.dev/channel`); re-read for every connection
+    /// because the kubelet rotates it.
+    pub token_file: PathBuf,
+    /// This pod's namespace.
+    pub namespace: String,
+    /// This pod's name.
+    pub pod: String,
+    /// Reconnect back-off: first delay and ceiling.
+    pub backoff: (Duration, Duration),
+}
+
+/// An assignment the agent is working on or failed, which the stored state cannot tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Fetching, verifying or waiting for the app.
+    InFlight {
+        /// The revision being loaded.
+        revision: String,
+    },
+    /// The revision is not serving, for this reason.
+    Failed {
+        /// The revision that failed.
+        revision: String,
+        /// Stage-prefixed reason.
+        reason: String,
+    },
+}
+
+/// One plugin as the operator sees it (without the timestamp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The revision the sidecar was last told to run.
+    pub assigned: Option<String>,
+    /// The revision the app confirmed on its current connection.
+    pub serving: Option<String>,
+    /// How the assigned revision is doing.
+    pub state: State,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// What to tell the operator about every plugin. Pure.
+///
+/// The app's confirmation wins: a pod serving its assigned revision is `Loaded` whatever
+/// happened before. Otherwise an attempt in flight is `Loading`, a failed one `Failed`, a
+/// revision the app refused `Failed`, and anything else waits for the app (`Loading` when
+/// it is connected, `Pending` when it is not).
+pub fn summarize(
+    state: &SidecarState,
+    live: &LiveApp,
+    attempts: &BTreeMap<String, Attempt>,
+) -> BTreeMap<String, Summary> {
+    let plugins = state.plugins.keys().chain(attempts.keys());
+    plugins
+        .map(|plugin| {
+            let record = state.plugins.get(plugin);
+            let attempt = attempts.get(plugin);
+            let assigned = match attempt {
+                Some(Attempt::InFlight { revision } | Attempt::Failed { revision, .. }) => {
+                    Some(revision.clone())
+                }
+                None => record.and_then(|r| r.assigned.as_ref().map(|a| a.revision.clone())),
+            };
+            let serving = live.serving.get(plugin).cloned();
+            let refused = record
+                .and_then(|r| r.refused.as_ref())
+                .filter(|r| Some(&r.revision) == assigned.as_ref());
+            let (state, reason) = if assigned.is_some() && serving == assigned {
+                (State::Loaded, String::new())
+            } else {
+                match (attempt, refused) {
+                    (Some(Attempt::InFlight { .. }), _) => (State::Loading, String::new()),
+                    (Some(Attempt::Failed { reason, .. }), _) => (State::Failed, reason.clone()),
+                    (None, Some(r)) => (State::Failed, format!("app: {}", r.reason)),
+                    (None, None) if live.connection.is_some() => (State::Loading, String::new()),
+                    (None, None) => (State::Pending, String::new()),
+                }
+            };
+            let summary = Summary {
+                assigned,
+                serving,
+                state,
+                reason,
+            };
+            (plugin.clone(), summary)
+        })
+        .collect()
+}
+
+/// The summaries with the time each one last changed; `since` survives reconnects.
+type Published = BTreeMap<String, (Summary, i64)>;
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Keeps the published picture up to date.
+struct Reporter {
+    agent: Arc<Agent>,
+    attempts: Mutex<BTreeMap<String, Attempt>>,
+    published: watch::Sender<Published>,
+}
+
+impl Reporter {
+    fn set_attempt(&self, plugin: &str, attempt: Option<Attempt>) {
+        if let Ok(mut attempts) = self.attempts.lock() {
+            match attempt {
+                Some(a) => attempts.insert(plugin.to_string(), a),
+                None => attempts.remove(plugin),
+            };
+        }
+        self.refresh();
+    }
+
+    fn refresh(&self) {
+        let report = self.agent.status();
+        let attempts = self.attempts.lock().map(|a| a.clone()).unwrap_or_default();
+        let next = summarize(&report.state, &report.app, &attempts);
+        let now = unix_ms();
+        self.published.send_if_modified(|current| {
+            let mut changed = false;
+            for (plugin, summary) in next {
+                if current.get(&plugin).is_none_or(|(s, _)| *s != summary) {
+                    current.insert(plugin, (summary, now));
+                    changed = true;
+                }
+            }
+            changed
+        });
+    }
+}
+
+fn wire(plugin: &str, (summary, since): &(Summary, i64)) -> PluginState {
+    PluginState {
+        plugin: plugin.to_string(),
+        assigned_revision: summary.assigned.clone().unwrap_or_default(),
+        serving_revision: summary.serving.clone().unwrap_or_default(),
+        state: summary.state.into(),
+        reason: summary.reason.clone(),
+        since_unix_ms: *since,
+    }
+}
+
+/// Turns an `Assign` into an assignment. An empty revision asks for an unload, which the app
+/// protocol has no message for yet: refused with a reason the operator shows.
+pub fn assignment(assign: proto::Assign) -> Result<Assignment, String> {
+    if assign.revision.is_empty() {
+        return Err("unload: the sidecar cannot unload a plugin (not supported yet)".into());
+    }
+    let config = if assign.config_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&assign.config_json)
+            .map_err(|e| format!("assignment: config is not JSON: {e}"))?
+    };
+    Ok(Assignment {
+        plugin: assign.plugin,
+        revision: Some(assign.revision),
+        artifact: assign.url,
+        digest: assign.digest,
+        config,
+        credentials: assign.credentials.map(|c| Credentials {
+            username: c.username,
+            password: c.password,
+        }),
+    })
+}
+
+/// Runs the channel until the process ends: reconnects with jittered back-off and never
+/// returns.
+pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
+    crate::ensure_crypto_provider();
+    let reporter = Arc::new(Reporter {
+        agent: agent.clone(),
+        attempts: Mutex::default(),
+        published: watch::Sender::new(Published::new()),
+    });
+    reporter.refresh();
+    // App acks and disconnects change the picture without an assignment.
+    let mut live = agent.subscribe_app();
+    let on_app = reporter.clone();
+    tokio::spawn(async move {
+        while live.changed().await.is_ok() {
+            on_app.refresh();
+        }
+    });
+    let (work, queue) = mpsc::unbounded_channel::<proto::Assign>();
+    tokio::spawn(worker(reporter.clone(), queue));
+
+    let (first, ceiling) = settings.backoff;
+    let mut delay = first;
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&settings, &reporter, &work).await {
+            Ok(()) => tracing::warn!("operator closed the channel; reconnecting"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "operator channel failed"),
+        }
+        // A stream that lived a while was healthy: start the back-off over.
+        if started.elapsed() > Duration::from_secs(30) {
+            delay = first;
+        }
+        tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+        delay = (delay * 2).min(ceiling);
+    }
+}
+
+/// Runs assignments one at a time, in the order the operator sent them.
+async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
+    while let Some(assign) = queue.recv().await {
+        let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
+        let a = match assignment(assign) {
+            Ok(a) => a,
+            Err(reason) => {
+                tracing::warn!(plugin, revision, reason, "assignment refused");
+                reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }));
+                continue;
+            }
+        };
+        tracing::info!(
+            plugin,
+            revision,
+            artifact = a.artifact,
+            "assigned by the operator"
+        );
+        reporter.set_attempt(
+            &plugin,
+            Some(Attempt::InFlight {
+                revision: revision.clone(),
+            }),
+        );
+        match reporter.agent.assign(a).await {
+            AssignOutcome::Loaded { .. } => reporter.set_attempt(&plugin, None),
+            AssignOutcome::Failed { reason, .. } => {
+                reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }))
+            }
+        }
+    }
+}
+
+/// One stream: connect, Hello, then forward assignments in and changes out until it ends.
+async fn session(
+    settings: &ChannelSettings,
+    reporter: &Reporter,
+    work: &mpsc::UnboundedSender<proto::Assign>,
+) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&settings.token_file)
+        .with_context(|| format!("read token {}", settings.token_file.display()))?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&settings.ca_pem));
+    if let Some(name) = &settings.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    let channel = Endpoint::from_shared(settings.endpoint.clone())
+        .with_context(|| format!("operator address {}", settings.endpoint))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {}", settings.endpoint))?;
+
+    let mut published = reporter.published.subscribe();
+    let mut sent = published.borrow_and_update().clone();
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            namespace: settings.namespace.clone(),
+            pod: settings.pod.clone(),
+            plugins: sent.iter().map(|(p, s)| wire(p, s)).collect(),
+        })),
+    };
+    let (out, outbound) = mpsc::channel::<SidecarMessage>(16);
+    out.send(hello).await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    let bearer = format!("Bearer {}", token.trim())
+        .parse()
+        .context("the token is not a valid header value")?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut inbound = PluginChannelClient::new(channel)
+        .attach(request)
+        .await
+        .context("operator refused the stream")?
+        .into_inner();
+    tracing::info!(operator = settings.endpoint, "operator channel open");
+
+    let forward = tokio::spawn(async move {
+        while published.changed().await.is_ok() {
+            let now = published.borrow_and_update().clone();
+            for (plugin, entry) in &now {
+                if sent.get(plugin) != Some(entry) {
+                    let state = SidecarMessage {
+                        kind: Some(sidecar_message::Kind::State(wire(plugin, entry))),
+                    };
+                    if out.send(state).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            sent = now;
+        }
+    });
+    let result = async {
+        while let Some(message) = inbound.message().await? {
+            if let OperatorMessage {
+                kind: Some(operator_message::Kind::Assign(assign)),
+            } = message
+            {
+                work.send(assign).context("assignment worker stopped")?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    forward.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Sha256Digest;
+    use crate::state::{Refusal, RevisionRecord};
+
+    fn record(revision: &str) -> RevisionRecord {
+        RevisionRecord {
+            revision: revision.into(),
+            artifact: "https://a/p.wasm".into(),
+            digest: Sha256Digest::of(revision.as_bytes()),
+            config: serde_json::Value::Null,
+        }
+    }
+
+    fn assigned(revision: &str) -> SidecarState {
+        let mut state = SidecarState::default();
+        state.assign("auth", record(revision), 3);
+        state
+    }
+
+    fn app(serving: &[(&str, &str)]) -> LiveApp {
+        LiveApp {
+            connection: Some(1),
+            serving: serving
+                .iter()
+                .map(|(p, r)| (p.to_string(), r.to_string()))
+                .collect(),
+            ..LiveApp::default()
+        }
+    }
+
+    fn one(state: &SidecarState, live: &LiveApp, attempts: &[(&str, Attempt)]) -> Summary {
+        let attempts = attempts
+            .iter()
+            .map(|(p, a)| (p.to_string(), a.clone()))
+            .collect();
+        summarize(state, live, &attempts)
+            .remove("auth")
+            .expect("auth is summarized")
+    }
+
+    #[test]
+    fn a_revision_the_app_confirmed_is_loaded() {
+        let s = one(&assigned("r1"), &app(&[("auth", "r1")]), &[]);
+        assert_eq!(s.state, State::Loaded);
+        assert_eq!(s.assigned.as_deref(), Some("r1"));
+        assert_eq!(s.serving.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn an_attempt_in_flight_is_loading_and_the_old_revision_still_serves() {
+        let inflight = Attempt::InFlight {
+            revision: "r2".into(),
+        };
+        let s = one(
+            &assigned("r1"),
+            &app(&[("auth", "r1")]),
+            &[("auth", inflight)],
+        );
+        assert_eq!(s.state, State::Loading);
+        assert_eq!(s.assigned.as_deref(), Some("r2"));
+        assert_eq!(s.serving.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn a_failed_fetch_names_its_reason_while_the_stored_state_never_changed() {
+        let failed = Attempt::Failed {
+            revision: "r2".into(),
+            reason: "fetch: digest mismatch".into(),
+        };
+        let s = one(
+            &assigned("r1"),
+            &app(&[("auth", "r1")]),
+            &[("auth", failed)],
+        );
+        assert_eq!(s.state, State::Failed);
+        assert_eq!(s.assigned.as_deref(), Some("r2"));
+        assert_eq!(s.reason, "fetch: digest mismatch");
+    }
+
+    #[test]
+    fn a_refusal_recorded_before_a_restart_is_still_reported() {
+        let mut state = assigned("r2");
+        state.plugins.get_mut("auth").expect("assigned").refused = Some(Refusal {
+            revision: "r2".into(),
+            reason: "self-check trapped".into(),
+        });
+        let s = one(&state, &app(&[("auth", "r1")]), &[]);
+        assert_eq!(s.state, State::Failed);
+        assert_eq!(s.reason, "app: self-check trapped");
+    }
+
+    #[test]
+    fn without_an_app_the_assignment_is_pending_and_nothing_serves() {
+        let s = one(&assigned("r1"), &LiveApp::default(), &[]);
+        assert_eq!(s.state, State::Pending);
+        assert_eq!(s.serving, None);
+        let s = one(&assigned("r1"), &app(&[]), &[]);
+        assert_eq!(s.state, State::Loading, "connected app, not confirmed yet");
+    }
+
+    #[test]
+    fn the_apps_confirmation_wins_over_a_stale_failure() {
+        let failed = Attempt::Failed {
+            revision: "r2".into(),
+            reason: "ack: app did not answer within 60s".into(),
+        };
+        let s = one(
+            &assigned("r2"),
+            &app(&[("auth", "r2")]),
+            &[("auth", failed)],
+        );
+        assert_eq!(s.state, State::Loaded);
+    }
+
+    #[test]
+    fn assign_messages_become_assignments_and_unloads_are_refused() {
+        let a = assignment(proto::Assign {
+            plugin: "auth".into(),
+            revision: "r1".into(),
+            url: "oci://reg/p:1".into(),
+            digest: "sha256:00".into(),
+            config_json: r#"{"k":1}"#.into(),
+            credentials: Some(proto::Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            }),
+        })
+        .expect("valid");
+        assert_eq!(a.revision.as_deref(), Some("r1"));
+        assert_eq!(a.config, serde_json::json!({"k": 1}));
+        assert_eq!(a.credentials.map(|c| c.username), Some("u".to_string()));
+        let unload = assignment(proto::Assign {
+            plugin: "auth".into(),
+            ..Default::default()
+        });
+        assert!(unload.is_err_and(|e| e.contains("unload")));
+        let bad = assignment(proto::Assign {
+            revision: "r1".into(),
+            config_json: "{".into(),
+            ..Default::default()
+        });
+        assert!(bad.is_err_and(|e| e.contains("config is not JSON")));
+    }
+}
