@@ -143,7 +143,7 @@ pub fn default_images() -> Result<ImageMap> {
     map.images.insert(
         TESTSERVER_IMAGE.to_string(),
         Image {
-            entrypoint: exe,
+            entrypoint: exe.clone(),
             args: vec!["testserver".to_string()],
         },
     );

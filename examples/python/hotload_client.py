@@ -98,6 +98,8 @@ class HotloadClient:
                 continue
             if msg.get("type") == "load":
                 sock.sendall(_line(self.load(msg)))
+            elif msg.get("type") == "unload":
+                sock.sendall(_line(self.unload(msg["plugin"])))
             elif msg.get("type") == "error":
                 self.on_event({"event": "sidecar_error", "reason": msg.get("reason")})
         self.on_event({"event": "disconnected", "error": "sidecar closed the connection"})
@@ -114,6 +116,13 @@ class HotloadClient:
                 return reply
         self.on_event({"event": "loaded", "plugin": plugin, "revision": revision, "health": health})
         return {"type": "loaded", "plugin": plugin, "revision": revision, "health": health}
+
+    def unload(self, plugin):
+        """Stops serving plugin (a rollback to no plugin); returns the reply message."""
+        with self._load_lock:
+            slot = self._slots.pop(plugin, None)
+        self.on_event({"event": "unloaded", "plugin": plugin, "was_loaded": slot is not None})
+        return {"type": "unloaded", "plugin": plugin}
 
     def _load(self, plugin, revision, path, digest, config):
         slot = self._slots.setdefault(plugin, Slot())

@@ -70,6 +70,14 @@ class LoadTest(unittest.TestCase):
         self.assertEqual(self.client.load(msg)["health"], "already serving")
         self.assertEqual(self.client.call("handler", "b"), "v1:b:2")
 
+    def test_unload_stops_serving_and_is_answered_even_when_nothing_ran(self):
+        self.client.load(self.msg("r1", read("greeter_v1.py")))
+        self.assertEqual(self.client.unload("handler"), {"type": "unloaded", "plugin": "handler"})
+        self.assertIsNone(self.client.serving("handler"))
+        with self.assertRaises(LookupError):
+            self.client.call("handler", "a")
+        self.assertEqual(self.client.unload("handler")["type"], "unloaded")
+
 
 if __name__ == "__main__":
     unittest.main()

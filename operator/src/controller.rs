@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::admin::Health;
-use crate::api::{PluginRelease, describe};
+use crate::api::{PluginRelease, PluginReleaseStatus, describe};
 use crate::metrics::{Metrics, label};
 use crate::planner::{self, Input, PodView};
 use crate::registry::{Directive, Registry};
@@ -69,6 +69,18 @@ pub struct Context {
     releases: Store<PluginRelease>,
     recorder: Recorder,
     last_write: Mutex<HashMap<String, Instant>>,
+    /// The status each release was last planned to, by uid. Writes are coalesced and the
+    /// cache lags behind them, so the next plan starts from here, never from an older cached
+    /// status (which would undo a decision such as a rollback). Cleared when this replica
+    /// stops leading, so a new term starts from what the API server holds.
+    planned: Mutex<HashMap<String, Planned>>,
+}
+
+/// A release's last plan: its status, and the events waiting for that status to be written.
+#[derive(Clone)]
+struct Planned {
+    status: PluginReleaseStatus,
+    notes: Vec<(planner::Note, Option<String>)>,
 }
 
 /// Runs the controller until the process is asked to stop; with `namespace`, it watches
@@ -154,6 +166,7 @@ pub async fn run(
             },
         ),
         last_write: Mutex::default(),
+        planned: Mutex::default(),
     });
     Controller::for_stream(release_events, ctx.releases.clone())
         .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
@@ -202,6 +215,9 @@ fn releases_of(
 async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.health.ready() {
         // A follower (or a leader still syncing) watches but never acts.
+        if let Ok(mut planned) = ctx.planned.lock() {
+            planned.clear();
+        }
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let started = Instant::now();
@@ -243,7 +259,16 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let status = release.status.clone().unwrap_or_default();
+    let uid = release.uid().unwrap_or_default();
+    let remembered = ctx
+        .planned
+        .lock()
+        .ok()
+        .and_then(|planned| planned.get(&uid).cloned());
+    let (status, remembered_notes) = match remembered {
+        Some(Planned { status, notes }) => (status, notes),
+        None => (release.status.clone().unwrap_or_default(), Vec::new()),
+    };
     let annotations = release.annotations().clone();
     let plan = planner::plan(&Input {
         spec: &release.spec,
@@ -265,7 +290,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                     reason: "PullSecretUnusable",
                     message: why,
                 };
-                publish(&ctx.recorder, release, &note).await;
+                publish(&ctx.recorder, release, &note, None).await;
                 None
             }
         }
@@ -299,16 +324,23 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     }
 
     let mut requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
-    if release.status.as_ref() != Some(&plan.status) {
+    // Events wait until the status that explains them is written.
+    let revision = plan.status.target_revision.clone();
+    let mut pending = remembered_notes;
+    pending.extend(plan.notes.iter().map(|n| (n.clone(), revision.clone())));
+    let durable = if release.status.as_ref() == Some(&plan.status) {
+        true
+    } else {
         let since_last = ctx
             .last_write
             .lock()
             .ok()
             .and_then(|w| w.get(&name).map(Instant::elapsed));
         match since_last {
-            // Coalesce: plan again when the interval is over (events wait for the write).
+            // Coalesce: plan again when the interval is over.
             Some(elapsed) if elapsed < MIN_WRITE_INTERVAL => {
-                requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed)
+                requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed);
+                false
             }
             _ => {
                 write_status(&ctx.client, release, &plan.status)
@@ -321,15 +353,27 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                     writes.insert(name.clone(), Instant::now());
                 }
                 ctx.metrics.status_writes.inc();
-                for note in &plan.notes {
-                    ctx.metrics
-                        .rollout_events
-                        .get_or_create(&label(note.reason))
-                        .inc();
-                    publish(&ctx.recorder, release, note).await;
-                }
+                true
             }
         }
+    };
+    if durable {
+        for (note, revision) in pending.drain(..) {
+            ctx.metrics
+                .rollout_events
+                .get_or_create(&label(note.reason))
+                .inc();
+            publish(&ctx.recorder, release, &note, revision.as_deref()).await;
+        }
+    }
+    if let Ok(mut planned) = ctx.planned.lock() {
+        planned.insert(
+            uid,
+            Planned {
+                status: plan.status,
+                notes: pending,
+            },
+        );
     }
     Ok(Action::requeue(requeue))
 }
@@ -436,7 +480,15 @@ async fn write_status(
     .map(|_| ())
 }
 
-async fn publish(recorder: &Recorder, release: &PluginRelease, note: &planner::Note) {
+/// Records `note` as an Event. The recorder folds events with the same action and reason
+/// into one series (count and last time, first message kept), so the action names the
+/// revision: a second revision's rollback is its own event, a repeat of one is counted.
+async fn publish(
+    recorder: &Recorder,
+    release: &PluginRelease,
+    note: &planner::Note,
+    revision: Option<&str>,
+) {
     let event = Event {
         type_: if note.warning {
             EventType::Warning
@@ -445,7 +497,10 @@ async fn publish(recorder: &Recorder, release: &PluginRelease, note: &planner::N
         },
         reason: note.reason.into(),
         note: Some(note.message.chars().take(1000).collect()),
-        action: note.reason.into(),
+        action: match revision {
+            Some(revision) => format!("{} {revision}", note.reason),
+            None => note.reason.into(),
+        },
         secondary: None,
     };
     if let Err(e) = recorder.publish(&event, &release.object_ref(&())).await {

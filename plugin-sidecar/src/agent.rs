@@ -196,6 +196,38 @@ impl Agent {
         }
     }
 
+    /// Stops running `plugin`: nothing is assigned any more, and the app is told to unload it
+    /// if it runs it. The artifacts stay cached. `Err` says why the app did not confirm.
+    pub async fn unload(&self, plugin: &str) -> Result<(), String> {
+        let _one = self.assigning.lock().await;
+        let mut acks = self.live.subscribe();
+        {
+            let mut inner = self.lock();
+            inner.state.unassign(plugin);
+            self.persist(&inner.state);
+            self.live.send_modify(|l| {
+                l.last.remove(plugin);
+            });
+            if !self.live.borrow().serving.contains_key(plugin) {
+                return Ok(());
+            }
+            if let Some((_, tx)) = &inner.app {
+                let _ = tx.send(SidecarMessage::Unload {
+                    plugin: plugin.into(),
+                });
+            }
+        }
+        let gone = acks.wait_for(|l| !l.serving.contains_key(plugin));
+        match tokio::time::timeout(self.settings.ack_timeout, gone).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("ack: sidecar shutting down".into()),
+            Err(_) => Err(format!(
+                "ack: app did not confirm the unload within {:?}",
+                self.settings.ack_timeout
+            )),
+        }
+    }
+
     /// A new app connection: it becomes the current one and is told the whole set at once.
     pub fn app_connected(&self, id: u64, tx: mpsc::UnboundedSender<SidecarMessage>) {
         let mut inner = self.lock();
@@ -254,6 +286,12 @@ impl Agent {
                 self.live.send_modify(|l| {
                     l.serving.insert(plugin.clone(), revision.clone());
                     l.last.insert(plugin, AppAck::Loaded { revision, health });
+                });
+            }
+            AppMessage::Unloaded { plugin } => {
+                tracing::info!(plugin, "app unloaded plugin");
+                self.live.send_modify(|l| {
+                    l.serving.remove(&plugin);
                 });
             }
             AppMessage::Failed {

@@ -85,8 +85,8 @@ pub struct Summary {
 
 /// What to tell the operator about every plugin. Pure.
 ///
-/// The app's confirmation wins: a pod serving its assigned revision is `Loaded` whatever
-/// happened before. Otherwise an attempt in flight is `Loading`, a failed one `Failed`, a
+/// The app's confirmation wins: a pod serving its assigned revision (or nothing, when nothing
+/// is assigned) is `Loaded` whatever happened before. Otherwise an attempt in flight is `Loading`, a failed one `Failed`, a
 /// revision the app refused `Failed`, and anything else waits for the app (`Loading` when
 /// it is connected, `Pending` when it is not).
 pub fn summarize(
@@ -109,7 +109,8 @@ pub fn summarize(
             let refused = record
                 .and_then(|r| r.refused.as_ref())
                 .filter(|r| Some(&r.revision) == assigned.as_ref());
-            let (state, reason) = if assigned.is_some() && serving == assigned {
+            // Nothing assigned and nothing serving is converged too (an unload).
+            let (state, reason) = if serving == assigned {
                 (State::Loaded, String::new())
             } else {
                 match (attempt, refused) {
@@ -188,12 +189,8 @@ fn wire(plugin: &str, (summary, since): &(Summary, i64)) -> PluginState {
     }
 }
 
-/// Turns an `Assign` into an assignment. An empty revision asks for an unload, which the app
-/// protocol has no message for yet: refused with a reason the operator shows.
+/// Turns an `Assign` with a revision into an assignment (an empty revision is an unload).
 pub fn assignment(assign: proto::Assign) -> Result<Assignment, String> {
-    if assign.revision.is_empty() {
-        return Err("unload: the sidecar cannot unload a plugin (not supported yet)".into());
-    }
     let config = if assign.config_json.is_empty() {
         serde_json::Value::Null
     } else {
@@ -255,6 +252,20 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     while let Some(assign) = queue.recv().await {
         let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
+        if revision.is_empty() {
+            tracing::info!(plugin, "unload asked by the operator");
+            let inflight = Attempt::InFlight {
+                revision: String::new(),
+            };
+            reporter.set_attempt(&plugin, Some(inflight));
+            match reporter.agent.unload(&plugin).await {
+                Ok(()) => reporter.set_attempt(&plugin, None),
+                Err(reason) => {
+                    reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }))
+                }
+            }
+            continue;
+        }
         let a = match assignment(assign) {
             Ok(a) => a,
             Err(reason) => {
@@ -478,7 +489,23 @@ mod tests {
     }
 
     #[test]
-    fn assign_messages_become_assignments_and_unloads_are_refused() {
+    fn an_unloaded_plugin_is_converged_on_nothing() {
+        let mut state = assigned("r1");
+        state.unassign("auth");
+        let s = one(&state, &app(&[]), &[]);
+        assert_eq!(
+            (s.assigned, s.serving, s.state),
+            (None, None, State::Loaded)
+        );
+        let unloading = Attempt::InFlight {
+            revision: String::new(),
+        };
+        let s = one(&state, &app(&[("auth", "r1")]), &[("auth", unloading)]);
+        assert_eq!(s.state, State::Loading, "the app still runs it");
+    }
+
+    #[test]
+    fn assign_messages_become_assignments() {
         let a = assignment(proto::Assign {
             plugin: "auth".into(),
             revision: "r1".into(),
@@ -494,11 +521,6 @@ mod tests {
         assert_eq!(a.revision.as_deref(), Some("r1"));
         assert_eq!(a.config, serde_json::json!({"k": 1}));
         assert_eq!(a.credentials.map(|c| c.username), Some("u".to_string()));
-        let unload = assignment(proto::Assign {
-            plugin: "auth".into(),
-            ..Default::default()
-        });
-        assert!(unload.is_err_and(|e| e.contains("unload")));
         let bad = assignment(proto::Assign {
             revision: "r1".into(),
             config_json: "{".into(),

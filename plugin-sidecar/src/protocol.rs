@@ -6,6 +6,8 @@
 //!  sidecar ──► app   {"type":"load","plugin":"auth","revision":"r2","path":"…","digest":"sha256:…","config":{…}}
 //!  app ──► sidecar   {"type":"loaded","plugin":"auth","revision":"r2","health":"self-check passed"}
 //!                    {"type":"failed","plugin":"auth","revision":"r2","reason":"…"}
+//!  sidecar ──► app   {"type":"unload","plugin":"auth"}
+//!  app ──► sidecar   {"type":"unloaded","plugin":"auth"}
 //!  sidecar ──► app   {"type":"error","reason":"…"}   (the app sent something unusable)
 //! ```
 
@@ -31,6 +33,11 @@ pub enum SidecarMessage {
         /// Plugin config from the release (`null` when none).
         #[serde(default)]
         config: serde_json::Value,
+    },
+    /// Stop running `plugin` (a rollback to "no plugin"); answer `unloaded`.
+    Unload {
+        /// Plugin slot name.
+        plugin: String,
     },
     /// The app sent a line the sidecar could not use.
     Error {
@@ -67,6 +74,11 @@ pub enum AppMessage {
         revision: String,
         /// Why, as precisely as the app can say.
         reason: String,
+    },
+    /// The plugin no longer runs (also the answer when it was not loaded).
+    Unloaded {
+        /// Plugin slot name.
+        plugin: String,
     },
 }
 
@@ -135,6 +147,21 @@ mod tests {
             parse_app_line(br#"{"type":"failed","plugin":"p","revision":"r","reason":"trap"}"#),
             Ok(AppMessage::Failed { .. })
         ));
+    }
+
+    #[test]
+    fn unload_and_its_answer_round_trip() {
+        let line = String::from_utf8(encode_line(&SidecarMessage::Unload {
+            plugin: "auth".into(),
+        }))
+        .expect("utf8");
+        assert_eq!(line, "{\"type\":\"unload\",\"plugin\":\"auth\"}\n");
+        assert_eq!(
+            parse_app_line(br#"{"type":"unloaded","plugin":"auth"}"#),
+            Ok(AppMessage::Unloaded {
+                plugin: "auth".into()
+            })
+        );
     }
 
     #[test]

@@ -68,6 +68,16 @@ impl SidecarState {
         entry.assigned = Some(rec);
     }
 
+    /// Records that nothing should run for `plugin` (a rollback to "no plugin"). Its history
+    /// stays, so the artifacts stay cached for a later assignment.
+    pub fn unassign(&mut self, plugin: &str) {
+        if let Some(entry) = self.plugins.get_mut(plugin) {
+            entry.assigned = None;
+            entry.loaded = None;
+            entry.refused = None;
+        }
+    }
+
     /// Applies the app's `Loaded`; returns false if it names no revision we know.
     pub fn confirm_loaded(&mut self, plugin: &str, revision: &str) -> bool {
         let Some(entry) = self.plugins.get_mut(plugin) else {
@@ -179,6 +189,21 @@ mod tests {
         s.assign("p", rev(2), 1);
         assert!(s.retained_digests().contains(&rev(1).digest));
         assert!(!s.confirm_loaded("p", "r9"));
+    }
+
+    #[test]
+    fn an_unassigned_plugin_is_offered_to_nobody_and_keeps_its_cache() {
+        let mut s = SidecarState::default();
+        s.assign("p", rev(1), 3);
+        s.confirm_loaded("p", "r1");
+        s.unassign("p");
+        assert!(
+            s.offer().is_empty(),
+            "a reconnecting app gets nothing for p"
+        );
+        assert!(s.retained_digests().contains(&rev(1).digest));
+        s.assign("p", rev(1), 3);
+        assert_eq!(s.offer(), [("p".to_string(), rev(1))]);
     }
 
     #[test]

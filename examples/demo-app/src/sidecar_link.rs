@@ -103,6 +103,11 @@ async fn session(stream: UnixStream, host: &Arc<PluginHost>) -> std::io::Result<
                     },
                 }
             }
+            SidecarMessage::Unload { plugin } => {
+                let was_loaded = host.unload(&plugin);
+                tracing::info!(plugin, was_loaded, "unloaded plugin");
+                AppMessage::Unloaded { plugin }
+            }
             SidecarMessage::Error { reason } => {
                 tracing::warn!(reason, "sidecar refused a message");
                 continue;

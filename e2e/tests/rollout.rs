@@ -1,0 +1,719 @@
+//! Rollouts end to end on the local cluster: demo-app pods with the real sidecar as a native
+//! sidecar container, the operator as a process, plugin artifacts from a real HTTPS server,
+//! and real traffic. Each test runs in its own namespace and checks what a user would: the
+//! release's status and events, `kubectl wait`, and what the pods answer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use hotload_e2e::artifacts::{ArtifactServer, digest_of};
+use hotload_e2e::testing::{self, Operator, TestNamespace, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
+const WAIT: Duration = Duration::from_secs(120);
+const RELEASE: &str = "handler";
+
+/// The example plugin at `examples/plugins/tagger-v<version>.wat`, compiled.
+fn tagger(version: u8) -> Result<Vec<u8>> {
+    let path = format!(
+        "{}/../examples/plugins/tagger-v{version}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Ok(wat::parse_file(&path)?)
+}
+
+/// Tagger v1 with its tag overwritten, so its self-check export fails.
+fn tagger_failing_self_check() -> Result<Vec<u8>> {
+    let path = format!(
+        "{}/../examples/plugins/tagger-v1.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path)?.replace(r#""v01:""#, r#""x03:""#);
+    Ok(wat::parse_str(text)?)
+}
+
+/// One plugin artifact on the artifact server.
+#[derive(Clone)]
+struct Artifact {
+    file: String,
+    url: String,
+    digest: String,
+}
+
+/// The namespace's fleet: operator, artifact server, and a Deployment of demo pods.
+struct Demo {
+    ns: TestNamespace,
+    operator: Operator,
+    artifacts: ArtifactServer,
+}
+
+impl Demo {
+    async fn start(ns: &TestNamespace, replicas: i32) -> Result<Self> {
+        testing::apply_crds(&ns.client).await?;
+        let operator = Operator::start(E2E, ns)?;
+        let dir = std::env::temp_dir().join(format!("hotload-artifacts-{}", ns.name));
+        let artifacts = ArtifactServer::start(&dir).await?;
+        let cas: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "hotload-ca"},
+            "data": {"operator.crt": operator.ca_pem, "artifacts.crt": artifacts.ca_pem},
+        }))?;
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &cas)
+            .await?;
+        ns.api::<Deployment>()
+            .create(
+                &PostParams::default(),
+                &deployment(replicas, &operator.url())?,
+            )
+            .await?;
+        operator.wait_ready().await?;
+        let demo = Self {
+            ns: ns.clone(),
+            operator,
+            artifacts,
+        };
+        demo.ready_pods(replicas as usize).await?;
+        Ok(demo)
+    }
+
+    fn publish(&self, file: &str, bytes: &[u8]) -> Artifact {
+        Artifact {
+            file: file.into(),
+            url: self.artifacts.put(file, bytes),
+            digest: digest_of(bytes),
+        }
+    }
+
+    /// Applies the release as a GitOps tool would: server-side apply of the whole spec.
+    async fn apply(&self, artifact: &Artifact, extra: Value) -> Result<i64> {
+        let mut spec = json!({
+            "plugin": "handler",
+            "selector": {"matchLabels": {"app": "demo"}},
+            "artifact": {"url": artifact.url, "digest": artifact.digest},
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let release = json!({
+            "apiVersion": "hotload.dev/v1alpha1",
+            "kind": "PluginRelease",
+            "metadata": {"name": RELEASE},
+            "spec": spec,
+        });
+        let applied = testing::plugin_releases(&self.ns)
+            .patch(
+                RELEASE,
+                &PatchParams::apply("e2e-gitops").force(),
+                &Patch::Apply(release),
+            )
+            .await?;
+        Ok(applied.metadata.generation.unwrap_or_default())
+    }
+
+    async fn status(&self) -> Result<Value> {
+        Ok(testing::plugin_releases(&self.ns).get(RELEASE).await?.data["status"].clone())
+    }
+
+    /// Waits until the operator has seen `generation` and `check` holds on the status.
+    async fn wait_status(
+        &self,
+        what: &str,
+        generation: i64,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let check = &check;
+        eventually(what, WAIT, || async move {
+            let status = self.status().await?;
+            ensure!(
+                status["observedGeneration"] == generation && check(&status),
+                "status: {status:#}"
+            );
+            Ok(status)
+        })
+        .await
+        .with_context(|| format!("operator log (tail):\n{}", tail(&self.operator.log(), 40)))
+    }
+
+    /// Waits for `kubectl wait --for=condition=Ready` on the release at `generation`.
+    async fn wait_ready(&self, generation: i64) -> Result<Value> {
+        self.wait_status("the release to observe the spec", generation, |_| true)
+            .await?;
+        let out = self.ns.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("plr/{RELEASE}"),
+            "--timeout=120s",
+        ]);
+        let status = self.status().await?;
+        out.with_context(|| format!("kubectl wait; status: {status:#}"))?;
+        Ok(status)
+    }
+
+    /// The Ready pods' names and IPs, once there are `n`.
+    async fn ready_pods(&self, n: usize) -> Result<Vec<(String, String)>> {
+        let pods: Api<Pod> = self.ns.api();
+        eventually(&format!("{n} ready demo pods"), WAIT, || async {
+            let list = pods.list(&ListParams::default().labels("app=demo")).await?;
+            let ready: Vec<(String, String)> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+                .filter_map(|p| {
+                    let ip = p.status.as_ref()?.pod_ip.clone()?;
+                    Some((p.metadata.name.clone()?, ip))
+                })
+                .collect();
+            ensure!(ready.len() == n, "{} of {n} ready", ready.len());
+            Ok(ready)
+        })
+        .await
+    }
+
+    /// What every ready pod answers to a request: `(pod, tag)`.
+    async fn tags(&self, n: usize) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (pod, ip) in self.ready_pods(n).await? {
+            let body = post(&ip, "probe").await?;
+            let tag = tag_of(&body).with_context(|| format!("{pod}: {body}"))?;
+            out.push((pod, tag));
+        }
+        Ok(out)
+    }
+
+    /// Waits until every one of `n` ready pods answers with `tag`.
+    async fn all_serve(&self, n: usize, tag: &str) -> Result<()> {
+        eventually(&format!("{n} pods to serve {tag}"), WAIT, || async {
+            let tags = self.tags(n).await?;
+            ensure!(tags.iter().all(|(_, t)| t == tag), "{tags:?}");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self) -> Result<Vec<(String, String)>> {
+        let list = self
+            .ns
+            .api::<Event>()
+            .list(&ListParams::default().fields(&format!("involvedObject.name={RELEASE}")))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect())
+    }
+}
+
+fn deployment(replicas: i32, operator: &str) -> Result<Deployment> {
+    let env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": "demo"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "demo"}},
+            "template": {
+                "metadata": {"labels": {"app": "demo"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "volumes": [
+                        {"name": "hotload", "emptyDir": {}},
+                        {"name": "hotload-ca", "configMap": {"name": "hotload-ca"}},
+                        {"name": "hotload-token", "projected": {"sources": [
+                            {"serviceAccountToken": {"audience": hotload_channel::TOKEN_AUDIENCE,
+                                                     "expirationSeconds": 3600, "path": "token"}},
+                        ]}},
+                    ],
+                    "initContainers": [{
+                        "name": "hotload-sidecar",
+                        "image": "hotload/sidecar:dev",
+                        "restartPolicy": "Always",
+                        "args": [
+                            "run",
+                            "--state-dir=/var/run/hotload",
+                            "--admin-addr=0.0.0.0:9901",
+                            format!("--operator-addr={operator}"),
+                            "--operator-ca=/etc/hotload/ca/operator.crt",
+                            "--ca-bundle=/etc/hotload/ca/artifacts.crt",
+                            "--token-file=/var/run/secrets/hotload/token",
+                            "--attempts=2",
+                            "--connect-timeout-ms=5000",
+                        ],
+                        "env": [env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace")],
+                        "volumeMounts": [
+                            {"name": "hotload", "mountPath": "/var/run/hotload"},
+                            {"name": "hotload-ca", "mountPath": "/etc/hotload/ca"},
+                            {"name": "hotload-token", "mountPath": "/var/run/secrets/hotload"},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}, "periodSeconds": 1},
+                    }],
+                    "containers": [{
+                        "name": "app",
+                        "image": "hotload/demo-app:dev",
+                        "args": ["--listen=0.0.0.0:8080", "--socket=/var/run/hotload/app.sock"],
+                        "volumeMounts": [{"name": "hotload", "mountPath": "/var/run/hotload"}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))?)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+async fn post(ip: &str, body: &str) -> Result<String> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .post(format!("http://{ip}:8080/"))
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    ensure!(status.is_success(), "{status}: {text}");
+    Ok(text)
+}
+
+/// The version tag of a tagger response (`v01:` + body + `v01:`); `None` if the two tags
+/// differ (a response mixed from two versions) or are missing.
+fn tag_of(body: &str) -> Option<String> {
+    let (head, tail) = (body.get(..4)?, body.get(body.len().checked_sub(4)?..)?);
+    (head == tail && head.ends_with(':')).then(|| head.trim_end_matches(':').to_string())
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .map_or(("", ""), |c| {
+            (
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or(""),
+            )
+        })
+}
+
+/// Every listed pod acknowledged `revision` as loaded.
+fn all_loaded(status: &Value, revision: &Value, n: usize) -> bool {
+    let pods = status["pods"].as_array().cloned().unwrap_or_default();
+    pods.len() == n
+        && pods
+            .iter()
+            .all(|p| p["revision"] == *revision && p["state"] == "Loaded")
+}
+
+/// Requests round-robin over pods until stopped; every answer must be whole from one version.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<TrafficReport>,
+}
+
+#[derive(Debug, Default)]
+struct TrafficReport {
+    ok: usize,
+    failed: Vec<String>,
+    tags: BTreeSet<String>,
+}
+
+impl Traffic {
+    fn start(ips: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = TrafficReport::default();
+            let mut i = 0usize;
+            while !flag.load(Ordering::Relaxed) {
+                let ip = &ips[i % ips.len()];
+                match post(ip, &format!("request-{i}")).await {
+                    Ok(body) => match tag_of(&body) {
+                        Some(tag) => {
+                            report.ok += 1;
+                            report.tags.insert(tag);
+                        }
+                        None => report.failed.push(format!("{ip}: mixed answer {body:?}")),
+                    },
+                    Err(e) => report.failed.push(format!("{ip}: {e:#}")),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            report
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> Result<TrafficReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+/// Reads the demo's chunked `/stream` until stopped; returns the tags seen in order and
+/// whether the connection stayed open the whole time.
+fn watch_stream(ip: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<Vec<String>>> {
+    tokio::spawn(async move {
+        let mut response = reqwest::get(format!("http://{ip}:8080/stream")).await?;
+        let mut seen: Vec<String> = Vec::new();
+        let mut pending = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                .await
+                .context("the stream went silent")??
+                .context("the stream closed during the rollout")?;
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                let tag =
+                    tag_of(line.trim_end()).with_context(|| format!("stream line {line:?}"))?;
+                if seen.last() != Some(&tag) {
+                    seen.push(tag);
+                }
+            }
+        }
+        Ok(seen)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_reaches_every_pod_without_a_failed_request_and_a_revert_comes_from_cache() {
+    testing::run(E2E, "rollout", |ns| async move {
+        let demo = Demo::start(&ns, 5).await?;
+        let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
+        let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
+
+        let generation = demo
+            .apply(&v1, json!({"strategy": {"maxUnavailable": "100%"}}))
+            .await?;
+        let status = demo.wait_ready(generation).await?;
+        let first = status["targetRevision"].clone();
+        ensure!(all_loaded(&status, &first, 5), "v1 everywhere: {status:#}");
+        demo.all_serve(5, "v01").await?;
+
+        // v2 two pods at a time while requests and a long-lived stream keep flowing.
+        let ips: Vec<String> = demo
+            .ready_pods(5)
+            .await?
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        let traffic = Traffic::start(ips.clone());
+        let stop_stream = Arc::new(AtomicBool::new(false));
+        let stream = watch_stream(ips[0].clone(), stop_stream.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let generation = demo
+            .apply(&v2, json!({"strategy": {"maxUnavailable": 2}}))
+            .await?;
+        let status = demo.wait_ready(generation).await?;
+        let second = status["targetRevision"].clone();
+        ensure!(second != first, "a new revision: {status:#}");
+        ensure!(all_loaded(&status, &second, 5), "v2 everywhere: {status:#}");
+        ensure!(
+            status["updated"] == 5 && status["matched"] == 5,
+            "{status:#}"
+        );
+        ensure!(status["stableRevision"] == second, "{status:#}");
+        ensure!(status["phase"] == "Completed", "{status:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let report = traffic.finish().await?;
+        stop_stream.store(true, Ordering::Relaxed);
+        let seen = stream.await??;
+        eprintln!(
+            "traffic: {} ok, tags {:?}; stream saw {seen:?}",
+            report.ok, report.tags
+        );
+        ensure!(
+            report.failed.is_empty(),
+            "failed requests: {:?}",
+            report.failed
+        );
+        ensure!(
+            report.ok > 50,
+            "too little traffic to mean anything: {}",
+            report.ok
+        );
+        ensure!(
+            report.tags == BTreeSet::from(["v01".to_string(), "v02".to_string()]),
+            "{report:?}"
+        );
+        ensure!(
+            seen == ["v01", "v02"],
+            "the stream stayed open across the swap: {seen:?}"
+        );
+        demo.all_serve(5, "v02").await?;
+        let reasons: Vec<String> = demo.events().await?.into_iter().map(|(r, _)| r).collect();
+        for reason in ["RolloutStarted", "RolloutCompleted"] {
+            ensure!(
+                reasons.iter().any(|r| r == reason),
+                "{reason} in {reasons:?}"
+            );
+        }
+
+        // GitOps revert: the spec goes back to v1, which every sidecar still has on disk.
+        let downloads = demo.artifacts.hits(&v1.file);
+        let generation = demo
+            .apply(&v1, json!({"strategy": {"maxUnavailable": 2}}))
+            .await?;
+        let status = demo.wait_ready(generation).await?;
+        ensure!(status["targetRevision"] == first, "{status:#}");
+        ensure!(all_loaded(&status, &first, 5), "{status:#}");
+        demo.all_serve(5, "v01").await?;
+        ensure!(
+            demo.artifacts.hits(&v1.file) == downloads,
+            "the revert downloaded v1 again ({} → {})",
+            downloads,
+            demo.artifacts.hits(&v1.file)
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_cause() {
+    testing::run(E2E, "rollback", |ns| async move {
+        let demo = Demo::start(&ns, 5).await?;
+        let broken = demo.publish("tagger-broken.wasm", &tagger_failing_self_check()?);
+
+        // A first release that fails has nothing to roll back to: every pod it touched is
+        // told to unload, and the release says so.
+        let all_at_once = json!({"strategy": {"maxUnavailable": "100%"}});
+        let generation = demo.apply(&broken, all_at_once).await?;
+        let status = demo
+            .wait_status("a rollback to no plugin", generation, |s| {
+                s["phase"] == "RolledBack" && all_loaded(s, &json!(""), 5)
+            })
+            .await?;
+        let message = status["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains("self-check") && message.contains("rolling back to no plugin"),
+            "{message}"
+        );
+
+        let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
+        let strategy = json!({"strategy": {"maxUnavailable": 1}});
+        let generation = demo.apply(&v1, strategy.clone()).await?;
+        let stable = demo.wait_ready(generation).await?["targetRevision"].clone();
+
+        // Each broken artifact fails on the first pod it reaches; the release rolls that pod
+        // back, the other four never see it, and all five keep serving v1.
+        let mut wrong_digest = demo.publish("tagger-v2.wasm", &tagger(2)?);
+        wrong_digest.digest = digest_of(b"something else");
+        let unreachable = Artifact {
+            file: "nowhere.wasm".into(),
+            url: format!("https://{}:1/nowhere.wasm", hotload_e2e::netplan::HOST_IP),
+            digest: digest_of(b"nowhere"),
+        };
+        for (artifact, cause) in [
+            (&broken, "self-check"),
+            (&wrong_digest, "digest mismatch"),
+            (&unreachable, "cannot connect"),
+        ] {
+            let generation = demo.apply(artifact, strategy.clone()).await?;
+            let status = demo
+                .wait_status(&format!("a rollback after {cause}"), generation, |s| {
+                    s["phase"] == "RolledBack" && all_loaded(s, &stable, 5)
+                })
+                .await?;
+            let message = status["message"].as_str().unwrap_or_default();
+            ensure!(
+                message.contains(cause) && message.contains("pod demo-"),
+                "the message names the pod and the cause ({cause}): {message}"
+            );
+            ensure!(
+                condition(&status, "Degraded") == ("True", "RolledBack"),
+                "{status:#}"
+            );
+            ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
+            ensure!(status["stableRevision"] == stable, "{status:#}");
+            demo.all_serve(5, "v01").await?;
+            let events = demo.events().await?;
+            ensure!(
+                events.iter().any(|(r, m)| r == "RolledBack"
+                    && m.contains(cause)
+                    && m.contains("pod demo-")),
+                "a RolledBack event names the pod and the cause: {events:?}"
+            );
+        }
+
+        // A version that failed because its artifact was missing is retried after the fix.
+        let later = Artifact {
+            file: "tagger-v2-late.wasm".into(),
+            url: demo.artifacts.url("tagger-v2-late.wasm"),
+            digest: digest_of(&tagger(2)?),
+        };
+        let generation = demo.apply(&later, strategy.clone()).await?;
+        demo.wait_status("a rollback after a 404", generation, |s| {
+            s["phase"] == "RolledBack" && all_loaded(s, &stable, 5)
+        })
+        .await?;
+        demo.publish(&later.file, &tagger(2)?);
+        demo.ns.kubectl(&[
+            "annotate",
+            "--overwrite",
+            &format!("plr/{RELEASE}"),
+            "hotload.dev/retry=artifact-uploaded",
+        ])?;
+        let generation = demo.status().await?["observedGeneration"]
+            .as_i64()
+            .unwrap_or(0);
+        let status = demo
+            .wait_status("the retried version to roll out", generation, |s| {
+                s["phase"] == "Completed" && s["stableRevision"] != stable
+            })
+            .await?;
+        ensure!(condition(&status, "Ready").0 == "True", "{status:#}");
+        demo.all_serve(5, "v02").await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_holds_at_its_step_until_resumed() {
+    testing::run(E2E, "canary", |ns| async move {
+        let demo = Demo::start(&ns, 5).await?;
+        let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
+        let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
+        let generation = demo.apply(&v1, json!({})).await?;
+        demo.wait_ready(generation).await?;
+
+        let canary = |paused: bool| {
+            json!({"paused": paused, "strategy": {"maxUnavailable": "100%",
+                   "steps": [{"percent": 20, "pause": {}}]}})
+        };
+        let generation = demo.apply(&v2, canary(false)).await?;
+        let status = demo
+            .wait_status("the canary step to hold", generation, |s| {
+                s["phase"] == "Paused" && s["updated"] == 1
+            })
+            .await?;
+        ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let tags = demo.tags(5).await?;
+        let on_v2 = tags.iter().filter(|(_, t)| t == "v02").count();
+        ensure!(on_v2 == 1, "20% of 5 pods is one canary: {tags:?}");
+        ensure!(demo.status().await?["updated"] == 1, "still holding");
+
+        // Resume the way a GitOps repo does: paused true, then false.
+        let generation = demo.apply(&v2, canary(true)).await?;
+        demo.wait_status("paused to be seen", generation, |_| true)
+            .await?;
+        let generation = demo.apply(&v2, canary(false)).await?;
+        let status = demo.wait_ready(generation).await?;
+        ensure!(
+            status["updated"] == 5 && status["phase"] == "Completed",
+            "{status:#}"
+        );
+        demo.all_serve(5, "v02").await?;
+        let reasons: Vec<String> = demo.events().await?.into_iter().map(|(r, _)| r).collect();
+        ensure!(reasons.iter().any(|r| r == "RolloutPaused"), "{reasons:?}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
+    testing::run(E2E, "chaos", |ns| async move {
+        let mut demo = Demo::start(&ns, 5).await?;
+        let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
+        let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
+        let slow = json!({"strategy": {"maxUnavailable": 1, "minReadySeconds": 3}});
+        let generation = demo.apply(&v1, slow.clone()).await?;
+        demo.wait_ready(generation).await?;
+
+        let generation = demo.apply(&v2, slow.clone()).await?;
+        let status = demo
+            .wait_status("the rollout to be under way", generation, |s| {
+                s["phase"] == "Progressing"
+                    && s["pods"].as_array().is_some_and(|p| {
+                        p.iter()
+                            .any(|p| p["state"] == "Loaded" && p["revision"] != s["stableRevision"])
+                    })
+            })
+            .await?;
+        let target = status["targetRevision"].clone();
+        let pods: Api<Pod> = ns.api();
+        let list = pods.list(&ListParams::default().labels("app=demo")).await?;
+        let names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+
+        // kill -9 one pod's sidecar process: the kubelet restarts it, it comes back from its
+        // volume and reconnects.
+        let victim = list.items.last().context("pods")?;
+        let sidecar_id = victim
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "hotload-sidecar"))
+            .and_then(|c| c.container_id.clone())
+            .context("sidecar container id")?;
+        let pid = testing::container_pid(&sidecar_id).context("sidecar pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        // Delete one pod and add one.
+        pods.delete(&names[0], &DeleteParams::default()).await?;
+        ns.kubectl(&["scale", "deployment/demo", "--replicas=6"])?;
+        // kill -9 the operator mid-rollout, and start it again.
+        demo.operator.kill().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        demo.operator.restart()?;
+        demo.operator.wait_ready().await?;
+
+        let status = demo
+            .wait_status("the rollout to converge on 6 pods", generation, |s| {
+                s["phase"] == "Completed" && s["matched"] == 6 && all_loaded(s, &target, 6)
+            })
+            .await?;
+        ensure!(
+            status["updated"] == 6 && status["failed"] == 0 && status["unreachable"] == 0,
+            "{status:#}"
+        );
+        let listed: BTreeSet<String> = status["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["pod"].as_str().map(String::from))
+            .collect();
+        ensure!(
+            !listed.contains(&names[0]),
+            "the deleted pod is gone from status: {listed:?}"
+        );
+        demo.all_serve(6, "v02").await?;
+        let restarted = pods
+            .get(victim.metadata.name.as_deref().unwrap_or_default())
+            .await?;
+        let restarts = restarted
+            .status
+            .and_then(|s| s.init_container_statuses)
+            .and_then(|c| c.into_iter().find(|c| c.name == "hotload-sidecar"))
+            .map_or(0, |c| c.restart_count);
+        ensure!(restarts >= 1, "the killed sidecar was restarted");
+        Ok(())
+    })
+    .await;
+}
