@@ -554,17 +554,32 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             );
         }
 
-        // A version that failed because its artifact was missing is retried after the fix.
+        // With the Pause policy a failure stops the rollout where it is: the failed pod keeps
+        // serving v1 and nothing else moves. After the fix (the artifact is uploaded), a retry
+        // assigns the failed pod again and the rollout completes.
         let later = Artifact {
             file: "tagger-v2-late.wasm".into(),
             url: demo.artifacts.url("tagger-v2-late.wasm"),
             digest: digest_of(&tagger(2)?),
         };
-        let generation = demo.apply(&later, strategy.clone()).await?;
-        demo.wait_status("a rollback after a 404", generation, |s| {
-            s["phase"] == "RolledBack" && all_loaded(s, &stable, 5)
-        })
-        .await?;
+        let pause =
+            json!({"strategy": {"maxUnavailable": 1}, "failurePolicy": {"action": "Pause"}});
+        let generation = demo.apply(&later, pause).await?;
+        let status = demo
+            .wait_status("a pause after a 404", generation, |s| {
+                s["phase"] == "Degraded" && s["failed"] == 1
+            })
+            .await?;
+        let message = status["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains("not found (HTTP 404)") && message.ends_with("paused"),
+            "{message}"
+        );
+        ensure!(
+            condition(&status, "Degraded") == ("True", "RolloutFailed"),
+            "{status:#}"
+        );
+        demo.all_serve(5, "v01").await?;
         demo.publish(&later.file, &tagger(2)?);
         demo.ns.kubectl(&[
             "annotate",
