@@ -46,6 +46,40 @@ struct Artifact {
     file: String,
     url: String,
     digest: String,
+    /// The release requires a cosign signature made with this key (PEM).
+    signature_key: Option<String>,
+}
+
+/// A cosign-compatible signing key: ECDSA P-256 with SHA-256, signatures in ASN.1 DER,
+/// base64-encoded the way `cosign sign-blob` writes them.
+struct CosignKey {
+    pair: ring::signature::EcdsaKeyPair,
+    public_pem: String,
+}
+
+impl CosignKey {
+    fn generate() -> Result<Self> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+        Ok(Self {
+            pair,
+            public_pem: key.public_key_pem(),
+        })
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Result<String> {
+        use base64::Engine as _;
+        let signature = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), bytes)
+            .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(signature.as_ref()))
+    }
 }
 
 /// The namespace's fleet: operator, artifact server, and a Deployment of demo pods.
@@ -89,6 +123,7 @@ impl Demo {
             file: file.into(),
             url: self.artifacts.put(file, bytes),
             digest: digest_of(bytes),
+            signature_key: None,
         }
     }
 
@@ -99,6 +134,9 @@ impl Demo {
             "selector": {"matchLabels": {"app": "demo"}},
             "artifact": {"url": artifact.url, "digest": artifact.digest},
         });
+        if let Some(key) = &artifact.signature_key {
+            spec["artifact"]["signature"] = json!({"publicKey": key});
+        }
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
             spec.extend(extra.clone());
         }
@@ -521,11 +559,17 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             file: "nowhere.wasm".into(),
             url: format!("https://{}:1/nowhere.wasm", hotload_e2e::netplan::HOST_IP),
             digest: digest_of(b"nowhere"),
+            signature_key: None,
         };
+        // A release that requires a cosign signature never loads an unsigned artifact.
+        let key = CosignKey::generate()?;
+        let mut unsigned = demo.publish("tagger-v2-unsigned.wasm", &tagger(2)?);
+        unsigned.signature_key = Some(key.public_pem.clone());
         for (artifact, cause) in [
             (&broken, "self-check"),
             (&wrong_digest, "digest mismatch"),
             (&unreachable, "cannot connect"),
+            (&unsigned, "unsigned: no signature at"),
         ] {
             let generation = demo.apply(artifact, strategy.clone()).await?;
             let status = demo
@@ -561,6 +605,7 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             file: "tagger-v2-late.wasm".into(),
             url: demo.artifacts.url("tagger-v2-late.wasm"),
             digest: digest_of(&tagger(2)?),
+            signature_key: None,
         };
         let pause =
             json!({"strategy": {"maxUnavailable": 1}, "failurePolicy": {"action": "Pause"}});
@@ -597,6 +642,16 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             .await?;
         ensure!(condition(&status, "Ready").0 == "True", "{status:#}");
         demo.all_serve(5, "v02").await?;
+
+        // Signed with the release's key (`cosign sign-blob` output next to the artifact): loads.
+        let v1 = tagger(1)?;
+        let mut signed = demo.publish("tagger-v1-signed.wasm", &v1);
+        demo.publish("tagger-v1-signed.wasm.sig", key.sign(&v1)?.as_bytes());
+        signed.signature_key = Some(key.public_pem.clone());
+        let generation = demo.apply(&signed, strategy.clone()).await?;
+        let status = demo.wait_ready(generation).await?;
+        ensure!(status["phase"] == "Completed", "{status:#}");
+        demo.all_serve(5, "v01").await?;
         Ok(())
     })
     .await;

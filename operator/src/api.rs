@@ -406,6 +406,9 @@ pub struct RevisionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "revision_config")]
     pub config: Option<serde_json::Value>,
+    /// The signature this revision had to carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignaturePolicy>,
     /// When the rollout of this revision began.
     pub started_at: Time,
     /// Progressing, Stable, Failed, RolledBack or Superseded.

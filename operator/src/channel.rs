@@ -215,6 +215,7 @@ fn assign(directive: Directive) -> OperatorMessage {
                 username: c.username,
                 password: c.password,
             }),
+            signature_public_key: directive.signature_key.unwrap_or_default(),
         })),
     }
 }

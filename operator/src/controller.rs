@@ -308,6 +308,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                 url: String::new(),
                 digest: String::new(),
                 config: None,
+                signature_key: None,
             },
         };
         let directive = Directive {
@@ -316,6 +317,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
             url: source.url,
             digest: source.digest,
             config: source.config,
+            signature_key: source.signature_key,
             credentials: credentials.clone(),
         };
         if ctx.registry.assign(&namespace, pod, directive, now) {

@@ -519,6 +519,7 @@ fn start_history(
             url: spec.artifact.url.clone(),
             digest: spec.artifact.digest.clone(),
             config: spec.config.clone(),
+            signature: spec.artifact.signature.clone(),
             started_at: Time(now),
             outcome: Outcome::Progressing,
             reason: None,

@@ -41,6 +41,8 @@ pub struct Directive {
     pub config: Option<serde_json::Value>,
     /// Credentials from the release's pull secret, for the artifact's host.
     pub credentials: Option<crate::credentials::Credentials>,
+    /// The PEM public key the artifact's cosign signature must verify with.
+    pub signature_key: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +188,7 @@ mod tests {
             digest: "sha256:00".into(),
             config: None,
             credentials: None,
+            signature_key: None,
         }
     }
 

@@ -13,6 +13,8 @@ pub struct RevisionSource {
     pub digest: String,
     /// Plugin config.
     pub config: Option<serde_json::Value>,
+    /// The PEM public key its cosign signature must verify with, if one is required.
+    pub signature_key: Option<String>,
 }
 
 /// Where `revision` comes from: the spec when it is the spec's revision, otherwise its
@@ -28,6 +30,11 @@ pub fn source_of(
             url: spec.artifact.url.clone(),
             digest: spec.artifact.digest.clone(),
             config: spec.config.clone(),
+            signature_key: spec
+                .artifact
+                .signature
+                .as_ref()
+                .map(|s| s.public_key.clone()),
         });
     }
     history
@@ -37,12 +44,14 @@ pub fn source_of(
             url: r.url.clone(),
             digest: r.digest.clone(),
             config: r.config.clone(),
+            signature_key: r.signature.as_ref().map(|s| s.public_key.clone()),
         })
 }
 
-/// The revision of a spec: the first 10 hex digits of sha256 over the artifact digest and
-/// the canonical JSON of the config. The URL is left out on purpose: the same bytes from a
-/// mirror are the same revision, so moving registries rolls nothing out.
+/// The revision of a spec: the first 10 hex digits of sha256 over the artifact digest, the
+/// canonical JSON of the config and, when a signature is required, the key it must verify
+/// with (so requiring one re-verifies every pod). The URL is left out on purpose: the same
+/// bytes from a mirror are the same revision, so moving registries rolls nothing out.
 pub fn revision_of(spec: &PluginReleaseSpec) -> String {
     let mut hasher = Sha256::new();
     hasher.update(spec.artifact.digest.as_bytes());
@@ -54,6 +63,10 @@ pub fn revision_of(spec: &PluginReleaseSpec) -> String {
         .map(|c| c.to_string())
         .unwrap_or_default();
     hasher.update(config.as_bytes());
+    if let Some(signature) = &spec.artifact.signature {
+        hasher.update(b"\nsignature:");
+        hasher.update(signature.public_key.trim().as_bytes());
+    }
     let digest = hasher.finalize();
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
@@ -100,6 +113,7 @@ mod tests {
             url: stable.artifact.url.clone(),
             digest: A.into(),
             config: stable.config.clone(),
+            signature: None,
             started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 jiff::Timestamp::UNIX_EPOCH,
             ),
@@ -114,6 +128,21 @@ mod tests {
         let forward = source_of(&revision_of(&broken), &broken, &history).expect("the spec");
         assert_eq!(forward.digest, B);
         assert_eq!(source_of("0123456789", &broken, &history), None);
+    }
+
+    #[test]
+    fn requiring_a_signature_is_a_new_revision() {
+        let plain = spec(A, "oci://r/p:1", None);
+        let mut signed = plain.clone();
+        signed.artifact.signature = Some(crate::api::SignaturePolicy {
+            public_key: "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n".into(),
+        });
+        assert_ne!(revision_of(&plain), revision_of(&signed));
+        let mut other_key = signed.clone();
+        other_key.artifact.signature = Some(crate::api::SignaturePolicy {
+            public_key: "-----BEGIN PUBLIC KEY-----\nMFkx\n-----END PUBLIC KEY-----\n".into(),
+        });
+        assert_ne!(revision_of(&signed), revision_of(&other_key));
     }
 
     #[test]

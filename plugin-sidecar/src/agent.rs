@@ -135,7 +135,13 @@ impl Agent {
         };
         let fetched = match self
             .fetcher
-            .fetch_with(&a.artifact, &digest, &self.store, a.credentials.as_ref())
+            .fetch_with(
+                &a.artifact,
+                &digest,
+                &self.store,
+                a.credentials.as_ref(),
+                a.signature_key.as_deref(),
+            )
             .await
         {
             Ok(f) => f,

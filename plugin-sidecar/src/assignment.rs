@@ -23,6 +23,10 @@ pub struct Assignment {
     /// place of the sidecar's own pull secret for this fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+    /// The PEM public key a cosign signature of the artifact must verify with; without it
+    /// no signature is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
 }
 
 /// A username and password for a registry or HTTPS server.

@@ -207,6 +207,8 @@ pub fn assignment(assign: proto::Assign) -> Result<Assignment, String> {
             username: c.username,
             password: c.password,
         }),
+        signature_key: (!assign.signature_public_key.is_empty())
+            .then_some(assign.signature_public_key),
     })
 }
 
@@ -516,11 +518,21 @@ mod tests {
                 username: "u".into(),
                 password: "p".into(),
             }),
+            signature_public_key: "PEM".into(),
         })
         .expect("valid");
         assert_eq!(a.revision.as_deref(), Some("r1"));
+        assert_eq!(a.signature_key.as_deref(), Some("PEM"));
         assert_eq!(a.config, serde_json::json!({"k": 1}));
         assert_eq!(a.credentials.map(|c| c.username), Some("u".to_string()));
+        let unsigned = assignment(proto::Assign {
+            revision: "r1".into(),
+            ..Default::default()
+        });
+        assert!(
+            unsigned.is_ok_and(|a| a.signature_key.is_none()),
+            "\"\" means no policy"
+        );
         let bad = assignment(proto::Assign {
             revision: "r1".into(),
             config_json: "{".into(),

@@ -190,6 +190,9 @@ pub struct LoadArgs {
     /// Plugin config as JSON.
     #[arg(long)]
     pub config: Option<String>,
+    /// Require a cosign signature that verifies with this PEM public key (the key itself).
+    #[arg(long)]
+    pub signature_key: Option<String>,
 }
 
 fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
@@ -298,6 +301,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<bool> {
         digest: args.digest,
         config,
         credentials: None,
+        signature_key: args.signature_key,
     };
     let outcome = crate::control::request(&args.paths.control(), &a).await?;
     println!("{}", serde_json::to_string(&outcome)?);

@@ -238,3 +238,67 @@ async fn refused_connection_and_plain_http_are_named() {
         .expect_err("plain http");
     assert!(matches!(err, FetchError::BadReference { .. }), "{err}");
 }
+
+/// A cosign key pair (ECDSA P-256, cosign's default) and its public key as PEM.
+fn cosign_key() -> (sigstore::crypto::SigStoreSigner, String) {
+    let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1
+        .create_signer()
+        .expect("signer");
+    let pem = signer
+        .to_sigstore_keypair()
+        .expect("keypair")
+        .public_key_to_pem()
+        .expect("pem");
+    (signer, pem)
+}
+
+#[tokio::test]
+async fn a_signed_https_artifact_loads_only_with_its_key() {
+    use base64::Engine as _;
+    let f = fixture(false).await;
+    let (signer, key) = cosign_key();
+    let (_, other_key) = cosign_key();
+    let url = f.server.put("p", PLUGIN);
+    // What `cosign sign-blob --output-signature p.sig` writes: base64 of the signature.
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(signer.sign(PLUGIN).expect("sign"));
+    f.server.put("p.sig", signature.as_bytes());
+    let digest = Sha256Digest::of(PLUGIN);
+    let fetcher = fetcher(Some(&f.pki), 1);
+
+    fetcher
+        .fetch_with(&url, &digest, &f.store, None, Some(&key))
+        .await
+        .expect("signed with the release's key");
+    // Cached now, and still refused under another key: the cache proves the digest only.
+    let err = fetcher
+        .fetch_with(&url, &digest, &f.store, None, Some(&other_key))
+        .await
+        .expect_err("wrong key");
+    assert!(matches!(err, FetchError::Signature { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not verify with the release's public key"),
+        "{err}"
+    );
+
+    let unsigned = f.server.put("q", PLUGIN);
+    let err = fetcher
+        .fetch_with(&unsigned, &digest, &f.store, None, Some(&key))
+        .await
+        .expect_err("unsigned");
+    assert!(
+        err.to_string().contains("unsigned: no signature at"),
+        "{err}"
+    );
+    assert_eq!(err.label(), "signature");
+
+    let err = fetcher
+        .fetch_with(&url, &digest, &f.store, None, Some("not a key"))
+        .await
+        .expect_err("bad key");
+    assert!(
+        err.to_string().contains("not a usable PEM public key"),
+        "{err}"
+    );
+}

@@ -138,6 +138,39 @@ impl Registry {
         )
     }
 
+    /// Signs `repo@manifest` the way `cosign sign --key` does: a simple-signing payload
+    /// naming the manifest, its signature in an annotation, pushed as `sha256-<hex>.sig`.
+    async fn sign(&self, repo: &str, manifest: &str, signer: &sigstore::crypto::SigStoreSigner) {
+        use base64::Engine as _;
+        use sigstore::cosign::{ClientBuilder, CosignCapabilities, SignatureLayer};
+        use sigstore::registry::{Auth, Certificate, CertificateEncoding, OciReference};
+        let mut client = ClientBuilder::default()
+            .with_oci_client_config(sigstore::registry::ClientConfig {
+                extra_root_certificates: vec![Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: self.pki.ca_pem.clone().into_bytes(),
+                }],
+                ..Default::default()
+            })
+            .build()
+            .expect("cosign client");
+        let source: OciReference = format!("{}/{repo}@{manifest}", self.host)
+            .parse()
+            .expect("reference");
+        let auth = Auth::Basic(USER.into(), PASS.into());
+        let (signature_image, _) = client
+            .triangulate(&source, &auth)
+            .await
+            .expect("triangulate");
+        let mut layer = SignatureLayer::new_unsigned(&source, manifest).expect("payload");
+        let signature = signer.sign(&layer.raw_data).expect("sign");
+        layer.signature = Some(base64::engine::general_purpose::STANDARD.encode(signature));
+        client
+            .push_signature(None, &auth, &signature_image, vec![layer])
+            .await
+            .expect("push signature");
+    }
+
     fn secret(&self, pass: &str) -> String {
         format!(
             r#"{{"auths":{{"{}":{{"username":"{USER}","password":"{pass}"}}}}}}"#,
@@ -250,4 +283,69 @@ async fn registry_failures_are_named() {
         .await
         .expect_err("untrusted");
     assert!(matches!(err, FetchError::Tls { .. }), "{err}");
+}
+
+fn cosign_key() -> (sigstore::crypto::SigStoreSigner, String) {
+    let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1
+        .create_signer()
+        .expect("signer");
+    let pem = signer
+        .to_sigstore_keypair()
+        .expect("keypair")
+        .public_key_to_pem()
+        .expect("pem");
+    (signer, pem)
+}
+
+#[tokio::test]
+async fn a_signature_policy_admits_only_artifacts_signed_with_its_key() {
+    let Some(reg) = start_registry().await else {
+        return;
+    };
+    let (signer, key) = cosign_key();
+    let (_, other_key) = cosign_key();
+    let signed = reg.push("team/auth", "v1", PLUGIN).await;
+    reg.sign("team/auth", &signed, &signer).await;
+    let digest = Sha256Digest::of(PLUGIN);
+    let fetcher = reg.fetcher(Some(&reg.secret(PASS)));
+    let (store, _) = reg.store();
+
+    let artifact = format!("oci://{}/team/auth:v1@{signed}", reg.host);
+    fetcher
+        .fetch_with(&artifact, &digest, &store, None, Some(&key))
+        .await
+        .expect("signed with the release's key");
+    let by_tag = format!("oci://{}/team/auth:v1", reg.host);
+    fetcher
+        .fetch_with(&by_tag, &digest, &store, None, Some(&key))
+        .await
+        .expect("by tag: the tag resolves to the signed manifest");
+
+    let err = fetcher
+        .fetch_with(&artifact, &digest, &store, None, Some(&other_key))
+        .await
+        .expect_err("another key");
+    assert!(matches!(err, FetchError::Signature { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("verifies with the release's public key"),
+        "{err}"
+    );
+
+    let other: &[u8] = b"\0asm\x01\0\0\0 an unsigned plugin";
+    let unsigned = reg.push("team/auth", "v2", other).await;
+    let err = fetcher
+        .fetch_with(
+            &format!("oci://{}/team/auth:v2@{unsigned}", reg.host),
+            &Sha256Digest::of(other),
+            &store,
+            None,
+            Some(&key),
+        )
+        .await
+        .expect_err("unsigned");
+    assert!(
+        err.to_string().contains("unsigned: no cosign signature"),
+        "{err}"
+    );
 }

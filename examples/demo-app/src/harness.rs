@@ -138,6 +138,7 @@ pub async fn assign_to(
             digest: digest.to_string(),
             config,
             credentials: None,
+            signature_key: None,
         })
         .await
 }

@@ -118,6 +118,14 @@ pub enum FetchError {
         /// Why, in words.
         reason: String,
     },
+    /// The release asks for a cosign signature and the artifact has none that verifies.
+    #[error("{artifact}: signature: {reason}")]
+    Signature {
+        /// The artifact reference.
+        artifact: String,
+        /// Why, in words (unsigned, wrong key, …).
+        reason: String,
+    },
     /// The local store failed.
     #[error("{artifact}: {reason}")]
     Store {
@@ -159,6 +167,7 @@ impl FetchError {
             FetchError::Truncated { .. } => "truncated",
             FetchError::DigestMismatch { .. } => "digest_mismatch",
             FetchError::Other { .. } => "other",
+            FetchError::Signature { .. } => "signature",
             FetchError::Store { .. } => "store",
         }
     }

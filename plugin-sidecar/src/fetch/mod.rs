@@ -7,6 +7,7 @@ pub mod error;
 pub mod https;
 pub mod oci;
 pub mod retry;
+pub mod signature;
 
 use std::path::PathBuf;
 
@@ -91,12 +92,46 @@ impl Fetcher {
         digest: &Sha256Digest,
         store: &Store,
     ) -> Result<Fetched, FetchError> {
-        self.fetch_with(artifact, digest, store, None).await
+        self.fetch_with(artifact, digest, store, None, None).await
     }
 
-    /// [`Fetcher::fetch`] with credentials for the artifact's host, which take the place of
-    /// the pull secret the sidecar was started with.
+    /// [`Fetcher::fetch`] with credentials for the artifact's host (they take the place of
+    /// the pull secret the sidecar was started with) and, with `signature_key`, a cosign
+    /// signature that must verify with that key before the artifact is handed on.
     pub async fn fetch_with(
+        &self,
+        artifact: &str,
+        digest: &Sha256Digest,
+        store: &Store,
+        credentials: Option<&Credentials>,
+        signature_key: Option<&str>,
+    ) -> Result<Fetched, FetchError> {
+        let fetched = self
+            .fetch_verified(artifact, digest, store, credentials)
+            .await?;
+        if let Some(key) = signature_key {
+            match ArtifactRef::parse(artifact)? {
+                ArtifactRef::Https(url) => {
+                    signature::verify_https(
+                        &self.http,
+                        &url,
+                        &fetched.path,
+                        key,
+                        credentials,
+                        &self.limits,
+                    )
+                    .await?
+                }
+                ArtifactRef::Oci(r) => {
+                    let auth = self.oci.auth(&r, credentials);
+                    signature::verify_oci(artifact, &r, digest, key, &auth, &self.oci).await?
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    async fn fetch_verified(
         &self,
         artifact: &str,
         digest: &Sha256Digest,

@@ -61,7 +61,7 @@ impl OciRef {
         })
     }
 
-    fn reference(&self) -> Reference {
+    pub(crate) fn reference(&self) -> Reference {
         match (&self.tag, &self.digest) {
             (Some(t), Some(d)) => Reference::with_tag_and_digest(
                 self.registry.clone(),
@@ -144,29 +144,95 @@ impl PullSecrets {
 #[derive(Clone)]
 pub struct OciPuller {
     client: Client,
+    config: PullerConfig,
     secrets: PullSecrets,
+}
+
+/// What the registry client is built from, so the signature client can match it.
+#[derive(Clone)]
+struct PullerConfig {
+    extra_ca_pem: Option<Vec<u8>>,
+    read_timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
 }
 
 impl OciPuller {
     /// A puller trusting the platform roots plus `extra_ca_pem`.
     pub fn new(limits: &HttpLimits, extra_ca_pem: Option<&[u8]>, secrets: PullSecrets) -> Self {
         crate::ensure_crypto_provider();
-        let config = oci_client::client::ClientConfig {
-            extra_root_certificates: extra_ca_pem
-                .map(|pem| {
-                    vec![oci_client::client::Certificate {
-                        encoding: oci_client::client::CertificateEncoding::Pem,
-                        data: pem.to_vec(),
-                    }]
-                })
-                .unwrap_or_default(),
-            read_timeout: Some(limits.read_timeout),
-            connect_timeout: Some(limits.connect_timeout),
-            ..Default::default()
+        let config = PullerConfig {
+            extra_ca_pem: extra_ca_pem.map(<[u8]>::to_vec),
+            read_timeout: limits.read_timeout,
+            connect_timeout: limits.connect_timeout,
         };
-        OciPuller {
-            client: Client::new(config),
+        let mut puller = OciPuller {
+            client: Client::default(),
+            config,
             secrets,
+        };
+        puller.client = Client::new(puller.client_config());
+        puller
+    }
+
+    /// The extra CA bundle registries are trusted with (the signature client uses it too).
+    pub(crate) fn extra_ca_pem(&self) -> Option<&[u8]> {
+        self.config.extra_ca_pem.as_deref()
+    }
+
+    fn client_config(&self) -> oci_client::client::ClientConfig {
+        oci_client::client::ClientConfig {
+            extra_root_certificates: self
+                .config
+                .extra_ca_pem
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
+            read_timeout: Some(self.config.read_timeout),
+            connect_timeout: Some(self.config.connect_timeout),
+            ..Default::default()
+        }
+    }
+
+    /// The auth for `r`: the assignment's credentials, else the pull secret's.
+    pub(crate) fn auth(&self, r: &OciRef, credentials: Option<&Credentials>) -> RegistryAuth {
+        match credentials {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => self.secrets.auth_for(&r.registry),
+        }
+    }
+
+    /// Resolves `r` to its manifest digest and checks that the manifest holds `layer`.
+    pub(crate) async fn manifest_holding(
+        &self,
+        r: &OciRef,
+        artifact: &str,
+        layer: &Sha256Digest,
+        auth: &RegistryAuth,
+    ) -> Result<String, FetchError> {
+        let limits = HttpLimits {
+            read_timeout: self.config.read_timeout,
+            connect_timeout: self.config.connect_timeout,
+            ..HttpLimits::default()
+        };
+        let (manifest, digest) = self
+            .client
+            .pull_image_manifest(&r.reference(), auth)
+            .await
+            .map_err(|e| map_oci(artifact, e, &limits))?;
+        if manifest
+            .layers
+            .iter()
+            .any(|l| l.digest == layer.to_string())
+        {
+            Ok(digest)
+        } else {
+            Err(FetchError::Other {
+                artifact: artifact.into(),
+                reason: format!("manifest {digest} no longer holds layer {layer}"),
+            })
         }
     }
 
@@ -181,10 +247,7 @@ impl OciPuller {
         credentials: Option<&Credentials>,
     ) -> Result<Staging, FetchError> {
         let reference = r.reference();
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => self.secrets.auth_for(&r.registry),
-        };
+        let auth = self.auth(r, credentials);
         let (manifest, _manifest_digest) = self
             .client
             .pull_image_manifest(&reference, &auth)
