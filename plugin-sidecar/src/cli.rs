@@ -308,16 +308,30 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<bool> {
     Ok(matches!(outcome, AssignOutcome::Loaded { .. }))
 }
 
-/// Sets up logging to stderr.
+/// Sets up logging to stderr. `RUST_LOG` takes `target=level` directives (`info`,
+/// `hotload_sidecar=debug,info`); a `Targets` filter rather than `EnvFilter`, whose regex
+/// engine would cost the idle sidecar memory for a feature it does not need.
 pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| match spec.parse::<Targets>() {
+            Ok(targets) => Some(targets),
+            Err(e) => {
+                eprintln!(
+                    "RUST_LOG={spec:?} is not a list of target=level directives ({e}); using info"
+                );
+                None
+            }
+        })
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
 }
