@@ -143,7 +143,9 @@ impl PullSecrets {
 /// Pulls plugin layers from OCI registries.
 #[derive(Clone)]
 pub struct OciPuller {
-    client: Client,
+    /// Built on the first pull: a sidecar that never pulls from a registry never pays for a
+    /// second HTTPS client and its root store.
+    client: std::sync::Arc<std::sync::OnceLock<Client>>,
     config: PullerConfig,
     secrets: PullSecrets,
 }
@@ -165,13 +167,16 @@ impl OciPuller {
             read_timeout: limits.read_timeout,
             connect_timeout: limits.connect_timeout,
         };
-        let mut puller = OciPuller {
-            client: Client::default(),
+        OciPuller {
+            client: std::sync::Arc::default(),
             config,
             secrets,
-        };
-        puller.client = Client::new(puller.client_config());
-        puller
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| Client::new(self.client_config()))
     }
 
     /// The extra CA bundle registries are trusted with (the signature client uses it too).
@@ -218,7 +223,7 @@ impl OciPuller {
             ..HttpLimits::default()
         };
         let (manifest, digest) = self
-            .client
+            .client()
             .pull_image_manifest(&r.reference(), auth)
             .await
             .map_err(|e| map_oci(artifact, e, &limits))?;
@@ -249,7 +254,7 @@ impl OciPuller {
         let reference = r.reference();
         let auth = self.auth(r, credentials);
         let (manifest, _manifest_digest) = self
-            .client
+            .client()
             .pull_image_manifest(&reference, &auth)
             .await
             .map_err(|e| map_oci(artifact, e, limits))?;
@@ -276,7 +281,7 @@ impl OciPuller {
             });
         }
         let mut stream = self
-            .client
+            .client()
             .pull_blob_stream(&reference, &layer)
             .await
             .map_err(|e| map_oci(artifact, e, limits))?;
