@@ -21,22 +21,23 @@ const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 const WAIT: Duration = Duration::from_secs(120);
 const RELEASE: &str = "handler";
 
-/// The example plugin at `examples/plugins/tagger-v<version>.wat`, compiled.
-fn tagger(version: u8) -> Result<Vec<u8>> {
+/// The text of the example plugin `examples/plugins/tagger-v<version>.wat`.
+fn tagger_source(version: u8) -> Result<String> {
     let path = format!(
         "{}/../examples/plugins/tagger-v{version}.wat",
         env!("CARGO_MANIFEST_DIR")
     );
-    Ok(wat::parse_file(&path)?)
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// The example plugin tagger v`version`, compiled.
+fn tagger(version: u8) -> Result<Vec<u8>> {
+    Ok(wat::parse_str(tagger_source(version)?)?)
 }
 
 /// Tagger v1 with its tag overwritten, so its self-check export fails.
 fn tagger_failing_self_check() -> Result<Vec<u8>> {
-    let path = format!(
-        "{}/../examples/plugins/tagger-v1.wat",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(path)?.replace(r#""v01:""#, r#""x03:""#);
+    let text = tagger_source(1)?.replace(r#""v01:""#, r#""x03:""#);
     Ok(wat::parse_str(text)?)
 }
 

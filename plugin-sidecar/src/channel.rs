@@ -254,46 +254,35 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     while let Some(assign) = queue.recv().await {
         let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
-        if revision.is_empty() {
-            tracing::info!(plugin, "unload asked by the operator");
-            let inflight = Attempt::InFlight {
-                revision: String::new(),
-            };
-            reporter.set_attempt(&plugin, Some(inflight));
-            match reporter.agent.unload(&plugin).await {
-                Ok(()) => reporter.set_attempt(&plugin, None),
-                Err(reason) => {
-                    reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }))
-                }
-            }
-            continue;
-        }
-        let a = match assignment(assign) {
-            Ok(a) => a,
-            Err(reason) => {
-                tracing::warn!(plugin, revision, reason, "assignment refused");
-                reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }));
-                continue;
-            }
-        };
-        tracing::info!(
-            plugin,
-            revision,
-            artifact = a.artifact,
-            "assigned by the operator"
-        );
-        reporter.set_attempt(
-            &plugin,
-            Some(Attempt::InFlight {
-                revision: revision.clone(),
-            }),
-        );
-        match reporter.agent.assign(a).await {
-            AssignOutcome::Loaded { .. } => reporter.set_attempt(&plugin, None),
-            AssignOutcome::Failed { reason, .. } => {
-                reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }))
-            }
-        }
+        let outcome = carry_out(&reporter, assign).await;
+        let attempt = outcome
+            .err()
+            .map(|reason| Attempt::Failed { revision, reason });
+        reporter.set_attempt(&plugin, attempt);
+    }
+}
+
+/// Carries out one `Assign` (an empty revision unloads); `Err` says why it did not take.
+async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), String> {
+    let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
+    if revision.is_empty() {
+        tracing::info!(plugin, "unload asked by the operator");
+        reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
+        return reporter.agent.unload(&plugin).await;
+    }
+    let a = assignment(assign).inspect_err(|reason| {
+        tracing::warn!(plugin, revision, reason, "assignment refused");
+    })?;
+    tracing::info!(
+        plugin,
+        revision,
+        artifact = a.artifact,
+        "assigned by the operator"
+    );
+    reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
+    match reporter.agent.assign(a).await {
+        AssignOutcome::Loaded { .. } => Ok(()),
+        AssignOutcome::Failed { reason, .. } => Err(reason),
     }
 }
 

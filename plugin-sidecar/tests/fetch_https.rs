@@ -239,25 +239,12 @@ async fn refused_connection_and_plain_http_are_named() {
     assert!(matches!(err, FetchError::BadReference { .. }), "{err}");
 }
 
-/// A cosign key pair (ECDSA P-256, cosign's default) and its public key as PEM.
-fn cosign_key() -> (sigstore::crypto::SigStoreSigner, String) {
-    let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1
-        .create_signer()
-        .expect("signer");
-    let pem = signer
-        .to_sigstore_keypair()
-        .expect("keypair")
-        .public_key_to_pem()
-        .expect("pem");
-    (signer, pem)
-}
-
 #[tokio::test]
 async fn a_signed_https_artifact_loads_only_with_its_key() {
     use base64::Engine as _;
     let f = fixture(false).await;
-    let (signer, key) = cosign_key();
-    let (_, other_key) = cosign_key();
+    let (signer, key) = support::cosign_key();
+    let (_, other_key) = support::cosign_key();
     let url = f.server.put("p", PLUGIN);
     // What `cosign sign-blob --output-signature p.sig` writes: base64 of the signature.
     let signature =

@@ -285,25 +285,13 @@ async fn registry_failures_are_named() {
     assert!(matches!(err, FetchError::Tls { .. }), "{err}");
 }
 
-fn cosign_key() -> (sigstore::crypto::SigStoreSigner, String) {
-    let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1
-        .create_signer()
-        .expect("signer");
-    let pem = signer
-        .to_sigstore_keypair()
-        .expect("keypair")
-        .public_key_to_pem()
-        .expect("pem");
-    (signer, pem)
-}
-
 #[tokio::test]
 async fn a_signature_policy_admits_only_artifacts_signed_with_its_key() {
     let Some(reg) = start_registry().await else {
         return;
     };
-    let (signer, key) = cosign_key();
-    let (_, other_key) = cosign_key();
+    let (signer, key) = support::cosign_key();
+    let (_, other_key) = support::cosign_key();
     let signed = reg.push("team/auth", "v1", PLUGIN).await;
     reg.sign("team/auth", &signed, &signer).await;
     let digest = Sha256Digest::of(PLUGIN);

@@ -90,36 +90,29 @@ async fn until_success(
     target: &Target,
     tx: &mpsc::Sender<Verdict>,
 ) -> bool {
-    let (delay, period, failures, _) = timing(probe);
-    tokio::time::sleep(delay).await;
-    let mut failed = 0;
-    loop {
-        match check(probe, target).await {
-            Ok(()) => return true,
-            Err(reason) => {
-                failed += 1;
-                let _ = tx
-                    .send(Verdict::Unhealthy(format!("{kind} probe failed: {reason}")))
-                    .await;
-                if failed >= failures {
-                    let _ = tx
-                        .send(Verdict::Kill(format!("{kind} probe failed: {reason}")))
-                        .await;
-                    return false;
-                }
-            }
-        }
-        tokio::time::sleep(period).await;
-    }
+    probe_loop(probe, kind, target, tx, true).await
 }
 
 /// Liveness probe: returns after it failed `failureThreshold` times in a row (and said so).
 async fn until_failure(probe: &Probe, kind: &str, target: &Target, tx: &mpsc::Sender<Verdict>) {
+    probe_loop(probe, kind, target, tx, false).await;
+}
+
+/// Probes every period, reporting each failure; after `failureThreshold` failures in a row
+/// asks for a kill and returns false. With `stop_on_success`, the first pass returns true.
+async fn probe_loop(
+    probe: &Probe,
+    kind: &str,
+    target: &Target,
+    tx: &mpsc::Sender<Verdict>,
+    stop_on_success: bool,
+) -> bool {
     let (delay, period, failures, _) = timing(probe);
     tokio::time::sleep(delay).await;
     let mut failed = 0;
     loop {
         match check(probe, target).await {
+            Ok(()) if stop_on_success => return true,
             Ok(()) => failed = 0,
             Err(reason) => {
                 failed += 1;
@@ -130,7 +123,7 @@ async fn until_failure(probe: &Probe, kind: &str, target: &Target, tx: &mpsc::Se
                     let _ = tx
                         .send(Verdict::Kill(format!("{kind} probe failed: {reason}")))
                         .await;
-                    return;
+                    return false;
                 }
             }
         }

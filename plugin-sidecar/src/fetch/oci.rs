@@ -146,30 +146,20 @@ pub struct OciPuller {
     /// Built on the first pull: a sidecar that never pulls from a registry never pays for a
     /// second HTTPS client and its root store.
     client: std::sync::Arc<std::sync::OnceLock<Client>>,
-    config: PullerConfig,
-    secrets: PullSecrets,
-}
-
-/// What the registry client is built from, so the signature client can match it.
-#[derive(Clone)]
-struct PullerConfig {
+    /// Trusted besides the platform roots (the signature client uses it too).
     extra_ca_pem: Option<Vec<u8>>,
-    read_timeout: std::time::Duration,
-    connect_timeout: std::time::Duration,
+    limits: HttpLimits,
+    secrets: PullSecrets,
 }
 
 impl OciPuller {
     /// A puller trusting the platform roots plus `extra_ca_pem`.
     pub fn new(limits: &HttpLimits, extra_ca_pem: Option<&[u8]>, secrets: PullSecrets) -> Self {
         crate::ensure_crypto_provider();
-        let config = PullerConfig {
-            extra_ca_pem: extra_ca_pem.map(<[u8]>::to_vec),
-            read_timeout: limits.read_timeout,
-            connect_timeout: limits.connect_timeout,
-        };
         OciPuller {
             client: std::sync::Arc::default(),
-            config,
+            extra_ca_pem: extra_ca_pem.map(<[u8]>::to_vec),
+            limits: limits.clone(),
             secrets,
         }
     }
@@ -181,13 +171,12 @@ impl OciPuller {
 
     /// The extra CA bundle registries are trusted with (the signature client uses it too).
     pub(crate) fn extra_ca_pem(&self) -> Option<&[u8]> {
-        self.config.extra_ca_pem.as_deref()
+        self.extra_ca_pem.as_deref()
     }
 
     fn client_config(&self) -> oci_client::client::ClientConfig {
         oci_client::client::ClientConfig {
             extra_root_certificates: self
-                .config
                 .extra_ca_pem
                 .iter()
                 .map(|pem| oci_client::client::Certificate {
@@ -195,8 +184,8 @@ impl OciPuller {
                     data: pem.clone(),
                 })
                 .collect(),
-            read_timeout: Some(self.config.read_timeout),
-            connect_timeout: Some(self.config.connect_timeout),
+            read_timeout: Some(self.limits.read_timeout),
+            connect_timeout: Some(self.limits.connect_timeout),
             ..Default::default()
         }
     }
@@ -217,16 +206,11 @@ impl OciPuller {
         layer: &Sha256Digest,
         auth: &RegistryAuth,
     ) -> Result<String, FetchError> {
-        let limits = HttpLimits {
-            read_timeout: self.config.read_timeout,
-            connect_timeout: self.config.connect_timeout,
-            ..HttpLimits::default()
-        };
         let (manifest, digest) = self
             .client()
             .pull_image_manifest(&r.reference(), auth)
             .await
-            .map_err(|e| map_oci(artifact, e, &limits))?;
+            .map_err(|e| map_oci(artifact, e, &self.limits))?;
         if manifest
             .layers
             .iter()

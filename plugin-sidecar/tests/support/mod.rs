@@ -269,3 +269,16 @@ impl ArtifactServer {
         self.routes.hits.lock().expect("hits").values().sum()
     }
 }
+
+/// A cosign key pair (ECDSA P-256, cosign's default) and its public key as PEM.
+pub fn cosign_key() -> (sigstore::crypto::SigStoreSigner, String) {
+    let signer = sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1
+        .create_signer()
+        .expect("signer");
+    let pem = signer
+        .to_sigstore_keypair()
+        .expect("keypair")
+        .public_key_to_pem()
+        .expect("pem");
+    (signer, pem)
+}
