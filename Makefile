@@ -9,6 +9,7 @@ export CARGO_INCREMENTAL := 0
 endif
 
 E2E := cargo run --quiet -p hotload-e2e --
+HELM = $(HOTLOAD_CACHE)/bin/current/helm
 
 .PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds
 
@@ -24,6 +25,7 @@ fmt:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(HELM) lint --strict charts/hotload
 
 ## unit: every test that needs no cluster
 unit:
@@ -50,6 +52,7 @@ cluster-up: deps
 cluster-down:
 	$(E2E) cluster down --verify
 
-## crds: regenerate crds/ from the Rust API types (a test fails when they are stale)
+## crds: regenerate crds/ and the chart's copy from the Rust API types (a test fails when stale)
 crds:
 	cargo run --quiet -p hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml
+	cp crds/pluginreleases.hotload.dev.yaml charts/hotload/crds/

@@ -11,6 +11,7 @@
 
 pub mod artifacts;
 pub mod cgroup;
+pub mod chart;
 pub mod cluster;
 pub mod images;
 pub mod layout;

@@ -164,7 +164,7 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
         ensure!(operator.running(), "operator exited:\n{}", operator.log());
         // The sole replica leads, so it is Ready; its metrics count what it did.
         let ready = testing::http_get(&format!("http://{}/ready", operator.admin)).await?;
-        ensure!(ready == "ready\n", "/ready: {ready:?}");
+        ensure!(ready == "ready: leading\n", "/ready: {ready:?}");
         let metrics = testing::http_get(&format!("http://{}/metrics", operator.admin)).await?;
         for want in [
             "hotload_reconciles_total{value=\"ok\"}",

@@ -1,6 +1,6 @@
-//! Rollouts end to end on the local cluster: demo-app pods with the real sidecar as a native
-//! sidecar container, the operator as a process, plugin artifacts from a real HTTPS server,
-//! and real traffic. Each test runs in its own namespace and checks what a user would: the
+//! Rollouts end to end on the local cluster: the chart-installed operator running as a pod,
+//! demo-app pods whose sidecar its webhook injected (the pod specs here name only the app),
+//! plugin artifacts from a real HTTPS server, and real traffic. Each test runs in its own namespace and checks what a user would: the
 //! release's status and events, `kubectl wait`, and what the pods answer.
 
 use std::collections::BTreeSet;
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use hotload_e2e::artifacts::{ArtifactServer, digest_of};
-use hotload_e2e::testing::{self, Operator, TestNamespace, eventually};
+use hotload_e2e::chart::Chart;
+use hotload_e2e::testing::{self, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::Api;
@@ -83,36 +84,38 @@ impl CosignKey {
     }
 }
 
-/// The namespace's fleet: operator, artifact server, and a Deployment of demo pods.
+/// The namespace's fleet: the chart (operator and webhook), an artifact server, and a
+/// Deployment of demo pods in a namespace opted in to injection.
 struct Demo {
     ns: TestNamespace,
-    operator: Operator,
+    _chart: Chart,
     artifacts: ArtifactServer,
 }
 
 impl Demo {
     async fn start(ns: &TestNamespace, replicas: i32) -> Result<Self> {
-        testing::apply_crds(&ns.client).await?;
-        let operator = Operator::start(E2E, ns)?;
+        // Fail fast on unreachable artifact hosts, so rollbacks are quick to test.
+        let chart = Chart::install(
+            ns,
+            &["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"],
+        )?;
+        ns.kubectl(&["label", "namespace", &ns.name, "hotload.dev/inject=enabled"])?;
         let dir = std::env::temp_dir().join(format!("hotload-artifacts-{}", ns.name));
         let artifacts = ArtifactServer::start(&dir).await?;
-        let cas: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": "hotload-ca"},
-            "data": {"operator.crt": operator.ca_pem, "artifacts.crt": artifacts.ca_pem},
+        let ca: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "artifact-ca"},
+            "data": {"ca.crt": artifacts.ca_pem},
         }))?;
         ns.api::<ConfigMap>()
-            .create(&PostParams::default(), &cas)
+            .create(&PostParams::default(), &ca)
             .await?;
+        Chart::wait_ready(ns).await?;
         ns.api::<Deployment>()
-            .create(
-                &PostParams::default(),
-                &deployment(replicas, &operator.url())?,
-            )
+            .create(&PostParams::default(), &deployment(replicas)?)
             .await?;
-        operator.wait_ready().await?;
         let demo = Self {
             ns: ns.clone(),
-            operator,
+            _chart: chart,
             artifacts,
         };
         demo.ready_pods(replicas as usize).await?;
@@ -178,7 +181,7 @@ impl Demo {
             Ok(status)
         })
         .await
-        .with_context(|| format!("operator log (tail):\n{}", tail(&self.operator.log(), 40)))
+        .with_context(|| format!("operator log (tail):\n{}", Chart::log(&self.ns, 40)))
     }
 
     /// Waits for `kubectl wait --for=condition=Ready` on the release at `generation`.
@@ -251,53 +254,25 @@ impl Demo {
     }
 }
 
-fn deployment(replicas: i32, operator: &str) -> Result<Deployment> {
-    let env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+/// The demo app as a user writes it: no sidecar, only the annotation naming the ConfigMap
+/// of artifact-server CAs. The webhook adds the rest.
+fn deployment(replicas: i32) -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": "demo"},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "demo"}},
             "template": {
-                "metadata": {"labels": {"app": "demo"}},
+                "metadata": {
+                    "labels": {"app": "demo"},
+                    "annotations": {"hotload.dev/ca-bundle": "artifact-ca"},
+                },
                 "spec": {
                     "terminationGracePeriodSeconds": 5,
-                    "volumes": [
-                        {"name": "hotload", "emptyDir": {}},
-                        {"name": "hotload-ca", "configMap": {"name": "hotload-ca"}},
-                        {"name": "hotload-token", "projected": {"sources": [
-                            {"serviceAccountToken": {"audience": hotload_channel::TOKEN_AUDIENCE,
-                                                     "expirationSeconds": 3600, "path": "token"}},
-                        ]}},
-                    ],
-                    "initContainers": [{
-                        "name": "hotload-sidecar",
-                        "image": "hotload/sidecar:dev",
-                        "restartPolicy": "Always",
-                        "args": [
-                            "run",
-                            "--state-dir=/var/run/hotload",
-                            "--admin-addr=0.0.0.0:9901",
-                            format!("--operator-addr={operator}"),
-                            "--operator-ca=/etc/hotload/ca/operator.crt",
-                            "--ca-bundle=/etc/hotload/ca/artifacts.crt",
-                            "--token-file=/var/run/secrets/hotload/token",
-                            "--attempts=2",
-                            "--connect-timeout-ms=5000",
-                        ],
-                        "env": [env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace")],
-                        "volumeMounts": [
-                            {"name": "hotload", "mountPath": "/var/run/hotload"},
-                            {"name": "hotload-ca", "mountPath": "/etc/hotload/ca"},
-                            {"name": "hotload-token", "mountPath": "/var/run/secrets/hotload"},
-                        ],
-                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}, "periodSeconds": 1},
-                    }],
                     "containers": [{
                         "name": "app",
                         "image": "hotload/demo-app:dev",
-                        "args": ["--listen=0.0.0.0:8080", "--socket=/var/run/hotload/app.sock"],
-                        "volumeMounts": [{"name": "hotload", "mountPath": "/var/run/hotload"}],
+                        "args": ["--listen=0.0.0.0:8080"],
                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
                     }],
                 },
@@ -311,11 +286,6 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 async fn post(ip: &str, body: &str) -> Result<String> {
@@ -705,7 +675,7 @@ async fn a_canary_holds_at_its_step_until_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
     testing::run(E2E, "chaos", |ns| async move {
-        let mut demo = Demo::start(&ns, 5).await?;
+        let demo = Demo::start(&ns, 5).await?;
         let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
         let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
         let slow = json!({"strategy": {"maxUnavailable": 1, "minReadySeconds": 3}});
@@ -749,11 +719,10 @@ async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
         // Delete one pod and add one.
         pods.delete(&names[0], &DeleteParams::default()).await?;
         ns.kubectl(&["scale", "deployment/demo", "--replicas=6"])?;
-        // kill -9 the operator mid-rollout, and start it again.
-        demo.operator.kill().await?;
+        // kill -9 the operator's process mid-rollout; the kubelet starts it again.
+        Chart::kill_operator(&ns).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        demo.operator.restart()?;
-        demo.operator.wait_ready().await?;
+        Chart::wait_ready(&ns).await?;
 
         let status = demo
             .wait_status("the rollout to converge on 6 pods", generation, |s| {

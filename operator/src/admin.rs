@@ -1,5 +1,7 @@
-//! The admin port: `/live` (the process runs), `/ready` (caches synced, and this replica
-//! leads, so the Service sends sidecars only to the leader) and `/metrics`.
+//! The admin port: `/live` (the process runs), `/ready` (caches synced: a standby replica
+//! is Ready too, so rolling upgrades can surge) and `/metrics`. Sidecars reach only the
+//! leader because the channel Service also selects the `hotload.dev/leader` label, which
+//! the leader puts on its own pod ([`crate::leader`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +32,12 @@ impl Health {
         self.leading.store(leading, Ordering::SeqCst);
     }
 
-    /// Whether this replica should receive sidecar streams.
+    /// Whether the watch caches have synced (the pod's readiness).
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Whether this replica should reconcile and accept sidecar streams.
     pub fn ready(&self) -> bool {
         self.synced.load(Ordering::SeqCst) && self.leading.load(Ordering::SeqCst)
     }
@@ -48,13 +55,13 @@ pub async fn serve(
             "/ready",
             get(
                 |State((health, _)): State<(Arc<Health>, Arc<Metrics>)>| async move {
-                    if health.ready() {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
+                    match (health.synced(), health.ready()) {
+                        (true, true) => (StatusCode::OK, "ready: leading\n"),
+                        (true, false) => (StatusCode::OK, "ready: standby\n"),
+                        (false, _) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: caches syncing or not the leader\n",
-                        )
+                            "not ready: caches syncing\n",
+                        ),
                     }
                 },
             ),

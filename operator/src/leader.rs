@@ -60,11 +60,41 @@ pub struct Election {
     pub identity: String,
     /// How long a lease lives without renewal.
     pub duration: Duration,
+    /// This replica's pod (namespace, name), labelled [`LEADER_LABEL`] while it leads
+    /// (in-cluster only).
+    pub pod: Option<(String, String)>,
+}
+
+/// The label the leader puts on its own pod; the channel Service selects it.
+pub const LEADER_LABEL: &str = "hotload.dev/leader";
+
+/// Sets or clears [`LEADER_LABEL`] on this replica's pod.
+async fn label_pod(client: &Client, election: &Election, leading: bool) -> anyhow::Result<()> {
+    let Some((namespace, pod)) = &election.pod else {
+        return Ok(());
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let value = if leading {
+        serde_json::json!("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    pods.patch(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("labelling pod {namespace}/{pod}: {e}"))?;
+    Ok(())
 }
 
 /// Runs the election until leadership is lost (then returns an error, and the process exits).
 pub async fn run(client: Client, election: Election, health: Arc<Health>) -> anyhow::Result<()> {
-    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    // A restarted replica may carry the label from before; it is not leading yet.
+    label_pod(&client, &election, false).await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
     let seconds = i32::try_from(election.duration.as_secs()).unwrap_or(15);
     let mut leading = false;
     loop {
@@ -140,9 +170,40 @@ pub async fn run(client: Client, election: Election, health: Arc<Health>) -> any
                 );
             }
             leading = won;
+            if won {
+                label_pod(&client, &election, true).await?;
+            }
             health.set_leading(won);
         }
         tokio::time::sleep(election.duration / 3).await;
+    }
+}
+
+/// Gives the lease up if this replica holds it, so a successor (a rolling upgrade's new
+/// pod) takes over at once instead of waiting for it to expire.
+pub async fn release(client: Client, election: &Election) -> anyhow::Result<()> {
+    label_pod(&client, election, false).await?;
+    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let Some(mut lease) = leases.get_opt(&election.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(election.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.acquire_time = None;
+    spec.renew_time = None;
+    // resourceVersion is kept: if someone took it meanwhile, there is nothing to give up.
+    match leases
+        .replace(&election.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

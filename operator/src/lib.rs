@@ -9,12 +9,16 @@
 
 pub mod admin;
 pub mod api;
+pub mod certs;
 pub mod channel;
 pub mod controller;
 pub mod credentials;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod registry;
 pub mod revision;
 pub mod selector;
+pub mod tls;
+pub mod webhook;

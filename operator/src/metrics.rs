@@ -33,6 +33,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Sidecars connected now.
     pub connected_sidecars: Gauge,
+    /// Pods seen by the injection webhook, by outcome (injected, skipped, error).
+    pub injections: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,7 @@ impl Default for Metrics {
         let load_failures = Family::default();
         let status_writes = Counter::default();
         let connected_sidecars = Gauge::default();
+        let injections = Family::default();
         registry.register(
             "reconciles",
             "Reconciles of PluginReleases, by result",
@@ -76,6 +79,11 @@ impl Default for Metrics {
             "Sidecars with an open channel",
             connected_sidecars.clone(),
         );
+        registry.register(
+            "injections",
+            "Pods seen by the injection webhook, by outcome",
+            injections.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -85,6 +93,7 @@ impl Default for Metrics {
             load_failures,
             status_writes,
             connected_sidecars,
+            injections,
         }
     }
 }
@@ -101,6 +110,11 @@ impl Metrics {
         self.load_failures
             .get_or_create(&label(&reason_class(reason)))
             .inc();
+    }
+
+    /// Counts one pod seen by the injection webhook.
+    pub fn injected(&self, outcome: &str) {
+        self.injections.get_or_create(&label(outcome)).inc();
     }
 
     /// The text exposition.

@@ -120,6 +120,15 @@ pub struct OperatorArgs {
     /// CA bundle (PEM) that signed the operator's certificate.
     #[arg(long = "operator-ca", env = "HOTLOAD_OPERATOR_CA", requires = "addr")]
     pub ca: Option<PathBuf>,
+    /// The same CA bundle inline (PEM text), as the injection webhook sets it: a pod can
+    /// only mount ConfigMaps of its own namespace, and the operator's CA lives in another.
+    #[arg(
+        long = "operator-ca-pem",
+        env = "HOTLOAD_OPERATOR_CA_PEM",
+        conflicts_with = "ca",
+        hide_env_values = true
+    )]
+    pub ca_pem: Option<String>,
     /// Name the operator's certificate must carry (default: the address's host).
     #[arg(long = "operator-server-name", env = "HOTLOAD_OPERATOR_SERVER_NAME")]
     pub server_name: Option<String>,
@@ -147,14 +156,20 @@ impl OperatorArgs {
         let missing = |what: &str, flag: &str| {
             anyhow::anyhow!("--operator-addr {endpoint} needs {what} ({flag})")
         };
-        let ca = self
-            .ca
-            .as_deref()
-            .ok_or_else(|| missing("the operator's CA", "--operator-ca"))?;
+        let ca_pem = match (&self.ca, &self.ca_pem) {
+            (Some(path), _) => std::fs::read(path)
+                .with_context(|| format!("read operator CA {}", path.display()))?,
+            (None, Some(pem)) => pem.clone().into_bytes(),
+            (None, None) => {
+                return Err(missing(
+                    "the operator's CA",
+                    "--operator-ca or --operator-ca-pem",
+                ));
+            }
+        };
         Ok(Some(crate::channel::ChannelSettings {
             endpoint: endpoint.clone(),
-            ca_pem: std::fs::read(ca)
-                .with_context(|| format!("read operator CA {}", ca.display()))?,
+            ca_pem,
             server_name: self.server_name.clone(),
             token_file: self.token_file.clone(),
             namespace: self.pod_namespace.clone().ok_or_else(|| {
@@ -327,7 +342,10 @@ pub fn init_logging(json: bool) {
             }
         })
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: container logs are read by kubectl and log shippers.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry.with(fmt.json()).init();

@@ -572,7 +572,7 @@ async fn write_status(agent: Arc<Agent>, pod: Pod, board: Arc<StatusBoard>) {
                     conditions = status.conditions.unwrap_or_default();
                     last = Some(record);
                 }
-                Err(e) => tracing::debug!(pod = %name, error = %e, "status patch failed; retrying"),
+                Err(e) => tracing::warn!(pod = %name, error = %e, "status patch failed; retrying"),
             }
             if last.is_none() {
                 tokio::time::sleep(Duration::from_millis(500)).await;

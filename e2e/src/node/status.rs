@@ -206,7 +206,7 @@ pub fn pod_status(record: &PodRecord, previous: &[PodCondition], now: Timestamp)
         start_time: record.start_time.map(Time),
         init_container_statuses: Some(record.init.iter().map(container_status).collect()),
         container_statuses: Some(record.main.iter().map(container_status).collect()),
-        qos_class: Some("BestEffort".into()),
+        // qosClass is set by the API server at creation and immutable after; not reported.
         ..Default::default()
     }
 }

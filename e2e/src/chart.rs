@@ -1,0 +1,212 @@
+//! The Helm chart, installed with the real `helm` into a test's namespace: the operator runs
+//! in-cluster as a pod (image `hotload/operator:dev`, mapped to the workspace binary) and
+//! injects sidecars (`hotload/sidecar:dev`) through its webhook.
+//!
+//! Each install manages only its own namespace (`watchNamespace`), so tests running side by
+//! side never see each other's pods, releases or webhooks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+
+use crate::layout::Layout;
+use crate::testing::{TestNamespace, container_pid, eventually};
+
+/// The Helm release name every test uses.
+pub const RELEASE: &str = "hotload";
+/// Label selecting the operator's pods.
+pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=hotload";
+
+/// The chart's directory in this checkout.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hotload")
+}
+
+/// The cluster's own helm build.
+pub fn helm_binary() -> PathBuf {
+    Layout::from_env().cache().join("bin/current/helm")
+}
+
+/// `--set` values every test install uses: the dev images, and this namespace only.
+pub fn dev_values(namespace: &str) -> Vec<String> {
+    vec![
+        format!("watchNamespace={namespace}"),
+        "image.repository=hotload/operator".into(),
+        "image.tag=dev".into(),
+        "sidecar.image.repository=hotload/sidecar".into(),
+        "sidecar.image.tag=dev".into(),
+        "logJson=false".into(),
+    ]
+}
+
+/// A chart install in one test namespace; uninstalled when dropped (its cluster-scoped
+/// objects outlive the namespace otherwise).
+pub struct Chart {
+    namespace: String,
+    kubeconfig: PathBuf,
+    installed: bool,
+}
+
+impl Chart {
+    /// `helm install --wait` with [`dev_values`] plus `values`.
+    pub fn install(ns: &TestNamespace, values: &[&str]) -> Result<Self> {
+        let mut chart = Self {
+            namespace: ns.name.clone(),
+            kubeconfig: ns.kubeconfig.clone(),
+            installed: false,
+        };
+        chart.helm("install", values)?;
+        chart.installed = true;
+        Ok(chart)
+    }
+
+    /// `helm upgrade --wait` with [`dev_values`] plus `values` (values not given return to
+    /// their defaults, as with a fresh install).
+    pub fn upgrade(&self, values: &[&str]) -> Result<String> {
+        self.helm("upgrade", values)
+    }
+
+    /// `helm uninstall --wait`.
+    pub fn uninstall(mut self) -> Result<String> {
+        self.installed = false;
+        self.run(&["uninstall", RELEASE, "--wait", "--timeout", "120s"])
+    }
+
+    fn helm(&self, verb: &str, values: &[&str]) -> Result<String> {
+        let chart = chart_dir();
+        let mut args: Vec<String> = vec![
+            verb.into(),
+            RELEASE.into(),
+            chart.display().to_string(),
+            "--wait".into(),
+            "--timeout".into(),
+            "120s".into(),
+        ];
+        let all = dev_values(&self.namespace)
+            .into_iter()
+            .chain(values.iter().map(ToString::to_string));
+        for value in all {
+            args.push("--set".into());
+            args.push(value);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args)
+    }
+
+    /// Runs helm in this namespace; returns stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let helm = helm_binary();
+        let out = Command::new(&helm)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env(
+                "HELM_CACHE_HOME",
+                std::env::temp_dir().join("hotload-helm/cache"),
+            )
+            .env(
+                "HELM_CONFIG_HOME",
+                std::env::temp_dir().join("hotload-helm/config"),
+            )
+            .env(
+                "HELM_DATA_HOME",
+                std::env::temp_dir().join("hotload-helm/data"),
+            )
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", helm.display()))?;
+        if !out.status.success() {
+            bail!(
+                "helm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The operator's channel as sidecars dial it.
+    pub fn channel_url(&self) -> String {
+        format!("https://{RELEASE}.{}.svc:8443", self.namespace)
+    }
+
+    /// The operator's running pods.
+    pub async fn operator_pods(ns: &TestNamespace) -> Result<Vec<Pod>> {
+        let pods: kube::Api<Pod> = ns.api();
+        let list = pods
+            .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// Kills the operator's process with SIGKILL (no clean shutdown, no lease release);
+    /// the kubelet starts it again. Returns the pid that was killed.
+    pub async fn kill_operator(ns: &TestNamespace) -> Result<u32> {
+        let pods = Self::operator_pods(ns).await?;
+        let pid = pods
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.container_id.as_deref().and_then(container_pid))
+            .next()
+            .context("no running operator container")?;
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -9 {pid} failed");
+        Ok(pid)
+    }
+
+    /// Waits until an operator pod is Ready (leader, caches synced).
+    pub async fn wait_ready(ns: &TestNamespace) -> Result<()> {
+        eventually(
+            "an operator pod to be Ready",
+            Duration::from_secs(90),
+            || async {
+                let pods = Self::operator_pods(ns).await?;
+                anyhow::ensure!(pods.iter().any(is_ready), "no operator pod is Ready");
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// The operator's log (all its pods, the last `lines` lines each).
+    pub fn log(ns: &TestNamespace, lines: usize) -> String {
+        ns.kubectl(&[
+            "logs",
+            "-l",
+            OPERATOR_SELECTOR,
+            "--tail",
+            &lines.to_string(),
+            "--prefix",
+        ])
+        .unwrap_or_else(|e| format!("(no operator log: {e:#})"))
+    }
+}
+
+impl Drop for Chart {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = self.run(&["uninstall", RELEASE, "--timeout", "60s"]);
+        }
+    }
+}
+
+/// Whether a pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
