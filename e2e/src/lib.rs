@@ -9,6 +9,7 @@
 //!   dump of pods, events and logs when a test fails; [`artifacts`]: an HTTPS server that
 //!   pods reach, for plugin artifacts.
 
+pub mod argocd;
 pub mod artifacts;
 pub mod cgroup;
 pub mod chart;

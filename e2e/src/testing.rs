@@ -94,6 +94,26 @@ impl TestNamespace {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Runs `kubectl hotload …` in this namespace: kubectl finds the plugin
+    /// (`kubectl-hotload`, built next to `e2e_bin`) on PATH, as a user's kubectl would.
+    pub fn kubectl_hotload(&self, e2e_bin: &str, args: &[&str]) -> Result<std::process::Output> {
+        let kubectl = Layout::from_env().cache().join("bin/current/kubectl");
+        let plugin_dir = workspace_binary(e2e_bin, "kubectl-hotload")?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let path = std::env::join_paths(std::iter::once(plugin_dir).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))?;
+        std::process::Command::new(&kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", path)
+            .args(["hotload", "--namespace", &self.name])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} hotload", kubectl.display()))
+    }
+
     /// Pods, events and every container's log, for a failing test's output.
     pub async fn dump(&self) -> String {
         let mut out = format!("==== namespace {} ====\n", self.name);

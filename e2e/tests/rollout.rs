@@ -160,6 +160,29 @@ impl Demo {
         Ok(applied.metadata.generation.unwrap_or_default())
     }
 
+    /// What Argo CD's health check (integrations/argocd) says about the live release.
+    async fn argo_health(&self) -> Result<(String, String)> {
+        let object = testing::plugin_releases(&self.ns).get(RELEASE).await?;
+        hotload_e2e::argocd::health(&serde_json::to_value(&object)?)
+    }
+
+    /// `kubectl hotload <verb> handler …`: stdout, failing on a non-zero exit.
+    fn cli(&self, verb: &str, extra: &[&str]) -> Result<String> {
+        let args: Vec<&str> = [verb, RELEASE]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let out = self.ns.kubectl_hotload(E2E, &args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure!(
+            out.status.success(),
+            "kubectl hotload {}: {}{stdout}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
     async fn status(&self) -> Result<Value> {
         Ok(testing::plugin_releases(&self.ns).get(RELEASE).await?.data["status"].clone())
     }
@@ -557,6 +580,11 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
                 condition(&status, "Degraded") == ("True", "RolledBack"),
                 "{status:#}"
             );
+            let (health, why) = demo.argo_health().await?;
+            ensure!(
+                health == "Degraded" && why.contains(cause),
+                "Argo CD health after {cause}: {health} {why}"
+            );
             ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
             ensure!(status["stableRevision"] == stable, "{status:#}");
             demo.all_serve(5, "v01").await?;
@@ -596,13 +624,13 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             "{status:#}"
         );
         demo.all_serve(5, "v01").await?;
+        let view = demo.cli("status", &[])?;
+        ensure!(
+            view.contains("Phase:     Degraded") && view.contains("Failure:   pod demo-"),
+            "kubectl hotload status names the failed pod:\n{view}"
+        );
         demo.publish(&later.file, &tagger(2)?);
-        demo.ns.kubectl(&[
-            "annotate",
-            "--overwrite",
-            &format!("plr/{RELEASE}"),
-            "hotload.dev/retry=artifact-uploaded",
-        ])?;
+        demo.cli("retry", &[])?;
         let generation = demo.status().await?["observedGeneration"]
             .as_i64()
             .unwrap_or(0);
@@ -648,18 +676,36 @@ async fn a_canary_holds_at_its_step_until_resumed() {
             })
             .await?;
         ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
+        let (health, _) = demo.argo_health().await?;
+        ensure!(
+            health == "Suspended",
+            "Argo CD health of a held canary: {health}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let tags = demo.tags(5).await?;
         let on_v2 = tags.iter().filter(|(_, t)| t == "v02").count();
         ensure!(on_v2 == 1, "20% of 5 pods is one canary: {tags:?}");
         ensure!(demo.status().await?["updated"] == 1, "still holding");
 
-        // Resume the way a GitOps repo does: paused true, then false.
-        let generation = demo.apply(&v2, canary(true)).await?;
-        demo.wait_status("paused to be seen", generation, |_| true)
-            .await?;
-        let generation = demo.apply(&v2, canary(false)).await?;
+        let view = demo.cli("status", &[])?;
+        ensure!(
+            view.contains("Phase:     Paused") && view.contains("1/1 pods  (step 1 of 1)"),
+            "kubectl hotload status shows the held step:\n{view}"
+        );
+        // Resume from the CLI; `status --watch` follows the rest of the rollout and exits 0.
+        demo.cli("resume", &[])?;
+        demo.wait_status("the resume to be seen", generation, |s| {
+            s["phase"] != "Paused"
+        })
+        .await?;
+        let watched = demo.cli("status", &["--watch", "--timeout=120"])?;
+        ensure!(watched.contains("Phase:     Completed"), "{watched}");
         let status = demo.wait_ready(generation).await?;
+        let (health, _) = demo.argo_health().await?;
+        ensure!(
+            health == "Healthy",
+            "Argo CD health once complete: {health}"
+        );
         ensure!(
             status["updated"] == 5 && status["phase"] == "Completed",
             "{status:#}"
@@ -667,6 +713,44 @@ async fn a_canary_holds_at_its_step_until_resumed() {
         demo.all_serve(5, "v02").await?;
         let reasons: Vec<String> = demo.events().await?.into_iter().map(|(r, _)| r).collect();
         ensure!(reasons.iter().any(|r| r == "RolloutPaused"), "{reasons:?}");
+
+        // Abort a slow rollout from the CLI: the pods it reached go back to v2.
+        let v1_again = json!({"strategy": {"maxUnavailable": 1, "minReadySeconds": 30}});
+        let generation = demo.apply(&v1, v1_again).await?;
+        demo.wait_status("v1 on a first pod", generation, |s| {
+            s["phase"] == "Progressing"
+                && s["pods"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["state"] == "Loaded" && p["revision"] == s["targetRevision"])
+                })
+        })
+        .await?;
+        demo.cli("abort", &[])?;
+        let status = demo
+            .wait_status("the abort to roll back", generation, |s| {
+                s["phase"] == "RolledBack"
+            })
+            .await?;
+        let message = status["message"].as_str().unwrap_or_default();
+        ensure!(message.contains("aborted by the user"), "{message}");
+        demo.all_serve(5, "v02").await?;
+        let out = demo
+            .ns
+            .kubectl_hotload(E2E, &["status", RELEASE, "--watch", "--timeout=30"])?;
+        ensure!(
+            out.status.code() == Some(1),
+            "status --watch exits 1 after a rollback: {out:?}"
+        );
+        let history = demo.cli("history", &[])?;
+        ensure!(
+            history.contains("RolledBack") && history.contains("Stable"),
+            "kubectl hotload history:\n{history}"
+        );
+        let pods = demo.cli("pods", &[])?;
+        ensure!(
+            pods.lines().filter(|l| l.contains(" Loaded ")).count() == 5,
+            "{pods}"
+        );
         Ok(())
     })
     .await;
@@ -693,6 +777,11 @@ async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
             })
             .await?;
         let target = status["targetRevision"].clone();
+        let (health, _) = demo.argo_health().await?;
+        ensure!(
+            health == "Progressing",
+            "Argo CD health mid-rollout: {health}"
+        );
         let pods: Api<Pod> = ns.api();
         let list = pods.list(&ListParams::default().labels("app=demo")).await?;
         let names: Vec<String> = list

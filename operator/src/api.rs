@@ -337,6 +337,10 @@ pub struct PluginReleaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<String>,
 
+    /// The `hotload.dev/abort` annotation value already acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_token: Option<String>,
+
     /// When the rollout last made progress (for progressDeadlineSeconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_at: Option<Time>,

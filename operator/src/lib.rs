@@ -14,6 +14,7 @@ pub mod channel;
 pub mod controller;
 pub mod credentials;
 pub mod inject;
+pub mod kubectl;
 pub mod leader;
 pub mod metrics;
 pub mod planner;

@@ -27,6 +27,9 @@ use crate::revision::revision_of;
 pub const RETRY_ANNOTATION: &str = "hotload.dev/retry";
 /// Annotation whose change releases a pause step (`kubectl hotload resume`).
 pub const RESUME_ANNOTATION: &str = "hotload.dev/resume";
+/// Annotation whose change aborts the rollout under way: every touched pod goes back to
+/// the stable revision, as after a failure (`kubectl hotload abort`).
+pub const ABORT_ANNOTATION: &str = "hotload.dev/abort";
 /// How many pods `status.pods` lists at most.
 pub const POD_LIST_CAP: usize = 256;
 /// The resume token that records "spec.paused was set while holding at a pause step".
@@ -244,6 +247,34 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
 
     let stable = status.stable_revision.clone();
+    let abort = input.annotations.get(ABORT_ANNOTATION);
+    if abort.is_some() && abort != prev.abort_token.as_ref() {
+        status.abort_token = abort.cloned();
+        // Only a rollout under way can be aborted; a finished one has nothing to undo.
+        let under_way = matches!(
+            status.phase,
+            Some(Phase::Progressing | Phase::Paused | Phase::Degraded)
+        );
+        if under_way && !given_up(&status, &target) {
+            let message = format!(
+                "rollout of revision {target} aborted by the user; rolling back to {}",
+                stable.as_deref().unwrap_or("no plugin")
+            );
+            status.phase = Some(Phase::RolledBack);
+            status.message = Some(message.clone());
+            set_outcome(
+                &mut status,
+                &target,
+                Outcome::RolledBack,
+                Some("aborted".into()),
+            );
+            notes.push(Note {
+                warning: true,
+                reason: "RolloutAborted",
+                message,
+            });
+        }
+    }
     let eligible: Vec<&PodView> = pods.iter().filter(|p| p.conflict.is_none()).collect();
     let count = |f: &dyn Fn(&PodView) -> bool| eligible.iter().filter(|p| f(p)).count();
     let n_updated = count(&|p| updated(p, &target, min_ready, now));

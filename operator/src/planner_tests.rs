@@ -417,6 +417,72 @@ fn retry_annotation_tries_a_rolled_back_revision_again() {
 }
 
 #[test]
+fn abort_rolls_touched_pods_back_and_a_retry_starts_again() {
+    let mut fleet = Fleet::stable(4, spec(OLD, json!({"maxUnavailable": 1})));
+    fleet.apply(spec(
+        NEW,
+        json!({"maxUnavailable": 1, "minReadySeconds": 60}),
+    ));
+    let batch = fleet.plan().assign;
+    fleet.load_all();
+    fleet.now += 1;
+    fleet.plan();
+    fleet
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "2026-11-23T23:00:00Z".into());
+    let abort = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    assert!(
+        abort
+            .notes
+            .iter()
+            .any(|n| n.warning && n.reason == "RolloutAborted"),
+        "{:?}",
+        abort.notes
+    );
+    assert_eq!(abort.assign, vec![(batch[0].0.clone(), Some(rev(OLD)))]);
+    assert!(
+        fleet
+            .status
+            .message
+            .clone()
+            .unwrap()
+            .contains("aborted by the user")
+    );
+    fleet.load_all();
+    fleet.converge(5);
+    assert_eq!(fleet.on(&rev(OLD)), 4, "all back on the stable revision");
+    assert_eq!(
+        fleet.status.phase,
+        Some(Phase::RolledBack),
+        "the same token aborts once"
+    );
+
+    fleet
+        .annotations
+        .insert(RETRY_ANNOTATION.into(), "again".into());
+    for _ in 0..6 {
+        fleet.converge(5);
+        fleet.now += 61;
+    }
+    fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(NEW)), 4);
+}
+
+#[test]
+fn abort_of_a_finished_rollout_changes_nothing() {
+    let mut fleet = Fleet::stable(2, spec(OLD, json!({})));
+    fleet
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "late".into());
+    let plan = fleet.plan();
+    assert!(plan.assign.is_empty());
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.status.abort_token.as_deref(), Some("late"));
+}
+
+#[test]
 fn reverting_the_spec_returns_to_the_stable_revision_from_cache() {
     let mut fleet = Fleet::stable(3, spec(OLD, json!({"maxUnavailable": 1})));
     fleet.apply(spec(NEW, json!({"maxUnavailable": 1})));

@@ -1,0 +1,407 @@
+//! `kubectl hotload`: what it shows and what it asks for, decided without I/O. The binary
+//! (`src/bin/kubectl-hotload.rs`) reads and writes only through the API server.
+//!
+//! - views: [`status_view`] (header, progress bars, first failure, per-pod table),
+//!   [`pods_view`], [`history_view`];
+//! - requests: [`Request`] → the merge patch that carries it ([`Request::patch`]). Pause and
+//!   resume flip `spec.paused` (as `kubectl argo rollouts pause` does); resume also
+//!   releases a canary pause step; retry and abort are annotations the planner acts on once
+//!   per new value.
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::api::{AckState, Phase, PluginRelease};
+use crate::planner::{ABORT_ANNOTATION, RESUME_ANNOTATION, RETRY_ANNOTATION, step_goal};
+
+/// A change asked of a release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Stop giving the target to more pods.
+    Pause,
+    /// Undo a pause, or release a canary pause step.
+    Resume,
+    /// Try a rolled-back or failed revision again.
+    Retry,
+    /// Stop the rollout and send every touched pod back to the stable revision.
+    Abort,
+}
+
+impl Request {
+    /// The merge patch for `release`; `token` makes annotation requests new (a timestamp).
+    pub fn patch(self, release: &PluginRelease, token: &str) -> Result<Value, String> {
+        let name = crate::api::describe(release);
+        let phase = release.status.as_ref().and_then(|s| s.phase);
+        match self {
+            Request::Pause => Ok(json!({"spec": {"paused": true}})),
+            Request::Resume if release.spec.paused => Ok(json!({"spec": {"paused": false}})),
+            Request::Resume if phase == Some(Phase::Paused) => {
+                Ok(json!({"metadata": {"annotations": {RESUME_ANNOTATION: token}}}))
+            }
+            Request::Resume => Err(format!(
+                "{name} is not paused (phase {})",
+                phase_name(phase)
+            )),
+            Request::Retry => match phase {
+                Some(Phase::RolledBack | Phase::Degraded) => {
+                    Ok(json!({"metadata": {"annotations": {RETRY_ANNOTATION: token}}}))
+                }
+                _ => Err(format!(
+                    "{name} has nothing to retry (phase {}); retry follows a rollback or a failure",
+                    phase_name(phase)
+                )),
+            },
+            Request::Abort => match phase {
+                Some(Phase::Progressing | Phase::Paused | Phase::Degraded) => {
+                    Ok(json!({"metadata": {"annotations": {ABORT_ANNOTATION: token}}}))
+                }
+                _ => Err(format!(
+                    "{name} has no rollout under way (phase {}); to go back to an older \
+                     revision, apply its artifact again",
+                    phase_name(phase)
+                )),
+            },
+        }
+    }
+}
+
+fn phase_name(phase: Option<Phase>) -> String {
+    phase.map_or_else(|| "none yet".into(), |p| format!("{p:?}"))
+}
+
+/// Whether a watch can stop: the operator has seen the spec and the rollout has ended (or
+/// waits for a person).
+pub fn settled(release: &PluginRelease) -> bool {
+    let Some(status) = &release.status else {
+        return false;
+    };
+    status.observed_generation == release.metadata.generation
+        && matches!(
+            status.phase,
+            Some(Phase::Completed | Phase::RolledBack | Phase::Degraded | Phase::Paused)
+        )
+}
+
+/// `[#####.....]` for `done` of `total`, `width` cells wide.
+pub fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        (done.min(total) * width).div_ceil(total).min(width)
+    };
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn short(revision: &str) -> &str {
+    revision.get(..12).unwrap_or(revision)
+}
+
+fn ago(since: Timestamp, now: Timestamp) -> String {
+    let seconds = (now - since).get_seconds().max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+/// The full status view: what `kubectl hotload status` prints (and redraws with --watch).
+pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
+    let mut out = String::new();
+    let name = crate::api::describe(release);
+    let generation = release.metadata.generation.unwrap_or_default();
+    let Some(status) = &release.status else {
+        return format!("PluginRelease {name}: no status yet (is the operator running?)\n");
+    };
+    let spec = &release.spec;
+    let observed = status.observed_generation.unwrap_or_default();
+    out.push_str(&format!("PluginRelease {name}  plugin {}\n", spec.plugin));
+    out.push_str(&format!(
+        "Phase:     {}{}\n",
+        phase_name(status.phase),
+        if observed < generation {
+            format!(
+                "  (operator has not seen generation {generation} yet; status is for {observed})"
+            )
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "Revision:  {} (stable {})\n",
+        status.target_revision.as_deref().map_or("-", short),
+        status.stable_revision.as_deref().map_or("none", short)
+    ));
+    out.push_str(&format!(
+        "Artifact:  {} {}\n",
+        spec.artifact.url, spec.artifact.digest
+    ));
+    let matched = usize::try_from(status.matched).unwrap_or(0);
+    let updated = usize::try_from(status.updated).unwrap_or(0);
+    if let Some(step) = status.current_step {
+        let step = usize::try_from(step).unwrap_or(0);
+        let steps = spec.strategy.steps.len();
+        let goal = step_goal(spec, step, matched);
+        out.push_str(&format!(
+            "Step:      {} {}/{} pods  (step {} of {})\n",
+            bar(updated.min(goal), goal, 20),
+            updated.min(goal),
+            goal,
+            (step + 1).min(steps),
+            steps
+        ));
+    }
+    out.push_str(&format!(
+        "Rollout:   {} {updated}/{matched} updated  {} ready  {} failed  {} unreachable\n",
+        bar(updated, matched, 20),
+        status.ready,
+        status.failed,
+        status.unreachable
+    ));
+    if spec.paused {
+        out.push_str("Paused:    spec.paused is true (kubectl hotload resume)\n");
+    }
+    if let Some(first) = status
+        .pods
+        .iter()
+        .find(|p| p.state == AckState::Failed && p.reason.is_some())
+    {
+        out.push_str(&format!(
+            "Failure:   pod {}: {}\n",
+            first.pod,
+            first.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(message) = &status.message {
+        out.push_str(&format!("Message:   {message}\n"));
+    }
+    out.push('\n');
+    out.push_str(&pods_view(release, now));
+    out
+}
+
+/// The per-pod table.
+pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
+    let pods = release
+        .status
+        .as_ref()
+        .map(|s| s.pods.as_slice())
+        .unwrap_or_default();
+    if pods.is_empty() {
+        return "No pods reported.\n".into();
+    }
+    let width = pods.iter().map(|p| p.pod.len()).max().unwrap_or(3).max(3);
+    let mut out = format!(
+        "{:<width$}  {:<12}  {:<11}  {:>5}  REASON\n",
+        "POD", "REVISION", "STATE", "SINCE"
+    );
+    for pod in pods {
+        out.push_str(
+            format!(
+                "{:<width$}  {:<12}  {:<11}  {:>5}  {}",
+                pod.pod,
+                if pod.revision.is_empty() {
+                    "(none)"
+                } else {
+                    short(&pod.revision)
+                },
+                format!("{:?}", pod.state),
+                ago(pod.since.0, now),
+                pod.reason.as_deref().unwrap_or_default()
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// The revision history, newest first.
+pub fn history_view(release: &PluginRelease) -> String {
+    let history = release
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or_default();
+    if history.is_empty() {
+        return "No revisions yet.\n".into();
+    }
+    let mut out = format!(
+        "{:<12}  {:<20}  {:<11}  {}\n",
+        "REVISION", "STARTED", "OUTCOME", "ARTIFACT / REASON"
+    );
+    for record in history {
+        let started = record
+            .started_at
+            .0
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        out.push_str(&format!(
+            "{:<12}  {:<20}  {:<11}  {}@{}",
+            short(&record.revision),
+            started,
+            format!("{:?}", record.outcome),
+            record.url,
+            record.digest.get(..19).unwrap_or(&record.digest)
+        ));
+        if let Some(reason) = &record.reason {
+            out.push_str(&format!("  {reason}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(status: Value, paused: bool) -> PluginRelease {
+        serde_json::from_value(json!({
+            "apiVersion": "hotload.dev/v1alpha1", "kind": "PluginRelease",
+            "metadata": {"name": "auth", "namespace": "shop", "generation": 3},
+            "spec": {"plugin": "auth-filter", "selector": {"matchLabels": {"app": "web"}},
+                     "paused": paused,
+                     "artifact": {"url": "https://plugins/auth.wasm",
+                                  "digest": format!("sha256:{}", "a".repeat(64))},
+                     "strategy": {"maxUnavailable": 1, "steps": [{"percent": 40, "pause": {}}]}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-23T12:01:00Z".parse().unwrap()
+    }
+
+    fn progressing() -> Value {
+        json!({
+            "observedGeneration": 3, "phase": "Progressing", "currentStep": 0,
+            "targetRevision": "1234567890abcdef", "stableRevision": "fedcba0987654321",
+            "matched": 5, "updated": 1, "ready": 4, "failed": 1, "unreachable": 0,
+            "message": "pod web-2 failed to load revision 1234567890abcdef: digest mismatch",
+            "pods": [
+                {"pod": "web-2", "revision": "1234567890abcdef", "state": "Failed",
+                 "reason": "digest mismatch: expected sha256:aa…", "since": "2026-11-23T12:00:30Z"},
+                {"pod": "web-1", "revision": "1234567890abcdef", "state": "Loaded",
+                 "since": "2026-11-23T12:00:00Z"},
+            ],
+            "history": [{"revision": "1234567890abcdef", "url": "https://plugins/auth.wasm",
+                         "digest": format!("sha256:{}", "a".repeat(64)),
+                         "startedAt": "2026-11-23T12:00:00Z", "outcome": "Progressing"}],
+        })
+    }
+
+    #[test]
+    fn status_view_shows_bars_first_failure_and_pods() {
+        let view = status_view(&release(progressing(), false), now());
+        assert!(
+            view.contains("PluginRelease shop/auth  plugin auth-filter"),
+            "{view}"
+        );
+        assert!(view.contains("Phase:     Progressing\n"), "{view}");
+        assert!(
+            view.contains("Revision:  1234567890ab (stable fedcba098765)"),
+            "{view}"
+        );
+        // 40% of 5 pods is a step goal of 2; one is there.
+        assert!(
+            view.contains("Step:      [##########..........] 1/2 pods  (step 1 of 1)"),
+            "{view}"
+        );
+        assert!(
+            view.contains("Rollout:   [####................] 1/5 updated  4 ready  1 failed"),
+            "{view}"
+        );
+        assert!(
+            view.contains("Failure:   pod web-2: digest mismatch"),
+            "{view}"
+        );
+        assert!(
+            view.contains("web-2  1234567890ab  Failed         30s  digest mismatch"),
+            "{view}"
+        );
+        assert!(
+            view.contains("web-1  1234567890ab  Loaded         60s"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn status_view_says_when_the_operator_lags_or_is_absent() {
+        let mut lagging = progressing();
+        lagging["observedGeneration"] = json!(2);
+        let view = status_view(&release(lagging, false), now());
+        assert!(view.contains("has not seen generation 3 yet"), "{view}");
+        let mut none = release(json!(null), false);
+        none.status = None;
+        assert!(status_view(&none, now()).contains("no status yet"));
+    }
+
+    #[test]
+    fn history_lists_revisions_with_outcome() {
+        let view = history_view(&release(progressing(), false));
+        assert!(view.starts_with("REVISION"), "{view}");
+        assert!(view.contains("1234567890ab  2026-11-23T12:00:00Z  Progressing  https://plugins/auth.wasm@sha256:aaaaaaaaaaaa"), "{view}");
+    }
+
+    #[test]
+    fn requests_become_patches_or_say_why_not() {
+        let running = release(progressing(), false);
+        assert_eq!(
+            Request::Pause.patch(&running, "t").unwrap(),
+            json!({"spec": {"paused": true}})
+        );
+        assert_eq!(
+            Request::Abort.patch(&running, "t1").unwrap(),
+            json!({"metadata": {"annotations": {"hotload.dev/abort": "t1"}}})
+        );
+        let err = Request::Retry.patch(&running, "t").unwrap_err();
+        assert!(
+            err.contains("shop/auth has nothing to retry (phase Progressing)"),
+            "{err}"
+        );
+        let err = Request::Resume.patch(&running, "t").unwrap_err();
+        assert_eq!(err, "shop/auth is not paused (phase Progressing)");
+
+        let paused = release(progressing(), true);
+        assert_eq!(
+            Request::Resume.patch(&paused, "t").unwrap(),
+            json!({"spec": {"paused": false}})
+        );
+        let mut held = progressing();
+        held["phase"] = json!("Paused");
+        assert_eq!(
+            Request::Resume.patch(&release(held, false), "t2").unwrap(),
+            json!({"metadata": {"annotations": {"hotload.dev/resume": "t2"}}})
+        );
+        let mut rolled = progressing();
+        rolled["phase"] = json!("RolledBack");
+        let rolled = release(rolled, false);
+        assert!(Request::Retry.patch(&rolled, "t").is_ok());
+        assert!(
+            Request::Abort
+                .patch(&rolled, "t")
+                .unwrap_err()
+                .contains("no rollout under way")
+        );
+    }
+
+    #[test]
+    fn settled_means_observed_and_finished_or_waiting() {
+        let mut done = progressing();
+        done["phase"] = json!("Completed");
+        assert!(settled(&release(done.clone(), false)));
+        done["observedGeneration"] = json!(2);
+        assert!(!settled(&release(done, false)));
+        assert!(!settled(&release(progressing(), false)));
+    }
+
+    #[test]
+    fn bars_fill_proportionally() {
+        assert_eq!(bar(0, 5, 10), "[..........]");
+        assert_eq!(bar(5, 5, 10), "[##########]");
+        assert_eq!(bar(1, 3, 6), "[##....]");
+        assert_eq!(bar(0, 0, 4), "[....]");
+    }
+}
