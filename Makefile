@@ -41,10 +41,11 @@ e2e:
 	$(E2E) cluster down --verify || status=1; \
 	exit $$status
 
-## demo: for now, the local cluster (the quickstart lands with the chart)
+## demo: build, bring the local cluster up, install the chart, roll v1, v2 and a broken v3
+## out to 5 injected demo pods under traffic, and print what happened
 demo: deps
-	$(E2E) cluster up
-	@echo "The local cluster is up. Run the printed exports, then: kubectl get nodes -o wide"
+	cargo build --workspace --bins
+	$(E2E) demo
 
 cluster-up: deps
 	$(E2E) cluster up

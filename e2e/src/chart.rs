@@ -31,10 +31,9 @@ pub fn helm_binary() -> PathBuf {
     Layout::from_env().cache().join("bin/current/helm")
 }
 
-/// `--set` values every test install uses: the dev images, and this namespace only.
-pub fn dev_values(namespace: &str) -> Vec<String> {
+/// `--set` values for the dev images (mapped to the workspace binaries).
+pub fn dev_values() -> Vec<String> {
     vec![
-        format!("watchNamespace={namespace}"),
         "image.repository=hotload/operator".into(),
         "image.tag=dev".into(),
         "sidecar.image.repository=hotload/sidecar".into(),
@@ -43,20 +42,23 @@ pub fn dev_values(namespace: &str) -> Vec<String> {
     ]
 }
 
-/// A chart install in one test namespace; uninstalled when dropped (its cluster-scoped
-/// objects outlive the namespace otherwise).
+/// A chart install; a test's is uninstalled when dropped (its cluster-scoped objects
+/// outlive the namespace otherwise).
 pub struct Chart {
     namespace: String,
     kubeconfig: PathBuf,
+    scoped: bool,
     installed: bool,
 }
 
 impl Chart {
-    /// `helm install --wait` with [`dev_values`] plus `values`.
+    /// `helm install --wait` with [`dev_values`] plus `values`, managing only the test's
+    /// namespace.
     pub fn install(ns: &TestNamespace, values: &[&str]) -> Result<Self> {
         let mut chart = Self {
             namespace: ns.name.clone(),
             kubeconfig: ns.kubeconfig.clone(),
+            scoped: true,
             installed: false,
         };
         chart.helm("install", values)?;
@@ -64,8 +66,28 @@ impl Chart {
         Ok(chart)
     }
 
+    /// `helm upgrade --install --wait` of a cluster-wide operator into `namespace` (created
+    /// if missing), kept after the process ends: what `make demo` installs.
+    pub fn install_cluster_wide(
+        kubeconfig: &Path,
+        namespace: &str,
+        values: &[&str],
+    ) -> Result<Self> {
+        let chart = Self {
+            namespace: namespace.into(),
+            kubeconfig: kubeconfig.into(),
+            scoped: false,
+            installed: false,
+        };
+        let mut values = values.to_vec();
+        values.push("--install");
+        values.push("--create-namespace");
+        chart.helm("upgrade", &values)?;
+        Ok(chart)
+    }
+
     /// `helm upgrade --wait` with [`dev_values`] plus `values` (values not given return to
-    /// their defaults, as with a fresh install).
+    /// their defaults, as with a fresh install). A value starting with `--` is a flag.
     pub fn upgrade(&self, values: &[&str]) -> Result<String> {
         self.helm("upgrade", values)
     }
@@ -86,12 +108,17 @@ impl Chart {
             "--timeout".into(),
             "120s".into(),
         ];
-        let all = dev_values(&self.namespace)
-            .into_iter()
-            .chain(values.iter().map(ToString::to_string));
-        for value in all {
-            args.push("--set".into());
-            args.push(value);
+        let mut all = dev_values();
+        if self.scoped {
+            all.push(format!("watchNamespace={}", self.namespace));
+        }
+        for value in all.iter().map(String::as_str).chain(values.iter().copied()) {
+            if value.starts_with("--") {
+                args.push(value.into());
+            } else {
+                args.push("--set".into());
+                args.push(value.into());
+            }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(&args)

@@ -20,6 +20,9 @@ enum Command {
     /// Bring the cluster up, tear it down, or show it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Bring the cluster up, install the chart and roll plugins out to a demo app, with a
+    /// summary at the end (`make demo`).
+    Demo,
     /// Run the node agent (started by `cluster up`).
     NodeAgent(node::AgentArgs),
     /// Run the e2e test server (the image `hotload/e2e-testserver:dev`).
@@ -84,6 +87,11 @@ fn main() -> Result<()> {
             }
             Command::Cluster(ClusterCommand::Status) => {
                 print!("{}", cluster::status(&layout).await?)
+            }
+            Command::Demo => {
+                cluster::up(&layout, &cluster::UpOptions::default()).await?;
+                let me = std::env::current_exe()?;
+                hotload_e2e::demo::run(&layout, &me.to_string_lossy()).await?;
             }
             Command::NodeAgent(args) => node::run(args).await?,
             Command::Testserver(args) => testserver::run(args).await?,

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use hotload_e2e::artifacts::{ArtifactServer, digest_of};
-use hotload_e2e::chart::Chart;
+use hotload_e2e::chart::{Chart, is_ready};
 use hotload_e2e::testing::{self, TestNamespace, eventually};
+use hotload_e2e::workload::{Traffic, deployment, post, tag_of, tagger, tagger_failing_self_check};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::Api;
@@ -21,26 +22,6 @@ use serde_json::{Value, json};
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 const WAIT: Duration = Duration::from_secs(120);
 const RELEASE: &str = "handler";
-
-/// The text of the example plugin `examples/plugins/tagger-v<version>.wat`.
-fn tagger_source(version: u8) -> Result<String> {
-    let path = format!(
-        "{}/../examples/plugins/tagger-v{version}.wat",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Ok(std::fs::read_to_string(path)?)
-}
-
-/// The example plugin tagger v`version`, compiled.
-fn tagger(version: u8) -> Result<Vec<u8>> {
-    Ok(wat::parse_str(tagger_source(version)?)?)
-}
-
-/// Tagger v1 with its tag overwritten, so its self-check export fails.
-fn tagger_failing_self_check() -> Result<Vec<u8>> {
-    let text = tagger_source(1)?.replace(r#""v01:""#, r#""x03:""#);
-    Ok(wat::parse_str(text)?)
-}
 
 /// One plugin artifact on the artifact server.
 #[derive(Clone)]
@@ -277,61 +258,6 @@ impl Demo {
     }
 }
 
-/// The demo app as a user writes it: no sidecar, only the annotation naming the ConfigMap
-/// of artifact-server CAs. The webhook adds the rest.
-fn deployment(replicas: i32) -> Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": "demo"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "demo"}},
-            "template": {
-                "metadata": {
-                    "labels": {"app": "demo"},
-                    "annotations": {"hotload.dev/ca-bundle": "artifact-ca"},
-                },
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{
-                        "name": "app",
-                        "image": "hotload/demo-app:dev",
-                        "args": ["--listen=0.0.0.0:8080"],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))?)
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn post(ip: &str, body: &str) -> Result<String> {
-    let response = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?
-        .post(format!("http://{ip}:8080/"))
-        .body(body.to_string())
-        .send()
-        .await?;
-    let status = response.status();
-    let text = response.text().await?;
-    ensure!(status.is_success(), "{status}: {text}");
-    Ok(text)
-}
-
-/// The version tag of a tagger response (`v01:` + body + `v01:`); `None` if the two tags
-/// differ (a response mixed from two versions) or are missing.
-fn tag_of(body: &str) -> Option<String> {
-    let (head, tail) = (body.get(..4)?, body.get(body.len().checked_sub(4)?..)?);
-    (head == tail && head.ends_with(':')).then(|| head.trim_end_matches(':').to_string())
-}
-
 fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
     status["conditions"]
         .as_array()
@@ -351,52 +277,6 @@ fn all_loaded(status: &Value, revision: &Value, n: usize) -> bool {
         && pods
             .iter()
             .all(|p| p["revision"] == *revision && p["state"] == "Loaded")
-}
-
-/// Requests round-robin over pods until stopped; every answer must be whole from one version.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<TrafficReport>,
-}
-
-#[derive(Debug, Default)]
-struct TrafficReport {
-    ok: usize,
-    failed: Vec<String>,
-    tags: BTreeSet<String>,
-}
-
-impl Traffic {
-    fn start(ips: Vec<String>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut report = TrafficReport::default();
-            let mut i = 0usize;
-            while !flag.load(Ordering::Relaxed) {
-                let ip = &ips[i % ips.len()];
-                match post(ip, &format!("request-{i}")).await {
-                    Ok(body) => match tag_of(&body) {
-                        Some(tag) => {
-                            report.ok += 1;
-                            report.tags.insert(tag);
-                        }
-                        None => report.failed.push(format!("{ip}: mixed answer {body:?}")),
-                    },
-                    Err(e) => report.failed.push(format!("{ip}: {e:#}")),
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            report
-        });
-        Self { stop, task }
-    }
-
-    async fn finish(self) -> Result<TrafficReport> {
-        self.stop.store(true, Ordering::Relaxed);
-        Ok(self.task.await?)
-    }
 }
 
 /// Reads the demo's chunked `/stream` until stopped; returns the tags seen in order and
