@@ -11,7 +11,7 @@ endif
 E2E := cargo run --quiet -p hotload-e2e --
 HELM = $(HOTLOAD_CACHE)/bin/current/helm
 
-.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds
+.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds images
 
 ## test: everything CI runs: formatting, clippy, unit tests, e2e on the local cluster
 test: deps fmt lint unit e2e
@@ -57,3 +57,11 @@ cluster-down:
 crds:
 	cargo run --quiet -p hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml
 	cp crds/pluginreleases.hotload.dev.yaml charts/hotload/crds/
+
+## images: the three container images, with Docker (not needed for demo or test)
+IMAGE_TAG ?= 0.1.0
+REGISTRY ?= ghcr.io/hotload-dev
+images:
+	docker build -f operator/Dockerfile -t $(REGISTRY)/operator:$(IMAGE_TAG) .
+	docker build -f plugin-sidecar/Dockerfile -t $(REGISTRY)/sidecar:$(IMAGE_TAG) .
+	docker build -f examples/demo-app/Dockerfile -t $(REGISTRY)/demo-app:$(IMAGE_TAG) .

@@ -160,19 +160,67 @@ pub fn default_images() -> Result<ImageMap> {
     Ok(map)
 }
 
+/// The Dockerfile of each Hotload image, relative to the repository root.
+pub const DOCKERFILES: [(&str, &str); 3] = [
+    ("hotload/sidecar:dev", "plugin-sidecar/Dockerfile"),
+    ("hotload/demo-app:dev", "examples/demo-app/Dockerfile"),
+    ("hotload/operator:dev", "operator/Dockerfile"),
+];
+
+/// The ENTRYPOINT and CMD of a Dockerfile (exec form), the last of each.
+pub fn dockerfile_command(text: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let mut entrypoint = Vec::new();
+    let mut cmd = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let parse = |rest: &str| -> Result<Vec<String>> {
+            serde_json::from_str(rest.trim())
+                .with_context(|| format!("{line:?} is not in exec form"))
+        };
+        if let Some(rest) = line.strip_prefix("ENTRYPOINT ") {
+            entrypoint = parse(rest)?;
+        } else if let Some(rest) = line.strip_prefix("CMD ") {
+            cmd = parse(rest)?;
+        }
+    }
+    Ok((entrypoint, cmd))
+}
+
 /// The image of the e2e test server.
 pub const TESTSERVER_IMAGE: &str = "hotload/e2e-testserver:dev";
 
-/// Hotload's images as the Dockerfiles build them: image, binary, default CMD.
+/// Hotload's images as the Dockerfiles build them: image, binary, default CMD. A test
+/// checks each against its Dockerfile ([`DOCKERFILES`]).
 pub const HOTLOAD_IMAGES: [(&str, &str, &[&str]); 3] = [
     ("hotload/sidecar:dev", "hotload-sidecar", &["run"]),
-    ("hotload/demo-app:dev", "hotload-demo-app", &[]),
+    (
+        "hotload/demo-app:dev",
+        "hotload-demo-app",
+        &["--listen=0.0.0.0:8080"],
+    ),
     ("hotload/operator:dev", "hotload-operator", &["run"]),
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_images_run_what_the_dockerfiles_run() {
+        for (image, dockerfile) in DOCKERFILES {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(dockerfile);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (entrypoint, cmd) = dockerfile_command(&text).unwrap();
+            let (_, binary, args) = HOTLOAD_IMAGES.iter().find(|(i, ..)| *i == image).unwrap();
+            assert_eq!(
+                entrypoint,
+                [format!("/{binary}")],
+                "{dockerfile} ENTRYPOINT"
+            );
+            assert_eq!(cmd, *args, "{dockerfile} CMD");
+        }
+    }
 
     fn map() -> ImageMap {
         let mut map = ImageMap::default();
