@@ -42,6 +42,32 @@ pub fn dev_values() -> Vec<String> {
     ]
 }
 
+/// `helm template` of the chart into `namespace` with `values` (`--set`), for checks of
+/// what each mode renders.
+pub fn template(namespace: &str, values: &[&str]) -> Result<String> {
+    let helm = helm_binary();
+    let mut command = Command::new(&helm);
+    command.args(["template", RELEASE]).arg(chart_dir()).args([
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.37.0",
+    ]);
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("running {}", helm.display()))?;
+    if !out.status.success() {
+        bail!(
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A chart install; a test's is uninstalled when dropped (its cluster-scoped objects
 /// outlive the namespace otherwise).
 pub struct Chart {
@@ -206,6 +232,50 @@ impl Chart {
             },
         )
         .await
+    }
+
+    /// The leader's pod IP: its admin port (9090) and channel (8443) are reachable from
+    /// this machine.
+    pub async fn leader_ip(ns: &TestNamespace) -> Result<String> {
+        let pods = Self::operator_pods(ns).await?;
+        pods.iter()
+            .find(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("hotload.dev/leader"))
+                    .is_some()
+                    && is_ready(p)
+            })
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            .context("no Ready operator pod labelled leader")
+    }
+
+    /// The operator's CA (PEM), from its TLS Secret.
+    pub async fn ca_pem(ns: &TestNamespace) -> Result<String> {
+        let secret = ns
+            .api::<k8s_openapi::api::core::v1::Secret>()
+            .get(&format!("{RELEASE}-tls"))
+            .await?;
+        let bytes = secret
+            .data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .context("the TLS Secret has no ca.crt")?;
+        Ok(String::from_utf8(bytes.0)?)
+    }
+
+    /// The total restarts of the operator's containers.
+    pub async fn restarts(ns: &TestNamespace) -> Result<i32> {
+        Ok(Self::operator_pods(ns)
+            .await?
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .map(|c| c.restart_count)
+            .sum())
     }
 
     /// The operator's log (all its pods, the last `lines` lines each).

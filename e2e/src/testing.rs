@@ -28,7 +28,6 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::layout::Layout;
-use crate::netplan;
 
 static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
@@ -260,120 +259,6 @@ pub fn workspace_binary(e2e_bin: &str, name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// The operator, run as a process scoped to one test namespace, stopped when dropped. Its
-/// sidecar channel listens on the root end of the node link ([`netplan::HOST_IP`]), which
-/// pods reach through their node, with a certificate from a CA made for the test.
-pub struct Operator {
-    child: tokio::process::Child,
-    command: std::process::Command,
-    log: PathBuf,
-    /// The channel's address.
-    pub channel: std::net::SocketAddr,
-    /// The admin address (/live, /ready, /metrics).
-    pub admin: std::net::SocketAddr,
-    /// The CA (PEM) that signed the channel's certificate.
-    pub ca_pem: String,
-}
-
-impl Operator {
-    /// Starts `hotload-operator run --namespace <ns>` with the admin kubeconfig.
-    pub fn start(e2e_bin: &str, ns: &TestNamespace) -> Result<Self> {
-        let binary = workspace_binary(e2e_bin, "hotload-operator")?;
-        let dir = std::env::temp_dir().join(format!("hotload-operator-{}", ns.name));
-        std::fs::create_dir_all(&dir)?;
-        let host = netplan::HOST_IP.to_string();
-        let pki = TestCa::new(&["127.0.0.1", &host])?;
-        pki.write(&dir)?;
-        let free_port = |ip: &str| -> Result<std::net::SocketAddr> {
-            Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
-        };
-        let (channel, admin) = (free_port(&host)?, free_port("127.0.0.1")?);
-        let log = dir.join("operator.log");
-        let mut command = std::process::Command::new(&binary);
-        command
-            .args(["run", "--namespace", &ns.name])
-            .arg(format!("--channel-addr={channel}"))
-            .arg(format!("--admin-addr={admin}"))
-            .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
-            .arg(format!("--tls-key={}", dir.join("tls.key").display()))
-            .env("KUBECONFIG", &ns.kubeconfig);
-        let child = spawn_logged(&command, &log)?;
-        Ok(Self {
-            child,
-            command,
-            log,
-            channel,
-            admin,
-            ca_pem: pki.ca_pem,
-        })
-    }
-
-    /// The channel's URL as a sidecar dials it.
-    pub fn url(&self) -> String {
-        format!("https://{}", self.channel)
-    }
-
-    /// Kills the process with SIGKILL (no clean shutdown, no lease release) and waits for it.
-    pub async fn kill(&mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-
-    /// Starts the operator again with the same arguments, certificate and ports.
-    pub fn restart(&mut self) -> Result<()> {
-        self.child = spawn_logged(&self.command, &self.log)?;
-        Ok(())
-    }
-
-    /// Waits until the operator reports Ready (leader, caches synced), as a Service would.
-    pub async fn wait_ready(&self) -> Result<()> {
-        let url = format!("http://{}/ready", self.admin);
-        eventually("the operator to be ready", Duration::from_secs(60), || {
-            http_get(&url)
-        })
-        .await
-        .with_context(|| format!("operator log:\n{}", self.log()))?;
-        Ok(())
-    }
-
-    /// The operator's output so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-/// Starts `command`, appending its stdout and stderr to `log`; killed when dropped.
-fn spawn_logged(command: &std::process::Command, log: &Path) -> Result<tokio::process::Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let mut command = tokio::process::Command::from(clone_command(command));
-    command
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {:?}", command.as_std().get_program()))
-}
-
-fn clone_command(command: &std::process::Command) -> std::process::Command {
-    let mut copy = std::process::Command::new(command.get_program());
-    copy.args(command.get_args());
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(value) => copy.env(key, value),
-            None => copy.env_remove(key),
-        };
-    }
-    copy
 }
 
 /// A CA made for one test and a serving certificate it signed.

@@ -13,8 +13,9 @@ use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
 use hotload_channel::proto::{
     Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
 };
+use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
-use hotload_e2e::testing::{self, Operator, TestNamespace, eventually, http_get};
+use hotload_e2e::testing::{self, TestNamespace, eventually, http_get};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -73,17 +74,18 @@ async fn shop(ns: &TestNamespace) -> Result<Vec<(String, String)>> {
     .await
 }
 
-async fn client(operator: &Operator) -> Result<PluginChannelClient<Channel>> {
+/// A channel client to the chart-installed operator, as a sidecar would dial it (the leader
+/// pod's address, the Service's name in the certificate).
+async fn client(ns: &TestNamespace) -> Result<PluginChannelClient<Channel>> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&operator.ca_pem))
-        .domain_name("127.0.0.1");
+        .ca_certificate(Certificate::from_pem(Chart::ca_pem(ns).await?))
+        .domain_name(format!("hotload.{}.svc", ns.name));
+    let leader = Chart::leader_ip(ns).await?;
     let channel = eventually("the operator's channel to listen", WAIT, || async {
-        Ok(
-            Channel::from_shared(format!("https://{}", operator.channel))?
-                .tls_config(tls.clone())?
-                .connect()
-                .await?,
-        )
+        Ok(Channel::from_shared(format!("https://{leader}:8443"))?
+            .tls_config(tls.clone())?
+            .connect()
+            .await?)
     })
     .await?;
     Ok(PluginChannelClient::new(channel))
@@ -127,12 +129,11 @@ async fn attach(
 #[tokio::test]
 async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
     testing::run(E2E, "channel", |ns| async move {
-        testing::apply_crds(&ns.client).await?;
-        let operator = Operator::start(E2E, &ns)?;
+        let _chart = Chart::install(&ns, &[])?;
         let pods = shop(&ns).await?;
-        operator.wait_ready().await?;
+        Chart::wait_ready(&ns).await?;
         let ((pod_a, token_a), (pod_b, _)) = (&pods[0], &pods[1]);
-        let mut client = client(&operator).await?;
+        let mut client = client(&ns).await?;
 
         match attach(&mut client, &ns.name, pod_a, None).await {
             Err(status) => ensure!(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use hotload_e2e::chart::{Chart, is_ready};
+use hotload_e2e::chart::{self, Chart, is_ready};
 use hotload_e2e::testing::{self, TestNamespace, eventually};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -324,4 +324,74 @@ async fn serving_certificate_rotates_without_a_restart() {
         Ok(())
     })
     .await;
+}
+
+/// The kinds a rendered chart holds, in order.
+fn kinds(rendered: &str) -> Vec<&str> {
+    rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect()
+}
+
+#[test]
+fn chart_renders_each_mode_and_refuses_bad_values() -> Result<()> {
+    let default = chart::template("hotload-system", &[])?;
+    let kinds_default = kinds(&default);
+    for kind in [
+        "ClusterRole",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "ConfigMap",
+    ] {
+        ensure!(
+            kinds_default.contains(&kind),
+            "default lacks {kind}: {kinds_default:?}"
+        );
+    }
+    ensure!(!kinds_default.contains(&"ServiceMonitor") && !kinds_default.contains(&"Certificate"));
+    ensure!(
+        default.contains("--webhook-config=hotload-hotload-system"),
+        "the operator keeps the caBundle"
+    );
+    ensure!(
+        default.contains("readOnlyRootFilesystem: true") && default.contains("runAsNonRoot: true")
+    );
+
+    let extras = chart::template(
+        "ops",
+        &[
+            "tls.certManager.enabled=true",
+            "metrics.serviceMonitor.enabled=true",
+            "watchNamespace=shop",
+        ],
+    )?;
+    let kinds_extras = kinds(&extras);
+    for kind in ["Certificate", "Issuer", "ServiceMonitor", "Role"] {
+        ensure!(
+            kinds_extras.contains(&kind),
+            "extras lack {kind}: {kinds_extras:?}"
+        );
+    }
+    ensure!(
+        extras.contains("--tls-secret-external") && !extras.contains("--webhook-config="),
+        "with cert-manager the operator only reads the Secret"
+    );
+    ensure!(
+        extras.contains("cert-manager.io/inject-ca-from: ops/hotload"),
+        "cainjector annotation"
+    );
+    ensure!(
+        extras.contains("--namespace=shop"),
+        "watchNamespace reaches the operator"
+    );
+    ensure!(
+        !extras.contains("mutatingwebhookconfigurations"),
+        "no webhook-patching permission when cert-manager injects the CA"
+    );
+
+    let bad = chart::template("ops", &["webhook.failurePolicy=Sometimes"]);
+    let message = format!("{:#}", bad.err().context("a bad failurePolicy renders")?);
+    ensure!(message.contains("failurePolicy"), "{message}");
+    Ok(())
 }

@@ -1,13 +1,14 @@
-//! The operator's control loop on the real API server, before any sidecar connects: it finds
-//! the selected pods, reports them unreachable, writes kstatus conditions with server-side
-//! apply, records events, turns Degraded after the progress deadline, and refuses to fight
-//! another release over the same plugin.
+//! The operator's control loop on the real API server (the chart-installed operator, in a
+//! pod), before any sidecar connects: it finds the selected pods, reports them unreachable,
+//! writes kstatus conditions with server-side apply, records events, turns Degraded after
+//! the progress deadline, and refuses to fight another release over the same plugin.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
-use hotload_e2e::testing::{self, Operator, TestNamespace, eventually};
+use hotload_e2e::testing::{self, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
@@ -66,8 +67,8 @@ async fn shop(ns: &TestNamespace, replicas: i32) -> Result<()> {
 #[tokio::test]
 async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
     testing::run(E2E, "operator", |ns| async move {
-        testing::apply_crds(&ns.client).await?;
-        let mut operator = Operator::start(E2E, &ns)?;
+        let _chart = Chart::install(&ns, &[])?;
+        Chart::wait_ready(&ns).await?;
         shop(&ns, 3).await?;
         let api = testing::plugin_releases(&ns);
         api.create(&PostParams::default(), &release("greeter", 8)?)
@@ -86,7 +87,7 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
             },
         )
         .await
-        .with_context(|| format!("operator log:\n{}", operator.log()))?;
+        .with_context(|| format!("operator log:\n{}", Chart::log(&ns, 60)))?;
         ensure!(
             status["phase"] == "Progressing",
             "phase: {}",
@@ -161,11 +162,17 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
             "plr/greeter",
             "--timeout=5s",
         ])?;
-        ensure!(operator.running(), "operator exited:\n{}", operator.log());
-        // The sole replica leads, so it is Ready; its metrics count what it did.
-        let ready = testing::http_get(&format!("http://{}/ready", operator.admin)).await?;
+        let restarts = Chart::restarts(&ns).await?;
+        ensure!(
+            restarts == 0,
+            "the operator restarted:\n{}",
+            Chart::log(&ns, 60)
+        );
+        // The sole replica leads; its metrics count what it did.
+        let admin = format!("http://{}:9090", Chart::leader_ip(&ns).await?);
+        let ready = testing::http_get(&format!("{admin}/ready")).await?;
         ensure!(ready == "ready: leading\n", "/ready: {ready:?}");
-        let metrics = testing::http_get(&format!("http://{}/metrics", operator.admin)).await?;
+        let metrics = testing::http_get(&format!("{admin}/metrics")).await?;
         for want in [
             "hotload_reconciles_total{value=\"ok\"}",
             "hotload_status_writes_total",
@@ -181,8 +188,8 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
 #[tokio::test]
 async fn a_second_release_for_the_same_plugin_is_refused_with_a_condition() {
     testing::run(E2E, "conflict", |ns| async move {
-        testing::apply_crds(&ns.client).await?;
-        let _operator = Operator::start(E2E, &ns)?;
+        let _chart = Chart::install(&ns, &[])?;
+        Chart::wait_ready(&ns).await?;
         shop(&ns, 2).await?;
         let api = testing::plugin_releases(&ns);
         api.create(&PostParams::default(), &release("first", 600)?)
