@@ -287,16 +287,7 @@ async fn serving_certificate_rotates_without_a_restart() {
             secret_text(&renewed, "ca.crt")? == ca,
             "the CA stays: injected pods keep trusting it"
         );
-        let restarts: i32 = Chart::operator_pods(&ns)
-            .await?
-            .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
-            .map(|c| c.restart_count)
-            .sum();
+        let restarts = Chart::restarts(&ns).await?;
         ensure!(restarts == 0, "the operator restarted {restarts} times");
         // The API server still trusts the webhook after the swap, and the new pod's sidecar
         // still trusts the channel.
