@@ -199,11 +199,10 @@ impl Chart {
             .collect())
     }
 
-    /// Kills the operator's process with SIGKILL (no clean shutdown, no lease release);
-    /// the kubelet starts it again. Returns the pid that was killed.
-    pub async fn kill_operator(ns: &TestNamespace) -> Result<u32> {
-        let pods = Self::operator_pods(ns).await?;
-        let pid = pods
+    /// The pid of a running operator container on this machine.
+    pub async fn operator_pid(ns: &TestNamespace) -> Result<u32> {
+        Self::operator_pods(ns)
+            .await?
             .iter()
             .flat_map(|p| {
                 p.status
@@ -212,7 +211,13 @@ impl Chart {
             })
             .filter_map(|c| c.container_id.as_deref().and_then(container_pid))
             .next()
-            .context("no running operator container")?;
+            .context("no running operator container")
+    }
+
+    /// Kills the operator's process with SIGKILL (no clean shutdown, no lease release);
+    /// the kubelet starts it again. Returns the pid that was killed.
+    pub async fn kill_operator(ns: &TestNamespace) -> Result<u32> {
+        let pid = Self::operator_pid(ns).await?;
         let status = Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()?;

@@ -31,6 +31,9 @@ pub struct UpOptions {
     /// Pods each Node accepts (the scale benchmarks raise it).
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Virtual Nodes whose pods run nothing (for the fleet-scale benchmarks).
+    #[arg(long, default_value_t = 0)]
+    pub virtual_nodes: u8,
     /// Extra image mappings `IMAGE=BINARY`, added to the built-in ones.
     #[arg(long = "image")]
     pub images: Vec<String>,
@@ -41,6 +44,7 @@ impl Default for UpOptions {
         Self {
             nodes: 2,
             max_pods: 110,
+            virtual_nodes: 0,
             images: Vec::new(),
         }
     }
@@ -108,7 +112,7 @@ pub async fn up(layout: &Layout, options: &UpOptions) -> Result<PathBuf> {
         layout,
         "every Node to be Ready",
         Duration::from_secs(60),
-        || async { nodes_ready(&client, options.nodes).await },
+        || async { nodes_ready(&client, options.nodes + options.virtual_nodes).await },
     )
     .await?;
     wait_until(
@@ -503,6 +507,7 @@ fn command_line(
                 format!("--kubeconfig={}", p(pki.kubeconfig(&pki::NODE_AGENT))),
                 format!("--nodes={}", options.nodes),
                 format!("--max-pods={}", options.max_pods),
+                format!("--virtual-nodes={}", options.virtual_nodes),
                 format!("--state-dir={}", p(layout.cluster())),
                 format!("--tls-cert={}", p(pki.cert("kubelet"))),
                 format!("--tls-key={}", p(pki.key("kubelet"))),

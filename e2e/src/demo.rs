@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::artifacts::{ArtifactServer, digest_of};
 use crate::chart::{Chart, is_ready};
 use crate::layout::Layout;
-use crate::testing::{TestNamespace, eventually, plugin_releases};
+use crate::testing::{TestNamespace, eventually, fresh_namespace, plugin_releases};
 use crate::workload::{Traffic, deployment, tagger, tagger_failing_self_check};
 
 const APP_NAMESPACE: &str = "demo";
@@ -37,18 +37,19 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
         client: client.clone(),
         kubeconfig: kubeconfig.clone(),
     };
-    let app = TestNamespace {
-        name: APP_NAMESPACE.into(),
-        client: client.clone(),
-        kubeconfig: kubeconfig.clone(),
-    };
 
     step("installing the chart into hotload-system (helm upgrade --install)");
     Chart::install_cluster_wide(&kubeconfig, SYSTEM_NAMESPACE, &[])?;
     Chart::wait_ready(&system).await?;
 
     step("namespace demo, opted in to injection (hotload.dev/inject=enabled)");
-    fresh_namespace(&app).await?;
+    let app = fresh_namespace(
+        &client,
+        &kubeconfig,
+        APP_NAMESPACE,
+        json!({"hotload.dev/inject": "enabled"}),
+    )
+    .await?;
     let dir = std::env::temp_dir().join("hotload-demo-artifacts");
     let artifacts = ArtifactServer::start(&dir).await?;
     let ca: ConfigMap = serde_json::from_value(json!({
@@ -150,36 +151,6 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
 
 fn step(what: &str) {
     eprintln!("==> {what}");
-}
-
-/// Deletes `ns` if a previous demo left it, and creates it opted in to injection.
-async fn fresh_namespace(ns: &TestNamespace) -> Result<()> {
-    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
-    if namespaces.get_opt(&ns.name).await?.is_some() {
-        let _ = namespaces.delete(&ns.name, &DeleteParams::default()).await;
-        eventually("the previous demo namespace to go", WAIT, || async {
-            ensure!(
-                namespaces.get_opt(&ns.name).await?.is_none(),
-                "still terminating"
-            );
-            Ok(())
-        })
-        .await?;
-    }
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {
-        "name": ns.name, "labels": {"hotload.dev/inject": "enabled"}}}))?;
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = ns.api();
-    eventually("the default ServiceAccount", WAIT, || async {
-        accounts
-            .get("default")
-            .await
-            .map(|_| ())
-            .map_err(Into::into)
-    })
-    .await
 }
 
 /// Applies the release at `artifact` (server-side apply, as GitOps would) and waits for

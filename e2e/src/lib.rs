@@ -11,6 +11,7 @@
 
 pub mod argocd;
 pub mod artifacts;
+pub mod bench;
 pub mod cgroup;
 pub mod chart;
 pub mod cluster;

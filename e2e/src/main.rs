@@ -23,6 +23,9 @@ enum Command {
     /// Bring the cluster up, install the chart and roll plugins out to a demo app, with a
     /// summary at the end (`make demo`).
     Demo,
+    /// Benchmarks (docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the node agent (started by `cluster up`).
     NodeAgent(node::AgentArgs),
     /// Run the e2e test server (the image `hotload/e2e-testserver:dev`).
@@ -33,6 +36,28 @@ enum Command {
     /// Internal: enter a pod and exec a container's program.
     #[command(hide = true)]
     ContainerInit(runtime::ContainerInitArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// The operator at fleet scale: N pods with simulated sidecars, three rollouts.
+    Rollout {
+        /// Pods in the fleet.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The data plane with real processes: swaps under load, sidecar footprint, load time.
+    Swap {
+        /// Seconds of load per phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Print one JSON object (the only format).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +117,17 @@ fn main() -> Result<()> {
                 cluster::up(&layout, &cluster::UpOptions::default()).await?;
                 let me = std::env::current_exe()?;
                 hotload_e2e::demo::run(&layout, &me.to_string_lossy()).await?;
+            }
+            Command::Bench(BenchCommand::Rollout { pods, json }) => {
+                let report = hotload_e2e::bench::rollout(&layout, pods).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+            }
+            Command::Bench(BenchCommand::Swap { seconds, json: _ }) => {
+                println!("{}", hotload_e2e::bench::swap::run(seconds)?);
             }
             Command::NodeAgent(args) => node::run(args).await?,
             Command::Testserver(args) => testserver::run(args).await?,

@@ -220,12 +220,66 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
         .create(&PostParams::default(), &namespace)
         .await
         .with_context(|| format!("creating namespace {name}"))?;
-    // Pods need the namespace's default ServiceAccount, which a controller creates.
+    default_service_account(&client, &name).await?;
+    Ok(TestNamespace {
+        name,
+        client,
+        kubeconfig,
+    })
+}
+
+/// Deletes namespace `name` if it exists and waits until it is gone (its pods deleted).
+pub async fn delete_namespace_and_wait(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(name).await?.is_none() {
+        return Ok(());
+    }
+    let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    eventually(&format!("namespace {name} to go"), timeout, || async {
+        ensure!(
+            namespaces.get_opt(name).await?.is_none(),
+            "still terminating"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Namespace `name` made afresh with `labels` (a leftover of a previous run is deleted
+/// first), once its default ServiceAccount exists: for the demo and the benchmarks, whose
+/// namespaces have fixed names.
+pub async fn fresh_namespace(
+    client: &Client,
+    kubeconfig: &Path,
+    name: &str,
+    labels: serde_json::Value,
+) -> Result<TestNamespace> {
+    delete_namespace_and_wait(client, name, Duration::from_secs(900)).await?;
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    default_service_account(client, name).await?;
+    Ok(TestNamespace {
+        name: name.into(),
+        client: client.clone(),
+        kubeconfig: kubeconfig.into(),
+    })
+}
+
+/// Waits for the namespace's default ServiceAccount (a controller creates it; pods need it).
+async fn default_service_account(client: &Client, namespace: &str) -> Result<()> {
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &name);
+        Api::namespaced(client.clone(), namespace);
     eventually(
         "the default ServiceAccount",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             accounts
                 .get("default")
@@ -234,12 +288,7 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
                 .map_err(Into::into)
         },
     )
-    .await?;
-    Ok(TestNamespace {
-        name,
-        client,
-        kubeconfig,
-    })
+    .await
 }
 
 /// The namespace's PluginReleases, as dynamic objects (the e2e crate does not link the

@@ -81,6 +81,7 @@ pub struct ChannelService {
     registry: Arc<Registry>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    reviews: tokio::sync::Semaphore,
 }
 
 impl ChannelService {
@@ -96,10 +97,18 @@ impl ChannelService {
             registry,
             health,
             metrics,
+            reviews: tokio::sync::Semaphore::new(32),
         })
     }
 
     async fn review(&self, token: &str) -> Result<PodIdentity, Status> {
+        // A fleet reconnecting at once (an operator restart) would otherwise open one API
+        // server connection per sidecar; 32 reviews in flight keep up and keep it bounded.
+        let _permit = self
+            .reviews
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -155,8 +164,9 @@ impl PluginChannel for ChannelService {
                 who.namespace, who.pod, hello.namespace, hello.pod
             )));
         }
-        let (tx, rx) = mpsc::channel::<Directive>(64);
+        let (tx, rx) = mpsc::channel::<Box<Directive>>(16);
         let id = self.registry.connect(&who.namespace, &who.pod, tx);
+        self.metrics.set_connected(self.registry.connected());
         tracing::info!(namespace = %who.namespace, pod = %who.pod, "sidecar connected");
         for state in &hello.plugins {
             self.registry
@@ -178,9 +188,10 @@ impl PluginChannel for ChannelService {
                 }
             }
             registry.disconnect(&who.namespace, &who.pod, id);
+            metrics.set_connected(registry.connected());
             tracing::info!(namespace = %who.namespace, pod = %who.pod, "sidecar disconnected");
         });
-        let outbound = ReceiverStream::new(rx).map(|d| Ok(assign(d)));
+        let outbound = ReceiverStream::new(rx).map(|d| Ok(assign(*d)));
         Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -224,9 +224,6 @@ async fn reconcile(release: Arc<PluginRelease>, ctx: Arc<Context>) -> Result<Act
     let result = act(&release, &ctx).await;
     let label = result.as_ref().map_or_else(Error::metric_label, |_| "ok");
     ctx.metrics.reconciled(label, started.elapsed());
-    ctx.metrics
-        .connected_sidecars
-        .set(i64::try_from(ctx.registry.connected()).unwrap_or(i64::MAX));
     result
 }
 

@@ -112,6 +112,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the number of sidecars with an open channel.
+    pub fn set_connected(&self, connected: usize) {
+        self.connected_sidecars
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+    }
+
     /// Counts one pod seen by the injection webhook.
     pub fn injected(&self, outcome: &str) {
         self.injections.get_or_create(&label(outcome)).inc();

@@ -47,7 +47,8 @@ pub struct Directive {
 
 #[derive(Debug, Default)]
 struct PodEntry {
-    outbox: Option<mpsc::Sender<Directive>>,
+    /// Boxed: a tokio channel allocates its slots 32 at a time, per pod.
+    outbox: Option<mpsc::Sender<Box<Directive>>>,
     /// Which connection the outbox belongs to, so a stale stream's end cannot cut off the
     /// sidecar's new one.
     connection: u64,
@@ -96,7 +97,7 @@ impl Registry {
         let Some(outbox) = &entry.outbox else {
             return false;
         };
-        let sent = outbox.try_send(directive.clone()).is_ok();
+        let sent = outbox.try_send(Box::new(directive.clone())).is_ok();
         if sent {
             let report = entry
                 .plugins
@@ -117,7 +118,7 @@ impl Registry {
     }
 
     /// A sidecar opened its channel; returns the connection's id for [`Registry::disconnect`].
-    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Directive>) -> u64 {
+    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Box<Directive>>) -> u64 {
         let id = self
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -19,6 +19,7 @@ pub mod restart;
 pub mod sandbox;
 pub mod server;
 pub mod status;
+pub mod virtual_node;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,12 @@ pub struct AgentArgs {
     /// Pods each Node accepts.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Virtual Nodes to register (their pods run nothing; see [`virtual_node`]).
+    #[arg(long, default_value_t = 0)]
+    pub virtual_nodes: u8,
+    /// Pods each virtual Node accepts.
+    #[arg(long, default_value_t = 12_000)]
+    pub virtual_max_pods: u32,
     /// The cluster state directory (images.json, pods/).
     #[arg(long)]
     pub state_dir: PathBuf,
@@ -275,7 +282,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         let tls = crate::tls::acceptor(&args.tls_cert, &args.tls_key, Some(&args.client_ca))?;
         tokio::spawn(server::serve(agent.clone(), listener, tls));
     }
-    tokio::spawn(heartbeat(client.clone(), args.nodes));
+    let mut names: Vec<String> = (0..args.nodes).map(node_name).collect();
+    for index in 0..args.virtual_nodes {
+        virtual_node::register(&client, index, args.virtual_max_pods).await?;
+        tokio::spawn(virtual_node::run(client.clone(), index));
+        names.push(virtual_node::virtual_node_name(index));
+    }
+    tokio::spawn(heartbeat(client.clone(), names));
 
     let streams = (0..args.nodes).map(|index| {
         let config =
@@ -499,13 +512,13 @@ fn node_status(index: u8, max_pods: u32) -> NodeStatus {
 pub const KUBELET_VERSION: &str = "v1.37.2";
 
 /// Renews each Node's Lease every 10 s and its Ready condition every minute, as the kubelet.
-async fn heartbeat(client: Client, nodes: u8) {
+async fn heartbeat(client: Client, nodes: Vec<String>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let node_api: Api<Node> = Api::all(client.clone());
     let mut tick = 0u32;
     loop {
-        for index in 0..nodes {
-            let name = node_name(index);
+        for name in &nodes {
+            let name = name.clone();
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),

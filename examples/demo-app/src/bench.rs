@@ -32,6 +32,9 @@ struct Args {
     /// The `hotload-sidecar` binary (default: next to this one).
     #[arg(long)]
     sidecar_bin: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Records the duration of every swap's critical section.
@@ -248,6 +251,39 @@ async fn main() -> anyhow::Result<()> {
     };
     let idle = sidecar_idle(&bin, &dir, Duration::from_secs(args.idle_seconds)).await;
 
+    if args.json {
+        let ms_f = |d: Duration| d.as_secs_f64() * 1e3;
+        let phase = |lat: &Vec<Duration>, failed: u64| {
+            serde_json::json!({
+                "requests": lat.len(),
+                "requests_per_second": lat.len() as f64 / args.seconds as f64,
+                "p50_ms": ms_f(quantile(lat, 0.5)),
+                "p99_ms": ms_f(quantile(lat, 0.99)),
+                "max_ms": ms_f(quantile(lat, 1.0)),
+                "failed": failed,
+            })
+        };
+        let (rss, cpu) = match &idle {
+            Ok((rss, _, cpu)) => (serde_json::json!(rss), serde_json::json!(cpu)),
+            Err(_) => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        let report = serde_json::json!({
+            "steady": phase(&steady, steady_failed),
+            "swapping": phase(&swapping, swapping_failed),
+            "swaps": swap_count,
+            "swaps_refused": refused,
+            "p99_ratio": quantile(&swapping, 0.99).as_secs_f64()
+                / quantile(&steady, 0.99).as_secs_f64().max(1e-9),
+            "swap_critical_section_p99_us": quantile(&crit, 0.99).as_secs_f64() * 1e6,
+            "precompiled_load_ms": ms_f(median(&mut warm_total)),
+            "cold_load_ms": ms_f(median(&mut cold_total)),
+            "sidecar_idle_rss_kib": rss,
+            "sidecar_idle_cpu_percent": cpu,
+        });
+        println!("{report}");
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     println!("| phase | requests | req/s | p50 | p99 | max | failed |");
     println!("|---|---|---|---|---|---|---|");
     println!("{}", row("steady", &steady, steady_failed, args.seconds));

@@ -1,0 +1,191 @@
+//! Simulated sidecars: one process holds one channel stream per pod, speaking the real gRPC
+//! protocol (hotload-channel) over TLS, each with that pod's own audience-bound token
+//! (TokenRequest), so the operator does exactly what it does for real sidecars: a
+//! TokenReview per stream, one Assign per pod, one state report per answer.
+//!
+//! Why simulated: a real sidecar is a process next to an application process. 1,000 or
+//! 10,000 such pairs (tens of GiB, hundreds of thousands of threads and file descriptors)
+//! do not fit on a 2-core machine, and what this benchmark measures is the operator and the
+//! API server, not the data plane (`bench swap` measures that with real processes). The
+//! simulated sidecar answers at once: Loaded, or Failed when the artifact URL contains
+//! `broken`.
+
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
+use hotload_channel::proto::{
+    Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
+};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// One answer a simulated sidecar gave.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The pod.
+    pub pod: usize,
+    /// The revision it was assigned.
+    pub revision: String,
+    /// Whether it loaded.
+    pub loaded: bool,
+    /// When the answer was sent.
+    pub at: Instant,
+}
+
+/// Where the operator's channel is and how to trust it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `https://<ip>:8443`.
+    pub url: String,
+    /// The operator's CA (PEM).
+    pub ca_pem: String,
+    /// The name in the operator's certificate.
+    pub server_name: String,
+}
+
+/// A token for `pod`, bound to it, for the channel's audience (what the kubelet projects).
+pub async fn pod_token(client: &Client, pod: &Pod) -> Result<String> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
+        "audiences": [hotload_channel::TOKEN_AUDIENCE],
+        "expirationSeconds": 3600,
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                           "name": pod.metadata.name, "uid": pod.metadata.uid},
+    }}))?;
+    let issued = accounts
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("token for pod {namespace}/{:?}", pod.metadata.name))?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .context("TokenRequest returned no token")
+}
+
+/// Opens one stream per pod (`pods`: name and token), `per_connection` streams sharing a
+/// TLS connection; every answer is sent to `answers`.
+pub async fn attach_all(
+    endpoint: &Endpoint,
+    namespace: &str,
+    pods: Vec<(String, String)>,
+    per_connection: usize,
+    answers: mpsc::UnboundedSender<Answer>,
+) -> Result<()> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&endpoint.ca_pem))
+        .domain_name(endpoint.server_name.clone());
+    let mut channel = None;
+    for (index, (pod, token)) in pods.into_iter().enumerate() {
+        if index % per_connection.max(1) == 0 {
+            channel = Some(
+                Channel::from_shared(endpoint.url.clone())?
+                    .tls_config(tls.clone())?
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to {}", endpoint.url))?,
+            );
+        }
+        let client = PluginChannelClient::new(channel.clone().context("a channel")?)
+            .max_decoding_message_size(4 << 20);
+        tokio::spawn(sidecar(
+            client,
+            index,
+            namespace.to_string(),
+            pod,
+            token,
+            answers.clone(),
+        ));
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+async fn sidecar(
+    mut client: PluginChannelClient<Channel>,
+    index: usize,
+    namespace: String,
+    pod: String,
+    token: String,
+    answers: mpsc::UnboundedSender<Answer>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            namespace,
+            pod: pod.clone(),
+            plugins: Vec::new(),
+        })),
+    };
+    if tx.send(hello).await.is_err() {
+        return;
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let Ok(bearer) = format!("Bearer {token}").parse() else {
+        return;
+    };
+    request.metadata_mut().insert("authorization", bearer);
+    let mut replies = match client.attach(request).await {
+        Ok(replies) => replies.into_inner(),
+        Err(status) => {
+            tracing::warn!(%pod, %status, "simulated sidecar refused");
+            return;
+        }
+    };
+    let mut serving = String::new();
+    while let Some(Ok(OperatorMessage {
+        kind: Some(operator_message::Kind::Assign(assign)),
+    })) = replies.next().await
+    {
+        let loaded = !assign.url.contains("broken");
+        if loaded {
+            serving.clone_from(&assign.revision);
+        }
+        let state = PluginState {
+            plugin: assign.plugin.clone(),
+            assigned_revision: assign.revision.clone(),
+            serving_revision: serving.clone(),
+            state: if loaded { State::Loaded } else { State::Failed } as i32,
+            reason: if loaded {
+                String::new()
+            } else {
+                "self-check failed: simulated".into()
+            },
+            since_unix_ms: now_ms(),
+        };
+        let at = Instant::now();
+        if tx
+            .send(SidecarMessage {
+                kind: Some(sidecar_message::Kind::State(state)),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = answers.send(Answer {
+            pod: index,
+            revision: assign.revision,
+            loaded,
+            at,
+        });
+    }
+}
