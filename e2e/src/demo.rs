@@ -131,8 +131,13 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
     print!("{}", plugin_cli("history")?);
     println!();
     println!("Explore: export KUBECONFIG={}", kubeconfig.display());
+    // kubectl and helm, and kubectl-hotload (built next to this binary).
+    let plugin_dir = std::path::Path::new(e2e_bin)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     println!(
-        "         export PATH={}:$PATH",
+        "         export PATH={}:{plugin_dir}:$PATH",
         layout.cache().join("bin/current").display()
     );
     println!("         kubectl hotload status {RELEASE} -n {APP_NAMESPACE}");
