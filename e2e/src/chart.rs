@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Pod;
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::ListParams;
 
 use crate::layout::Layout;
-use crate::testing::{TestNamespace, container_pid, eventually};
+use crate::testing::{TestNamespace, container_pid, eventually, stdout_of};
 
 /// The Helm release name every test uses.
 pub const RELEASE: &str = "hotload";
@@ -45,8 +45,7 @@ pub fn dev_values() -> Vec<String> {
 /// `helm template` of the chart into `namespace` with `values` (`--set`), for checks of
 /// what each mode renders.
 pub fn template(namespace: &str, values: &[&str]) -> Result<String> {
-    let helm = helm_binary();
-    let mut command = Command::new(&helm);
+    let mut command = Command::new(helm_binary());
     command.args(["template", RELEASE]).arg(chart_dir()).args([
         "--namespace",
         namespace,
@@ -56,16 +55,7 @@ pub fn template(namespace: &str, values: &[&str]) -> Result<String> {
     for value in values {
         command.args(["--set", value]);
     }
-    let out = command
-        .output()
-        .with_context(|| format!("running {}", helm.display()))?;
-    if !out.status.success() {
-        bail!(
-            "helm template: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
+    stdout_of(&mut command)
 }
 
 /// A chart install; a test's is uninstalled when dropped (its cluster-scoped objects
@@ -87,7 +77,7 @@ impl Chart {
             scoped: true,
             installed: false,
         };
-        chart.helm("install", values)?;
+        chart.helm(&["install"], values)?;
         chart.installed = true;
         Ok(chart)
     }
@@ -105,17 +95,14 @@ impl Chart {
             scoped: false,
             installed: false,
         };
-        let mut values = values.to_vec();
-        values.push("--install");
-        values.push("--create-namespace");
-        chart.helm("upgrade", &values)?;
+        chart.helm(&["upgrade", "--install", "--create-namespace"], values)?;
         Ok(chart)
     }
 
     /// `helm upgrade --wait` with [`dev_values`] plus `values` (values not given return to
-    /// their defaults, as with a fresh install). A value starting with `--` is a flag.
+    /// their defaults, as with a fresh install).
     pub fn upgrade(&self, values: &[&str]) -> Result<String> {
-        self.helm("upgrade", values)
+        self.helm(&["upgrade"], values)
     }
 
     /// `helm uninstall --wait`.
@@ -124,27 +111,19 @@ impl Chart {
         self.run(&["uninstall", RELEASE, "--wait", "--timeout", "120s"])
     }
 
-    fn helm(&self, verb: &str, values: &[&str]) -> Result<String> {
-        let chart = chart_dir();
-        let mut args: Vec<String> = vec![
-            verb.into(),
-            RELEASE.into(),
-            chart.display().to_string(),
-            "--wait".into(),
-            "--timeout".into(),
-            "120s".into(),
-        ];
+    /// `helm <verb…> hotload <chart> --wait` with [`dev_values`] plus `values` (`--set`).
+    fn helm(&self, verb: &[&str], values: &[&str]) -> Result<String> {
+        let chart = chart_dir().display().to_string();
+        let mut args: Vec<String> = verb.iter().map(ToString::to_string).collect();
+        args.extend([RELEASE, &chart, "--wait", "--timeout", "120s"].map(String::from));
         let mut all = dev_values();
         if self.scoped {
             all.push(format!("watchNamespace={}", self.namespace));
         }
-        for value in all.iter().map(String::as_str).chain(values.iter().copied()) {
-            if value.starts_with("--") {
-                args.push(value.into());
-            } else {
-                args.push("--set".into());
-                args.push(value.into());
-            }
+        all.extend(values.iter().map(ToString::to_string));
+        for value in all {
+            args.push("--set".into());
+            args.push(value);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(&args)
@@ -152,33 +131,16 @@ impl Chart {
 
     /// Runs helm in this namespace; returns stdout.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let helm = helm_binary();
-        let out = Command::new(&helm)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env(
-                "HELM_CACHE_HOME",
-                std::env::temp_dir().join("hotload-helm/cache"),
-            )
-            .env(
-                "HELM_CONFIG_HOME",
-                std::env::temp_dir().join("hotload-helm/config"),
-            )
-            .env(
-                "HELM_DATA_HOME",
-                std::env::temp_dir().join("hotload-helm/data"),
-            )
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", helm.display()))?;
-        if !out.status.success() {
-            bail!(
-                "helm {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        let helm_home = std::env::temp_dir().join("hotload-helm");
+        stdout_of(
+            Command::new(helm_binary())
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("HELM_CACHE_HOME", helm_home.join("cache"))
+                .env("HELM_CONFIG_HOME", helm_home.join("config"))
+                .env("HELM_DATA_HOME", helm_home.join("data"))
+                .args(["--namespace", &self.namespace])
+                .args(args),
+        )
     }
 
     /// The operator's channel as sidecars dial it.
@@ -199,18 +161,22 @@ impl Chart {
             .collect())
     }
 
+    /// The statuses of the operator's containers (every pod).
+    async fn operator_containers(ns: &TestNamespace) -> Result<Vec<ContainerStatus>> {
+        Ok(Self::operator_pods(ns)
+            .await?
+            .into_iter()
+            .filter_map(|p| p.status?.container_statuses)
+            .flatten()
+            .collect())
+    }
+
     /// The pid of a running operator container on this machine.
     pub async fn operator_pid(ns: &TestNamespace) -> Result<u32> {
-        Self::operator_pods(ns)
+        Self::operator_containers(ns)
             .await?
             .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
-            .filter_map(|c| c.container_id.as_deref().and_then(container_pid))
-            .next()
+            .find_map(|c| c.container_id.as_deref().and_then(container_pid))
             .context("no running operator container")
     }
 
@@ -271,14 +237,9 @@ impl Chart {
 
     /// The total restarts of the operator's containers.
     pub async fn restarts(ns: &TestNamespace) -> Result<i32> {
-        Ok(Self::operator_pods(ns)
+        Ok(Self::operator_containers(ns)
             .await?
             .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
             .map(|c| c.restart_count)
             .sum())
     }

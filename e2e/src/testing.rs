@@ -76,21 +76,13 @@ impl TestNamespace {
     /// Runs kubectl (the cluster's own build) in this namespace; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let kubectl = Layout::from_env().cache().join("bin/current/kubectl");
-        let out = std::process::Command::new(&kubectl)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg("--namespace")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", kubectl.display()))?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        stdout_of(
+            std::process::Command::new(&kubectl)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .arg("--namespace")
+                .arg(&self.name)
+                .args(args),
+        )
     }
 
     /// Runs `kubectl hotload …` in this namespace: kubectl finds the plugin
@@ -226,6 +218,29 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
         client,
         kubeconfig,
     })
+}
+
+/// Runs `command`; its stdout, or an error naming the program, its arguments and its stderr.
+pub fn stdout_of(command: &mut std::process::Command) -> Result<String> {
+    let program = Path::new(command.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = command
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Deletes namespace `name` if it exists and waits until it is gone (its pods deleted).

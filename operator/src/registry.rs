@@ -61,6 +61,9 @@ pub struct Registry {
     pods: Mutex<HashMap<(String, String), PodEntry>>,
     changed: broadcast::Sender<String>,
     connections: std::sync::atomic::AtomicU64,
+    /// Pods with an open channel, kept as they connect and go (read per connect, so it
+    /// must not scan every pod).
+    connected: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Registry {
@@ -69,6 +72,7 @@ impl Default for Registry {
             pods: Mutex::default(),
             changed: broadcast::channel(1024).0,
             connections: std::sync::atomic::AtomicU64::new(0),
+            connected: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -127,7 +131,10 @@ impl Registry {
             let entry = pods
                 .entry((namespace.to_string(), pod.to_string()))
                 .or_default();
-            entry.outbox = Some(outbox);
+            if entry.outbox.replace(outbox).is_none() {
+                self.connected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             entry.connection = id;
         }
         let _ = self.changed.send(namespace.to_string());
@@ -139,8 +146,10 @@ impl Registry {
         if let Ok(mut pods) = self.pods.lock()
             && let Some(entry) = pods.get_mut(&(namespace.to_string(), pod.to_string()))
             && entry.connection == id
+            && entry.outbox.take().is_some()
         {
-            entry.outbox = None;
+            self.connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let _ = self.changed.send(namespace.to_string());
     }
@@ -158,8 +167,12 @@ impl Registry {
 
     /// Forgets a deleted pod.
     pub fn forget(&self, namespace: &str, pod: &str) {
-        if let Ok(mut pods) = self.pods.lock() {
-            pods.remove(&(namespace.to_string(), pod.to_string()));
+        if let Ok(mut pods) = self.pods.lock()
+            && let Some(entry) = pods.remove(&(namespace.to_string(), pod.to_string()))
+            && entry.outbox.is_some()
+        {
+            self.connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -170,10 +183,7 @@ impl Registry {
 
     /// How many sidecars are connected.
     pub fn connected(&self) -> usize {
-        self.pods
-            .lock()
-            .map(|pods| pods.values().filter(|e| e.outbox.is_some()).count())
-            .unwrap_or(0)
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

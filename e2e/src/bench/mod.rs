@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::bench::sim::Answer;
 use crate::chart::Chart;
 use crate::cluster::{self, UpOptions};
 use crate::layout::Layout;
@@ -142,12 +143,12 @@ pub async fn rollout(layout: &Layout, pods: usize) -> Result<RolloutReport> {
     let operator_peak_rss_after_connect_mib =
         apiserver::process_memory_kib(pid, "VmHWM")? as f64 / 1024.0;
     let mut rollouts = Vec::new();
-    let v1 = roll(&ns, &admin, pid, &mut answers, pods, "v1", "100%", false).await?;
+    let v1 = roll(&ns, &admin, pid, &mut answers, pods, "v1", "100%").await?;
     rollouts.push(v1.0);
-    let v2 = roll(&ns, &admin, pid, &mut answers, pods, "v2", "25%", false).await?;
+    let v2 = roll(&ns, &admin, pid, &mut answers, pods, "v2", "25%").await?;
     let stable = v2.1.clone();
     rollouts.push(v2.0);
-    let (mut back, _, rolled_back, rollback_seconds) =
+    let (mut back, rolled_back, rollback_seconds) =
         roll_back(&ns, &admin, pid, &mut answers, pods, &stable).await?;
     back.name = "v3 broken, maxUnavailable 100%: rollback to v2".into();
     rollouts.push(back);
@@ -254,7 +255,6 @@ async fn issue_tokens(ns: &TestNamespace, names: &[String]) -> Result<Vec<String
 }
 
 /// Applies release `version` and waits for every pod's answer.
-#[allow(clippy::too_many_arguments)]
 async fn roll(
     ns: &TestNamespace,
     admin: &str,
@@ -263,10 +263,9 @@ async fn roll(
     pods: usize,
     version: &str,
     max_unavailable: &str,
-    broken: bool,
 ) -> Result<(RolloutFigures, String)> {
     let before = Snapshot::take(ns, admin, pid).await?;
-    let (started, generation) = apply(ns, version, max_unavailable, broken).await?;
+    let (started, generation) = apply(ns, version, max_unavailable, false).await?;
     let mut loaded: BTreeSet<usize> = BTreeSet::new();
     let mut revision = String::new();
     let mut last = started;
@@ -294,8 +293,8 @@ async fn roll(
     Ok((figures, revision))
 }
 
-/// Applies the broken v3; returns the figures, the revision, how many pods went back and
-/// the seconds from the first failure to the last pod back on `stable`.
+/// Applies the broken v3; returns the figures, how many pods went back and the seconds from
+/// the first failure to the last pod back on `stable`.
 async fn roll_back(
     ns: &TestNamespace,
     admin: &str,
@@ -303,7 +302,7 @@ async fn roll_back(
     answers: &mut mpsc::UnboundedReceiver<Answer>,
     pods: usize,
     stable: &str,
-) -> Result<(RolloutFigures, String, usize, f64)> {
+) -> Result<(RolloutFigures, usize, f64)> {
     let before = Snapshot::take(ns, admin, pid).await?;
     let (started, generation) = apply(ns, "v3", "100%", true).await?;
     let mut first_failure = None;
@@ -331,7 +330,7 @@ async fn roll_back(
     let figures = before.figures(&after, "v3".into(), last - started, status_at - started);
     let seconds = (last - first).as_secs_f64();
     progress(&format!("rollback of {} pods: {seconds:.3}s", back.len()));
-    Ok((figures, String::new(), back.len(), seconds))
+    Ok((figures, back.len(), seconds))
 }
 
 async fn next_answer(answers: &mut mpsc::UnboundedReceiver<Answer>) -> Result<Answer> {
@@ -341,8 +340,6 @@ async fn next_answer(answers: &mut mpsc::UnboundedReceiver<Answer>) -> Result<An
         Err(_) => bail!("no answer for 300s"),
     }
 }
-
-use sim::Answer;
 
 /// Server-side applies release `fleet` at `version`; returns when and the generation.
 async fn apply(
