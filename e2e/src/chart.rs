@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::ListParams;
 
+use crate::cluster::stdout_of;
 use crate::layout::Layout;
-use crate::testing::{TestNamespace, container_pid, eventually, stdout_of};
+use crate::testing::{TestNamespace, container_pid, eventually};
 
 /// The Helm release name every test uses.
 pub const RELEASE: &str = "hotload";

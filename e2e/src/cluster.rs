@@ -575,9 +575,17 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
+/// Runs `command`; its stdout, or an error naming the program, its arguments and its stderr.
+pub fn stdout_of(command: &mut Command) -> Result<String> {
+    let program = Path::new(command.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = command
         .output()
         .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
@@ -587,7 +595,11 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    stdout_of(Command::new(program).args(args)).map(drop)
 }
 
 fn output(program: &str, args: &[&str]) -> Result<String> {

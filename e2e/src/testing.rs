@@ -27,6 +27,7 @@ use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
+use crate::cluster::stdout_of;
 use crate::layout::Layout;
 
 static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -218,29 +219,6 @@ async fn namespace(e2e_bin: &str, prefix: &str) -> Result<TestNamespace> {
         client,
         kubeconfig,
     })
-}
-
-/// Runs `command`; its stdout, or an error naming the program, its arguments and its stderr.
-pub fn stdout_of(command: &mut std::process::Command) -> Result<String> {
-    let program = Path::new(command.get_program())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let args: Vec<String> = command
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let out = command
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Deletes namespace `name` if it exists and waits until it is gone (its pods deleted).
