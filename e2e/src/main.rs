@@ -45,6 +45,10 @@ enum BenchCommand {
         /// Pods in the fleet.
         #[arg(long, default_value_t = 100)]
         pods: usize,
+        /// Channel streams sharing one TLS connection. 1 is what a fleet does (every
+        /// sidecar dials its own); more measures the per-stream cost alone.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        streams_per_connection: u32,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -118,8 +122,14 @@ fn main() -> Result<()> {
                 let me = std::env::current_exe()?;
                 hotload_e2e::demo::run(&layout, &me.to_string_lossy()).await?;
             }
-            Command::Bench(BenchCommand::Rollout { pods, json }) => {
-                let report = hotload_e2e::bench::rollout(&layout, pods).await?;
+            Command::Bench(BenchCommand::Rollout {
+                pods,
+                streams_per_connection,
+                json,
+            }) => {
+                let report =
+                    hotload_e2e::bench::rollout(&layout, pods, streams_per_connection as usize)
+                        .await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {

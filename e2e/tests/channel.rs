@@ -240,6 +240,27 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
             "progress {}",
             status["progress"]
         );
+
+        // Hanging up makes the pod unreachable again.
+        drop((tx, replies));
+        eventually("pod A unreachable once it hung up", WAIT, || async {
+            let status = releases.get("greeter").await?.data["status"].clone();
+            ensure!(status["unreachable"] == 2, "status: {status}");
+            Ok(())
+        })
+        .await?;
+        let metrics = testing::http_get(&format!(
+            "http://{}:9090/metrics",
+            Chart::leader_ip(&ns).await?
+        ))
+        .await?;
+        for line in [
+            "hotload_channel_attaches_total{value=\"accepted\"} 1",
+            "hotload_channel_attaches_total{value=\"refused\"} 2",
+            "hotload_connected_sidecars 0",
+        ] {
+            ensure!(metrics.contains(line), "no `{line}` in metrics:\n{metrics}");
+        }
         Ok(())
     })
     .await;

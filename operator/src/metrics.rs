@@ -33,6 +33,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Sidecars connected now.
     pub connected_sidecars: Gauge,
+    /// Channel attaches by outcome (accepted, busy, refused).
+    pub attaches: Family<Label, Counter>,
     /// Pods seen by the injection webhook, by outcome (injected, skipped, error).
     pub injections: Family<Label, Counter>,
 }
@@ -47,6 +49,7 @@ impl Default for Metrics {
         let load_failures = Family::default();
         let status_writes = Counter::default();
         let connected_sidecars = Gauge::default();
+        let attaches = Family::default();
         let injections = Family::default();
         registry.register(
             "reconciles",
@@ -80,6 +83,11 @@ impl Default for Metrics {
             connected_sidecars.clone(),
         );
         registry.register(
+            "channel_attaches",
+            "Sidecar channel attaches, by outcome (accepted; busy: shed, the sidecar retries; refused)",
+            attaches.clone(),
+        );
+        registry.register(
             "injections",
             "Pods seen by the injection webhook, by outcome",
             injections.clone(),
@@ -93,6 +101,7 @@ impl Default for Metrics {
             load_failures,
             status_writes,
             connected_sidecars,
+            attaches,
             injections,
         }
     }

@@ -3,11 +3,12 @@
 //! (connect, report, disconnect); the controller reads it into the planner's `PodView`s and
 //! sends assignments through it. A change wakes the controller for the pod's namespace.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use futures::channel::mpsc;
 use jiff::Timestamp;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::api::AckState;
 
@@ -47,12 +48,45 @@ pub struct Directive {
 
 #[derive(Debug, Default)]
 struct PodEntry {
-    /// Boxed: a tokio channel allocates its slots 32 at a time, per pod.
-    outbox: Option<mpsc::Sender<Box<Directive>>>,
+    /// Where the pod's directives go. A futures channel allocates per message, not a block
+    /// of 32 slots up front (tokio's); with one per pod, that is most of its cost. Every
+    /// pod assigned a revision shares that revision's one `Directive`.
+    outbox: Option<Outbox>,
     /// Which connection the outbox belongs to, so a stale stream's end cannot cut off the
     /// sidecar's new one.
     connection: u64,
-    plugins: BTreeMap<String, PluginReport>,
+    plugins: Reports,
+}
+
+/// One pod's reports by plugin. A pod runs a plugin or a few, so this is a vector searched
+/// in order and grown one entry at a time: a map's smallest node (a B-tree leaf holds 11
+/// entries, 1.3 KiB) was the largest thing the operator kept per pod.
+#[derive(Debug, Default)]
+struct Reports(Vec<(String, PluginReport)>);
+
+impl Reports {
+    fn get(&self, plugin: &str) -> Option<&PluginReport> {
+        self.0.iter().find(|(p, _)| p == plugin).map(|(_, r)| r)
+    }
+
+    fn insert(&mut self, plugin: &str, report: PluginReport) {
+        match self.0.iter_mut().find(|(p, _)| p == plugin) {
+            Some((_, kept)) => *kept = report,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((plugin.to_string(), report));
+            }
+        }
+    }
+}
+
+/// The sending side of a sidecar's directive queue.
+pub type Outbox = mpsc::Sender<Arc<Directive>>;
+
+/// A directive queue for one sidecar: the registry keeps the sender, the channel the
+/// receiver. Bounded: a sidecar that stops reading is not sent more.
+pub fn outbox() -> (Outbox, mpsc::Receiver<Arc<Directive>>) {
+    mpsc::channel(16)
 }
 
 /// Sidecar connections and reports, keyed by (namespace, pod).
@@ -91,38 +125,41 @@ impl Registry {
 
     /// Sends `directive` to the pod's sidecar and records the assignment as pending.
     /// Returns false when the sidecar is not connected (the planner never asks for that).
-    pub fn assign(&self, namespace: &str, pod: &str, directive: Directive, now: Timestamp) -> bool {
+    pub fn assign(
+        &self,
+        namespace: &str,
+        pod: &str,
+        directive: Arc<Directive>,
+        now: Timestamp,
+    ) -> bool {
         let Ok(mut pods) = self.pods.lock() else {
             return false;
         };
         let entry = pods
             .entry((namespace.to_string(), pod.to_string()))
             .or_default();
-        let Some(outbox) = &entry.outbox else {
+        let Some(outbox) = &mut entry.outbox else {
             return false;
         };
-        let sent = outbox.try_send(Box::new(directive.clone())).is_ok();
-        if sent {
-            let report = entry
+        let pending = PluginReport {
+            assigned: directive.revision.clone(),
+            serving: entry
                 .plugins
-                .entry(directive.plugin.clone())
-                .or_insert(PluginReport {
-                    assigned: None,
-                    serving: None,
-                    state: AckState::Pending,
-                    reason: None,
-                    since: now,
-                });
-            report.assigned = directive.revision;
-            report.state = AckState::Pending;
-            report.reason = None;
-            report.since = now;
+                .get(&directive.plugin)
+                .and_then(|r| r.serving.clone()),
+            state: AckState::Pending,
+            reason: None,
+            since: now,
+        };
+        let sent = outbox.try_send(directive.clone()).is_ok();
+        if sent {
+            entry.plugins.insert(&directive.plugin, pending);
         }
         sent
     }
 
     /// A sidecar opened its channel; returns the connection's id for [`Registry::disconnect`].
-    pub fn connect(&self, namespace: &str, pod: &str, outbox: mpsc::Sender<Box<Directive>>) -> u64 {
+    pub fn connect(&self, namespace: &str, pod: &str, outbox: Outbox) -> u64 {
         let id = self
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -160,7 +197,7 @@ impl Registry {
             let entry = pods
                 .entry((namespace.to_string(), pod.to_string()))
                 .or_default();
-            entry.plugins.insert(plugin.to_string(), report);
+            entry.plugins.insert(plugin, report);
         }
         let _ = self.changed.send(namespace.to_string());
     }
@@ -190,9 +227,10 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
 
-    fn directive(revision: &str) -> Directive {
-        Directive {
+    fn directive(revision: &str) -> Arc<Directive> {
+        Arc::new(Directive {
             plugin: "auth".into(),
             revision: Some(revision.into()),
             url: "oci://r/p:1".into(),
@@ -200,7 +238,7 @@ mod tests {
             config: None,
             credentials: None,
             signature_key: None,
-        }
+        })
     }
 
     #[tokio::test]
@@ -211,10 +249,13 @@ mod tests {
             !registry.assign("shop", "a", directive("r1"), now),
             "not connected"
         );
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = outbox();
         let first = registry.connect("shop", "a", tx);
         assert!(registry.assign("shop", "a", directive("r1"), now));
-        assert_eq!(rx.recv().await.map(|d| d.revision), Some(Some("r1".into())));
+        assert_eq!(
+            rx.next().await.and_then(|d| d.revision.clone()).as_deref(),
+            Some("r1")
+        );
         let (connected, report) = registry.view("shop", "a", "auth");
         assert!(connected);
         let report = report.unwrap();
@@ -224,7 +265,7 @@ mod tests {
         );
 
         // A reconnect replaces the outbox; the old stream ending does not cut the new one off.
-        let (tx2, _rx2) = mpsc::channel(4);
+        let (tx2, _rx2) = outbox();
         let second = registry.connect("shop", "a", tx2);
         registry.disconnect("shop", "a", first);
         assert!(
@@ -235,5 +276,40 @@ mod tests {
         let (connected, report) = registry.view("shop", "a", "auth");
         assert!(!connected);
         assert!(report.is_some(), "reports survive a reconnect gap");
+    }
+
+    #[tokio::test]
+    async fn each_plugin_keeps_its_own_report_and_a_new_assignment_keeps_what_serves() {
+        let registry = Registry::default();
+        let now = Timestamp::UNIX_EPOCH;
+        let (tx, _rx) = outbox();
+        registry.connect("shop", "a", tx);
+        let loaded = |revision: &str| PluginReport {
+            assigned: Some(revision.into()),
+            serving: Some(revision.into()),
+            state: AckState::Loaded,
+            reason: None,
+            since: now,
+        };
+        registry.report("shop", "a", "auth", loaded("r1"));
+        registry.report("shop", "a", "geo", loaded("g1"));
+        assert!(registry.assign("shop", "a", directive("r2"), now));
+
+        let auth = registry.view("shop", "a", "auth").1.unwrap();
+        assert_eq!(
+            (
+                auth.assigned.as_deref(),
+                auth.serving.as_deref(),
+                auth.state
+            ),
+            (Some("r2"), Some("r1"), AckState::Pending),
+            "r1 serves until r2 is reported loaded"
+        );
+        let geo = registry.view("shop", "a", "geo").1.unwrap();
+        assert_eq!(
+            (geo.serving.as_deref(), geo.state),
+            (Some("g1"), AckState::Loaded)
+        );
+        assert_eq!(registry.view("shop", "a", "other").1, None);
     }
 }

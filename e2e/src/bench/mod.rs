@@ -60,6 +60,8 @@ pub struct RolloutFigures {
 pub struct RolloutReport {
     /// Pods in the fleet.
     pub pods: usize,
+    /// Streams per TLS connection (1: one connection per sidecar, as in a real fleet).
+    pub streams_per_connection: usize,
     /// Apply → every pod acked, maxUnavailable 100%.
     pub acked_seconds_100: f64,
     /// Apply → every pod acked, maxUnavailable 25%.
@@ -83,8 +85,13 @@ pub struct RolloutReport {
     pub setup_seconds: f64,
 }
 
-/// Runs the fleet benchmark with `pods` pods.
-pub async fn rollout(layout: &Layout, pods: usize) -> Result<RolloutReport> {
+/// Runs the fleet benchmark with `pods` pods, `streams_per_connection` of them sharing a TLS
+/// connection.
+pub async fn rollout(
+    layout: &Layout,
+    pods: usize,
+    streams_per_connection: usize,
+) -> Result<RolloutReport> {
     let setup = Instant::now();
     let client = ensure_virtual_node(layout).await?;
     let ns = fresh_namespace(
@@ -115,7 +122,7 @@ pub async fn rollout(layout: &Layout, pods: usize) -> Result<RolloutReport> {
         &endpoint,
         &ns.name,
         names.iter().cloned().zip(tokens).collect(),
-        100,
+        streams_per_connection,
         tx,
     )
     .await?;
@@ -161,6 +168,7 @@ pub async fn rollout(layout: &Layout, pods: usize) -> Result<RolloutReport> {
     delete_namespace_and_wait(&client, &ns.name, Duration::from_secs(900)).await?;
     Ok(RolloutReport {
         pods,
+        streams_per_connection,
         acked_seconds_100: rollouts[0].acked_seconds,
         acked_seconds_25: rollouts[1].acked_seconds,
         rollback_seconds,

@@ -10,7 +10,7 @@
 //! simulated sidecar answers at once: Loaded, or Failed when the artifact URL contains
 //! `broken`.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -24,6 +24,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::codec::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// One answer a simulated sidecar gave.
@@ -77,7 +79,8 @@ pub async fn pod_token(client: &Client, pod: &Pod) -> Result<String> {
 }
 
 /// Opens one stream per pod (`pods`: name and token), `per_connection` streams sharing a
-/// TLS connection; every answer is sent to `answers`.
+/// TLS connection; every answer is sent to `answers`. The sidecars dial at once, as a fleet
+/// does when the operator starts, and each retries a refused attach (as the real one does).
 pub async fn attach_all(
     endpoint: &Endpoint,
     namespace: &str,
@@ -94,9 +97,7 @@ pub async fn attach_all(
             channel = Some(
                 Channel::from_shared(endpoint.url.clone())?
                     .tls_config(tls.clone())?
-                    .connect()
-                    .await
-                    .with_context(|| format!("connecting to {}", endpoint.url))?,
+                    .connect_lazy(),
             );
         }
         let client = PluginChannelClient::new(channel.clone().context("a channel")?)
@@ -119,6 +120,37 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
 }
 
+/// Attach tries per simulated sidecar: the operator sheds a connect storm beyond what it is
+/// admitting (`UNAVAILABLE`), and the sidecar comes back after a back-off (≤ 2 s, ~70 s in
+/// all), as the real one does.
+const ATTACH_ATTEMPTS: u64 = 40;
+
+/// Opens the stream and sends Hello: the sender for state reports and the replies.
+async fn attach(
+    client: &mut PluginChannelClient<Channel>,
+    namespace: &str,
+    pod: &str,
+    token: &str,
+) -> Result<(mpsc::Sender<SidecarMessage>, Streaming<OperatorMessage>), Status> {
+    let (tx, rx) = mpsc::channel(4);
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            plugins: Vec::new(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| Status::internal("the request stream closed"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("the token is not a header value"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    Ok((tx, client.attach(request).await?.into_inner()))
+}
+
 async fn sidecar(
     mut client: PluginChannelClient<Channel>,
     index: usize,
@@ -127,27 +159,19 @@ async fn sidecar(
     token: String,
     answers: mpsc::UnboundedSender<Answer>,
 ) {
-    let (tx, rx) = mpsc::channel(4);
-    let hello = SidecarMessage {
-        kind: Some(sidecar_message::Kind::Hello(Hello {
-            namespace,
-            pod: pod.clone(),
-            plugins: Vec::new(),
-        })),
-    };
-    if tx.send(hello).await.is_err() {
-        return;
-    }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let Ok(bearer) = format!("Bearer {token}").parse() else {
-        return;
-    };
-    request.metadata_mut().insert("authorization", bearer);
-    let mut replies = match client.attach(request).await {
-        Ok(replies) => replies.into_inner(),
-        Err(status) => {
-            tracing::warn!(%pod, %status, "simulated sidecar refused");
-            return;
+    let mut attempts = 0;
+    let (tx, mut replies) = loop {
+        match attach(&mut client, &namespace, &pod, &token).await {
+            Ok(attached) => break attached,
+            Err(status) if attempts < ATTACH_ATTEMPTS => {
+                attempts += 1;
+                tracing::debug!(%pod, %status, "simulated sidecar refused; retrying");
+                tokio::time::sleep(Duration::from_millis((200 * attempts).min(2_000))).await;
+            }
+            Err(status) => {
+                tracing::warn!(%pod, %status, "simulated sidecar refused; giving up");
+                return;
+            }
         }
     };
     let mut serving = String::new();
