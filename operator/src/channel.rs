@@ -149,13 +149,19 @@ impl PluginChannel for ChannelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let attached = self.admit(request).await;
-        let outcome = match &attached {
-            Ok(_) => "accepted",
-            Err(status) if status.code() == tonic::Code::Unavailable => "busy",
-            Err(_) => "refused",
+        let counted = |outcome: &str| self.metrics.attaches.get_or_create(&label(outcome)).inc();
+        let Ok(_admitting) = self.admitting.try_acquire() else {
+            counted("busy");
+            return Err(Status::unavailable(format!(
+                "{ADMITTING} sidecars are being admitted; retry after a back-off"
+            )));
         };
-        self.metrics.attaches.get_or_create(&label(outcome)).inc();
+        let attached = self.admit(request).await;
+        counted(if attached.is_ok() {
+            "accepted"
+        } else {
+            "refused"
+        });
         attached
     }
 }
@@ -171,11 +177,6 @@ impl ChannelService {
                 "this operator replica is not the leader (or is still syncing)",
             ));
         }
-        let _admitting = self.admitting.try_acquire().map_err(|_| {
-            Status::unavailable(format!(
-                "{ADMITTING} sidecars are being admitted; retry after a back-off"
-            ))
-        })?;
         let token = request
             .metadata()
             .get("authorization")
@@ -234,9 +235,8 @@ impl ChannelService {
 const REPORTS_PER_POLL: usize = 32;
 
 /// One sidecar's session, served as the response stream: each poll takes in what the
-/// sidecar reported and hands out what the registry queued for it. It needs no task of its
-/// own (a task per sidecar was a tenth of the operator's memory per pod at 10,000 pods).
-/// The session ends when the sidecar closes its side, and whatever ends it (that, a reset,
+/// sidecar reported and hands out what the registry queued for it, so a sidecar costs no
+/// task of its own. The session ends when the sidecar closes its side, and whatever ends it (that, a reset,
 /// a dead connection, a newer stream for the pod) drops it, which marks the pod
 /// disconnected.
 struct Session {
