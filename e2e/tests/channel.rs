@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail, ensure};
 use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
 use hotload_channel::proto::{
-    Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
+    PluginState, SidecarMessage, State, operator_message, sidecar_message,
 };
+use hotload_e2e::bench::sim::attach;
 use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
 use hotload_e2e::testing::{self, TestNamespace, eventually, http_get};
@@ -21,8 +22,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
@@ -92,40 +91,6 @@ async fn client(ns: &TestNamespace) -> Result<PluginChannelClient<Channel>> {
 }
 
 /// Opens a stream as `pod` with `token`; returns the sender and the operator's replies.
-async fn attach(
-    client: &mut PluginChannelClient<Channel>,
-    namespace: &str,
-    pod: &str,
-    token: Option<&str>,
-) -> Result<
-    (
-        mpsc::Sender<SidecarMessage>,
-        tonic::Streaming<OperatorMessage>,
-    ),
-    tonic::Status,
-> {
-    let (tx, rx) = mpsc::channel(8);
-    let hello = SidecarMessage {
-        kind: Some(sidecar_message::Kind::Hello(Hello {
-            namespace: namespace.into(),
-            pod: pod.into(),
-            plugins: Vec::new(),
-        })),
-    };
-    tx.send(hello)
-        .await
-        .map_err(|_| tonic::Status::internal("send"))?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| tonic::Status::internal("token"))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    let replies = client.attach(request).await?.into_inner();
-    Ok((tx, replies))
-}
-
 #[tokio::test]
 async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
     testing::run(E2E, "channel", |ns| async move {
@@ -249,7 +214,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
             Ok(())
         })
         .await?;
-        let metrics = testing::http_get(&format!(
+        let metrics = http_get(&format!(
             "http://{}:9090/metrics",
             Chart::leader_ip(&ns).await?
         ))

@@ -4,7 +4,6 @@
 //! writes status with server-side apply (at most once a second per release) plus events.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -316,25 +315,18 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     // One directive per revision, shared by every pod it goes to.
     let mut directives: HashMap<&Option<String>, Arc<Directive>> = HashMap::new();
     for (pod, revision) in &plan.assign {
-        let directive = match directives.entry(revision) {
-            Entry::Occupied(known) => known.get().clone(),
-            Entry::Vacant(slot) => {
+        let directive = match directives.get(revision) {
+            Some(known) => known.clone(),
+            None => {
                 let source = match revision {
-                    Some(r) => match revision::source_of(r, &release.spec, &plan.status.history) {
-                        Some(source) => source,
-                        None => {
-                            tracing::error!(release = %name, pod = %pod, revision = %r, "revision is in neither the spec nor the history; not assigned");
-                            continue;
-                        }
-                    },
-                    None => revision::RevisionSource {
-                        url: String::new(),
-                        digest: String::new(),
-                        config: None,
-                        signature_key: None,
-                    },
+                    Some(r) => revision::source_of(r, &release.spec, &plan.status.history),
+                    None => Some(revision::RevisionSource::default()),
                 };
-                slot.insert(Arc::new(Directive {
+                let Some(source) = source else {
+                    tracing::error!(release = %name, pod = %pod, revision = ?revision, "revision is in neither the spec nor the history; not assigned");
+                    continue;
+                };
+                let directive = Arc::new(Directive {
                     plugin: plugin.clone(),
                     revision: revision.clone(),
                     url: source.url,
@@ -342,8 +334,9 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                     config: source.config,
                     signature_key: source.signature_key,
                     credentials: credentials.clone(),
-                }))
-                .clone()
+                });
+                directives.insert(revision, directive.clone());
+                directive
             }
         };
         if ctx.registry.assign(&namespace, pod, directive, now) {

@@ -4,8 +4,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{PluginReleaseSpec, RevisionRecord};
 
-/// What a pod loads to run one revision.
-#[derive(Clone, Debug, PartialEq)]
+/// What a pod loads to run one revision (empty: unload the plugin).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RevisionSource {
     /// Artifact URL.
     pub url: String,

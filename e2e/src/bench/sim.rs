@@ -125,14 +125,15 @@ fn now_ms() -> i64 {
 /// all), as the real one does.
 const ATTACH_ATTEMPTS: u64 = 40;
 
-/// Opens the stream and sends Hello: the sender for state reports and the replies.
-async fn attach(
+/// Opens a channel stream for `pod` as its sidecar does: sends Hello, with the pod's bearer
+/// `token` (`None` sends none). Returns the sender for state reports and the replies.
+pub async fn attach(
     client: &mut PluginChannelClient<Channel>,
     namespace: &str,
     pod: &str,
-    token: &str,
+    token: Option<&str>,
 ) -> Result<(mpsc::Sender<SidecarMessage>, Streaming<OperatorMessage>), Status> {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(8);
     let hello = SidecarMessage {
         kind: Some(sidecar_message::Kind::Hello(Hello {
             namespace: namespace.to_string(),
@@ -144,10 +145,12 @@ async fn attach(
         .await
         .map_err(|_| Status::internal("the request stream closed"))?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let bearer = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Status::invalid_argument("the token is not a header value"))?;
-    request.metadata_mut().insert("authorization", bearer);
+    if let Some(token) = token {
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token is not a header value"))?;
+        request.metadata_mut().insert("authorization", bearer);
+    }
     Ok((tx, client.attach(request).await?.into_inner()))
 }
 
@@ -161,7 +164,7 @@ async fn sidecar(
 ) {
     let mut attempts = 0;
     let (tx, mut replies) = loop {
-        match attach(&mut client, &namespace, &pod, &token).await {
+        match attach(&mut client, &namespace, &pod, Some(&token)).await {
             Ok(attached) => break attached,
             Err(status) if attempts < ATTACH_ATTEMPTS => {
                 attempts += 1;
