@@ -56,14 +56,12 @@ async fn serve_file(
 }
 
 impl ArtifactServer {
-    /// Starts the server on a free port of [`netplan::HOST_IP`]; `dir` keeps its certificate.
-    pub async fn start(dir: &std::path::Path) -> Result<Self> {
+    /// Starts the server on a free port of [`netplan::HOST_IP`], with a CA of its own.
+    pub async fn start() -> Result<Self> {
         crate::tls::install_crypto_provider();
         let host = netplan::HOST_IP.to_string();
         let pki = TestCa::new(&[&host])?;
-        std::fs::create_dir_all(dir)?;
-        pki.write(dir)?;
-        let tls = crate::tls::acceptor(&dir.join("tls.crt"), &dir.join("tls.key"), None)?;
+        let tls = crate::tls::acceptor_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), None)?;
         let listener = tokio::net::TcpListener::bind((netplan::HOST_IP, 0))
             .await
             .context("binding the artifact server (is the cluster up?)")?;

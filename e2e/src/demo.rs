@@ -50,8 +50,7 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
         json!({"hotload.dev/inject": "enabled"}),
     )
     .await?;
-    let dir = std::env::temp_dir().join("hotload-demo-artifacts");
-    let artifacts = ArtifactServer::start(&dir).await?;
+    let artifacts = ArtifactServer::start().await?;
     let ca: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "artifact-ca"}, "data": {"ca.crt": artifacts.ca_pem}}))?;
     app.api::<ConfigMap>()

@@ -330,14 +330,6 @@ impl TestCa {
             key_pem: key.serialize_pem(),
         })
     }
-
-    /// Writes `tls.crt`, `tls.key` and `ca.crt` into `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::write(dir.join("tls.crt"), &self.cert_pem)?;
-        std::fs::write(dir.join("tls.key"), &self.key_pem)?;
-        std::fs::write(dir.join("ca.crt"), &self.ca_pem)?;
-        Ok(())
-    }
 }
 
 /// Applies every CRD in the repository's `crds/` (server-side apply) and waits until the

@@ -20,23 +20,27 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A TLS acceptor for `cert`/`key`; with `client_ca`, clients must present a certificate
-/// that chains to it.
+/// A TLS acceptor for the PEM files `cert`/`key`; with `client_ca`, clients must present a
+/// certificate that chains to it.
 pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let client_ca = client_ca.map(read).transpose()?;
+    acceptor_pem(&read(cert)?, &read(key)?, client_ca.as_deref())
+        .with_context(|| format!("serving certificate {}", cert.display()))
+}
+
+/// [`acceptor`] from PEM held in memory (a certificate made for one test never touches disk).
+pub fn acceptor_pem(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading {}", ca.display()))?
-            {
+            for cert in CertificateDer::pem_slice_iter(ca) {
                 roots.add(cert?)?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

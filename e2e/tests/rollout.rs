@@ -81,8 +81,7 @@ impl Demo {
             &["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"],
         )?;
         ns.kubectl(&["label", "namespace", &ns.name, "hotload.dev/inject=enabled"])?;
-        let dir = std::env::temp_dir().join(format!("hotload-artifacts-{}", ns.name));
-        let artifacts = ArtifactServer::start(&dir).await?;
+        let artifacts = ArtifactServer::start().await?;
         let ca: ConfigMap = serde_json::from_value(json!({
             "metadata": {"name": "artifact-ca"},
             "data": {"ca.crt": artifacts.ca_pem},

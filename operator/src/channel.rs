@@ -177,11 +177,7 @@ impl ChannelService {
                 "this operator replica is not the leader (or is still syncing)",
             ));
         }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = hotload_channel::bearer_token(request.metadata())
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "no bearer token: the sidecar must send its projected token",

@@ -320,10 +320,12 @@ async fn session(
     let (out, outbound) = mpsc::channel::<SidecarMessage>(16);
     out.send(hello).await?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
-    let bearer = format!("Bearer {}", token.trim())
-        .parse()
-        .context("the token is not a valid header value")?;
-    request.metadata_mut().insert("authorization", bearer);
+    hotload_channel::authorize(&mut request, &token).with_context(|| {
+        format!(
+            "token {} is not a valid header value",
+            settings.token_file.display()
+        )
+    })?;
     let mut inbound = PluginChannelClient::new(channel)
         .attach(request)
         .await

@@ -146,10 +146,8 @@ pub async fn attach(
         .map_err(|_| Status::internal("the request stream closed"))?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = token {
-        let bearer = format!("Bearer {token}")
-            .parse()
+        hotload_channel::authorize(&mut request, token)
             .map_err(|_| Status::invalid_argument("the token is not a header value"))?;
-        request.metadata_mut().insert("authorization", bearer);
     }
     Ok((tx, client.attach(request).await?.into_inner()))
 }

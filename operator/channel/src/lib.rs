@@ -39,3 +39,59 @@ where
 
 /// The token audience the operator accepts from sidecars.
 pub const TOKEN_AUDIENCE: &str = "hotload.dev/channel";
+
+/// Puts the sidecar's pod token on an attach request as `authorization: Bearer <token>`,
+/// marked sensitive so HPACK sends it as a never-indexed literal (RFC 7541 §7.1.3): a
+/// credential is never kept in either peer's header table.
+///
+/// # Errors
+/// The token is not a valid header value (say, a newline inside it).
+pub fn authorize<T>(
+    request: &mut tonic::Request<T>,
+    token: &str,
+) -> Result<(), tonic::metadata::errors::InvalidMetadataValue> {
+    let mut bearer: tonic::metadata::AsciiMetadataValue =
+        format!("Bearer {}", token.trim()).parse()?;
+    bearer.set_sensitive(true);
+    request.metadata_mut().insert("authorization", bearer);
+    Ok(())
+}
+
+/// The bearer token [`authorize`] put on `metadata`, if there is one.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_travels_as_a_sensitive_bearer() {
+        let mut request = tonic::Request::new(());
+        authorize(&mut request, "abc.def\n").expect("a valid token");
+        let value = request.metadata().get("authorization").expect("set");
+        assert!(value.is_sensitive());
+        assert_eq!(bearer_token(request.metadata()), Some("abc.def"));
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_refused() {
+        let mut request = tonic::Request::new(());
+        assert!(authorize(&mut request, "abc\ndef").is_err());
+        assert_eq!(bearer_token(request.metadata()), None);
+    }
+
+    #[test]
+    fn other_schemes_are_no_bearer_token() {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("authorization", "Basic dTpw".parse().expect("ascii"));
+        assert_eq!(bearer_token(request.metadata()), None);
+    }
+}
