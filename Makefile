@@ -55,7 +55,7 @@ cluster-down:
 
 ## crds: regenerate crds/ and the chart's copy from the Rust API types (a test fails when stale)
 crds:
-	cargo run --quiet -p hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml
+	cargo run --quiet -p hotload-operator --bin hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml
 	cp crds/pluginreleases.hotload.dev.yaml charts/hotload/crds/
 
 ## images: the three container images, with Docker (not needed for demo or test)

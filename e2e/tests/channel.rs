@@ -124,7 +124,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         let (tx, mut replies) = attach(&mut client, &ns.name, pod_a, Some(token_a)).await?;
 
         let pull: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-            "metadata": {"name": "pull"},
+            "metadata": {"name": "pull", "annotations": {"hotload.dev/hosts": "127.0.0.1:9"}},
             "stringData": {"username": "robot", "password": "s3cret"},
         }))?;
         ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &pull).await?;
@@ -220,8 +220,8 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         ))
         .await?;
         for line in [
-            "hotload_channel_attaches_total{value=\"accepted\"} 1",
-            "hotload_channel_attaches_total{value=\"refused\"} 2",
+            "hotload_channel_attaches_total{outcome=\"accepted\"} 1",
+            "hotload_channel_attaches_total{outcome=\"refused\"} 2",
             "hotload_connected_sidecars 0",
         ] {
             ensure!(metrics.contains(line), "no `{line}` in metrics:\n{metrics}");

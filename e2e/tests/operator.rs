@@ -174,9 +174,9 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
         ensure!(ready == "ready: leading\n", "/ready: {ready:?}");
         let metrics = testing::http_get(&format!("{admin}/metrics")).await?;
         for want in [
-            "hotload_reconciles_total{value=\"ok\"}",
+            "hotload_reconciles_total{result=\"ok\"}",
             "hotload_status_writes_total",
-            "hotload_rollout_events_total{value=\"RolloutStarted\"} 1",
+            "hotload_rollout_events_total{reason=\"RolloutStarted\"} 1",
         ] {
             ensure!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
         }

@@ -103,7 +103,9 @@ pub struct Artifact {
     pub digest: String,
 
     /// A Secret in the release's namespace with registry credentials
-    /// (`kubernetes.io/dockerconfigjson`) or `username`/`password` keys for HTTPS.
+    /// (`kubernetes.io/dockerconfigjson`, used for the matching registry only) or
+    /// `username`/`password` keys, sent only to the hosts its `hotload.dev/hosts`
+    /// annotation lists (comma-separated `host[:port]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret: Option<String>,
 

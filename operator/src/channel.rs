@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Health;
 use crate::api::AckState;
-use crate::metrics::{Metrics, label};
+use crate::metrics::Metrics;
 use crate::registry::{self, Directive, PluginReport, Registry};
 
 /// The pod a verified token belongs to.
@@ -149,7 +149,7 @@ impl PluginChannel for ChannelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let counted = |outcome: &str| self.metrics.attaches.get_or_create(&label(outcome)).inc();
+        let counted = |outcome: &str| self.metrics.attached(outcome);
         let Ok(_admitting) = self.admitting.try_acquire() else {
             counted("busy");
             return Err(Status::unavailable(format!(
@@ -207,13 +207,16 @@ impl ChannelService {
             )));
         }
         let (tx, rx) = registry::outbox();
-        let id = self.registry.connect(&who.namespace, &who.pod, tx);
+        let now = Timestamp::now();
+        let holds = hello
+            .plugins
+            .iter()
+            .take(registry::MAX_PLUGINS_PER_POD)
+            .map(|state| (state.plugin.clone(), report(state, now)))
+            .collect();
+        let id = self.registry.connect(&who.namespace, &who.pod, tx, holds);
         self.metrics.set_connected(self.registry.connected());
         tracing::info!(namespace = %who.namespace, pod = %who.pod, "sidecar connected");
-        for state in &hello.plugins {
-            self.registry
-                .report(&who.namespace, &who.pod, &state.plugin, report(state));
-        }
         Ok(Response::new(Box::pin(Session {
             inbound,
             outbox: rx,
@@ -279,15 +282,8 @@ impl Attached {
         let Some(sidecar_message::Kind::State(state)) = message.kind else {
             return;
         };
-        let report = report(&state);
-        self.metrics
-            .acks
-            .get_or_create(&label(&format!("{:?}", report.state)))
-            .inc();
-        if report.state == AckState::Failed {
-            self.metrics
-                .load_failed(report.reason.as_deref().unwrap_or("unknown"));
-        }
+        let report = report(&state, Timestamp::now());
+        self.metrics.acked(report.state, report.reason.as_deref());
         self.registry
             .report(&self.who.namespace, &self.who.pod, &state.plugin, report);
     }
@@ -302,8 +298,13 @@ impl Drop for Attached {
     }
 }
 
-/// A sidecar's PluginState as the registry keeps it.
-pub fn report(state: &PluginState) -> PluginReport {
+/// The longest failure reason kept from a sidecar: it is copied into the release's status
+/// (message, conditions, history, the pod list), which must stay far below etcd's limit.
+const MAX_REASON_BYTES: usize = 512;
+
+/// A sidecar's PluginState as the registry keeps it, received at `now` (the operator's
+/// clock; the sidecar's `since` is for people reading its own status).
+pub fn report(state: &PluginState, now: Timestamp) -> PluginReport {
     let revision = |r: &str| (!r.is_empty()).then(|| r.to_string());
     PluginReport {
         assigned: revision(&state.assigned_revision),
@@ -314,10 +315,22 @@ pub fn report(state: &PluginState) -> PluginReport {
             State::Failed => AckState::Failed,
             State::Pending | State::Unspecified => AckState::Pending,
         },
-        reason: (!state.reason.is_empty()).then(|| state.reason.clone()),
-        since: Timestamp::from_millisecond(state.since_unix_ms)
-            .unwrap_or_else(|_| Timestamp::now()),
+        reason: (!state.reason.is_empty()).then(|| cut(&state.reason, MAX_REASON_BYTES)),
+        since: now,
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with "…" when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let ellipsis = '…';
+    let mut end = max - ellipsis.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end])
 }
 
 fn assign(directive: &Directive) -> OperatorMessage {
@@ -415,12 +428,26 @@ mod tests {
             reason: "digest mismatch".into(),
             since_unix_ms: 1_000,
         };
-        let r = report(&state);
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let r = report(&state, now);
         assert_eq!(
             (r.assigned.as_deref(), r.serving, r.state),
             (Some("abc"), None, AckState::Failed)
         );
         assert_eq!(r.reason.as_deref(), Some("digest mismatch"));
-        assert_eq!(r.since, Timestamp::from_millisecond(1_000).unwrap());
+        assert_eq!(r.since, now, "the operator's clock, not the sidecar's");
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let state = PluginState {
+            plugin: "auth".into(),
+            reason: "é".repeat(1_000),
+            ..Default::default()
+        };
+        let reason = report(&state, Timestamp::UNIX_EPOCH).reason.unwrap();
+        assert!(reason.len() <= MAX_REASON_BYTES);
+        assert!(reason.ends_with("é…"), "{reason}");
+        assert_eq!(cut("short", MAX_REASON_BYTES), "short");
     }
 }

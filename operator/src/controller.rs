@@ -22,7 +22,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::admin::Health;
 use crate::api::{PluginRelease, PluginReleaseStatus, describe};
-use crate::metrics::{Metrics, label};
+use crate::metrics::Metrics;
 use crate::planner::{self, Input, PodView};
 use crate::registry::{Directive, Registry};
 use crate::{revision, selector};
@@ -113,6 +113,19 @@ pub async fn run(
         .modify(keep_what_is_read),
     )
     .default_backoff()
+    .inspect({
+        let registry = registry.clone();
+        move |event| {
+            // A deleted pod's reports go with it: a new pod that reuses its name (a
+            // StatefulSet's) must not inherit them, and churn must not grow the registry.
+            if let Ok(watcher::Event::Delete(pod)) = event {
+                registry.forget(
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+    })
     .touched_objects();
     let (releases, release_writer) = reflector::store();
     let release_events = reflector(
@@ -380,10 +393,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     };
     if durable {
         for (note, revision) in pending.drain(..) {
-            ctx.metrics
-                .rollout_events
-                .get_or_create(&label(note.reason))
-                .inc();
+            ctx.metrics.rollout_event(note.reason);
             publish(&ctx.recorder, release, &note, revision.as_deref()).await;
         }
     }

@@ -47,9 +47,16 @@ pub fn host_of(url: &str) -> Option<&str> {
     rest.split('/').next().filter(|h| !h.is_empty())
 }
 
+/// The annotation on a Secret with `username`/`password` keys that lists the hosts
+/// (`host[:port]`, comma-separated) the credentials may be sent to.
+pub const HOSTS_ANNOTATION: &str = "hotload.dev/hosts";
+
 /// The credentials `secret` holds for `url`'s host: a `kubernetes.io/dockerconfigjson`
-/// entry for that registry, or plain `username`/`password` keys. `Ok(None)` when the
-/// secret has nothing for this host; `Err` names what is wrong with the secret.
+/// entry for that registry, or plain `username`/`password` keys if the secret's
+/// [`HOSTS_ANNOTATION`] lists the host. Credentials never go to a host the secret does not
+/// name: whoever may write a release must not be able to send the operator's reading of
+/// any Secret in its namespace to a server of their choosing. `Ok(None)` when the secret
+/// has nothing for this host; `Err` names what is wrong with the secret.
 pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>, String> {
     let name = secret.metadata.name.as_deref().unwrap_or("?");
     let data = secret.data.clone().unwrap_or_default();
@@ -57,8 +64,22 @@ pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>
         data.get(key)
             .map(|v| String::from_utf8_lossy(&v.0).into_owned())
     };
+    let host = host_of(url);
     if let (Some(username), Some(password)) = (text("username"), text("password")) {
-        return Ok(Some(Credentials { username, password }));
+        let hosts = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HOSTS_ANNOTATION))
+            .ok_or_else(|| {
+                format!(
+                    "secret {name} has username/password keys but no {HOSTS_ANNOTATION} \
+                     annotation naming the hosts they are for (say, {})",
+                    host.unwrap_or("files.example.com")
+                )
+            })?;
+        let listed = host.is_some_and(|host| hosts.split(',').any(|h| h.trim() == host));
+        return Ok(listed.then_some(Credentials { username, password }));
     }
     let Some(config) = text(".dockerconfigjson") else {
         return Err(format!(
@@ -67,7 +88,7 @@ pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>
     };
     let config: DockerConfig = serde_json::from_str(&config)
         .map_err(|e| format!("secret {name}: .dockerconfigjson is not valid JSON: {e}"))?;
-    let Some(host) = host_of(url) else {
+    let Some(host) = host else {
         return Ok(None);
     };
     let entry = config.auths.iter().find(|(registry, _)| {
@@ -110,6 +131,13 @@ mod tests {
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         let mut secret = Secret::default();
         secret.metadata.name = Some("pull".into());
+        secret.metadata.annotations = Some(
+            [(
+                HOSTS_ANNOTATION.to_string(),
+                "cdn.shop, files.shop".to_string(),
+            )]
+            .into(),
+        );
         secret.data = Some(
             pairs
                 .iter()
@@ -145,11 +173,22 @@ mod tests {
     }
 
     #[test]
-    fn basic_auth_keys_serve_any_host() {
-        let s = secret(&[("username", "alice"), ("password", "pw")]);
+    fn basic_auth_keys_go_only_to_the_hosts_the_secret_names() {
+        let mut s = secret(&[("username", "alice"), ("password", "pw")]);
         assert_eq!(
             credentials_for(&s, "https://files.shop/p.wasm"),
             Ok(creds("alice", "pw"))
+        );
+        assert_eq!(
+            credentials_for(&s, "https://attacker.example/p.wasm"),
+            Ok(None),
+            "never to another host"
+        );
+        s.metadata.annotations = None;
+        let unlisted = credentials_for(&s, "https://files.shop/p.wasm").unwrap_err();
+        assert!(
+            unlisted.contains("secret pull") && unlisted.contains("hotload.dev/hosts"),
+            "{unlisted}"
         );
     }
 

@@ -49,7 +49,7 @@ pub struct InjectConfig {
     pub image_pull_policy: String,
     /// The operator's channel, `https://<service>.<namespace>.svc:<port>`.
     pub operator_addr: String,
-    /// The sidecar's admin port (`/ready`, `/live`, `/metrics`).
+    /// The sidecar's admin port (`/ready`, `/live`, `/status`).
     #[serde(default = "admin_port")]
     pub admin_port: u16,
     /// Extra `hotload-sidecar run` arguments.

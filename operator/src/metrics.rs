@@ -9,34 +9,53 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// A label set with one `reason`-like value.
+use crate::api::AckState;
+
+/// `result`: how a reconcile ended (`ok`, or the error's kind).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Label {
-    /// The value.
-    pub value: String,
+pub struct ResultLabel {
+    result: String,
+}
+
+/// `reason`: a rollout event's reason, or a failed load's class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    reason: String,
+}
+
+/// `state`: a sidecar report's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    state: String,
+}
+
+/// `outcome`: what became of an attach or of a pod the webhook saw.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    outcome: String,
 }
 
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
     /// Reconciles by result (ok, or the error's metric label).
-    pub reconciles: Family<Label, Counter>,
+    pub reconciles: Family<ResultLabel, Counter>,
     /// Reconcile duration.
     pub reconcile_seconds: Histogram,
     /// Rollout events by reason (RolloutStarted, RolloutCompleted, RolledBack, …).
-    pub rollout_events: Family<Label, Counter>,
+    pub rollout_events: Family<ReasonLabel, Counter>,
     /// Sidecar acknowledgements by state.
-    pub acks: Family<Label, Counter>,
-    /// Failed loads by reason (the text before the first colon).
-    pub load_failures: Family<Label, Counter>,
+    pub acks: Family<StateLabel, Counter>,
+    /// Failed loads by the step that failed ([`reason_class`]).
+    pub load_failures: Family<ReasonLabel, Counter>,
     /// Status writes.
     pub status_writes: Counter,
     /// Sidecars connected now.
     pub connected_sidecars: Gauge,
     /// Channel attaches by outcome (accepted, busy, refused).
-    pub attaches: Family<Label, Counter>,
+    pub attaches: Family<OutcomeLabel, Counter>,
     /// Pods seen by the injection webhook, by outcome (injected, skipped, error).
-    pub injections: Family<Label, Counter>,
+    pub injections: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,15 +129,37 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one reconcile.
     pub fn reconciled(&self, result: &str, took: Duration) {
-        self.reconciles.get_or_create(&label(result)).inc();
+        let result = result.to_string();
+        self.reconciles.get_or_create(&ResultLabel { result }).inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
-    /// Counts a failed load under its reason class.
-    pub fn load_failed(&self, reason: &str) {
-        self.load_failures
-            .get_or_create(&label(&reason_class(reason)))
+    /// Counts a rollout event (a Kubernetes Event's reason).
+    pub fn rollout_event(&self, reason: &str) {
+        let reason = reason.to_string();
+        self.rollout_events
+            .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a sidecar's report, and a failed load under its reason class.
+    pub fn acked(&self, state: AckState, reason: Option<&str>) {
+        let label = StateLabel {
+            state: format!("{state:?}"),
+        };
+        self.acks.get_or_create(&label).inc();
+        if state == AckState::Failed {
+            let reason = reason_class(reason.unwrap_or_default()).to_string();
+            self.load_failures
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+        }
+    }
+
+    /// Counts a channel attach: `accepted`, `busy` or `refused`.
+    pub fn attached(&self, outcome: &str) {
+        let outcome = outcome.to_string();
+        self.attaches.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Sets the number of sidecars with an open channel.
@@ -129,7 +170,10 @@ impl Metrics {
 
     /// Counts one pod seen by the injection webhook.
     pub fn injected(&self, outcome: &str) {
-        self.injections.get_or_create(&label(outcome)).inc();
+        let outcome = outcome.to_string();
+        self.injections
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The text exposition.
@@ -142,23 +186,16 @@ impl Metrics {
     }
 }
 
-/// A label for a value.
-pub fn label(value: &str) -> Label {
-    Label {
-        value: value.to_string(),
-    }
-}
-
-/// A bounded-cardinality class of a failure reason: what precedes the first colon, trimmed
-/// and cut at 48 characters (`digest mismatch: expected …` → `digest mismatch`).
-pub fn reason_class(reason: &str) -> String {
-    let head = reason
-        .split(':')
-        .next()
-        .unwrap_or(reason)
-        .trim()
-        .to_lowercase();
-    head.chars().take(48).collect()
+/// The step at which a load failed, from the sidecar's reason (`fetch: …`, `app: …`,
+/// `ack: …`, `assignment: …`); anything else is `other`, so what a sidecar sends cannot
+/// grow the label set.
+pub fn reason_class(reason: &str) -> &'static str {
+    const CLASSES: [&str; 4] = ["fetch", "app", "ack", "assignment"];
+    let head = reason.split(':').next().unwrap_or_default().trim();
+    CLASSES
+        .into_iter()
+        .find(|class| head.eq_ignore_ascii_case(class))
+        .unwrap_or("other")
 }
 
 #[cfg(test)]
@@ -166,29 +203,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_collapse_to_their_class() {
+    fn reasons_collapse_to_the_step_that_failed() {
         assert_eq!(
-            reason_class("digest mismatch: expected sha256:ab, got sha256:cd"),
-            "digest mismatch"
+            reason_class("fetch: https://files.shop/a.wasm: digest mismatch: expected sha256:ab"),
+            "fetch"
         );
-        assert_eq!(reason_class("Timeout"), "timeout");
-        assert_eq!(reason_class(&"x".repeat(100)).len(), 48);
+        assert_eq!(reason_class("app: self-check trapped: unreachable"), "app");
+        assert_eq!(reason_class("ack: app did not answer within 60s"), "ack");
+        assert_eq!(reason_class("anything a sidecar might say"), "other");
+        assert_eq!(reason_class(""), "other");
     }
 
     #[test]
     fn exposition_has_the_families() {
         let metrics = Metrics::default();
         metrics.reconciled("ok", Duration::from_millis(3));
-        metrics.load_failed("invalid wasm: bad magic");
+        metrics.acked(AckState::Failed, Some("app: invalid wasm: bad magic"));
+        metrics.attached("busy");
         let text = metrics.encode();
-        assert!(
-            text.contains("hotload_reconciles_total{value=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("hotload_load_failures_total{value=\"invalid wasm\"} 1"),
-            "{text}"
-        );
+        for line in [
+            "hotload_reconciles_total{result=\"ok\"} 1",
+            "hotload_acks_total{state=\"Failed\"} 1",
+            "hotload_load_failures_total{reason=\"app\"} 1",
+            "hotload_channel_attaches_total{outcome=\"busy\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
         assert!(text.contains("hotload_connected_sidecars"), "{text}");
     }
 }

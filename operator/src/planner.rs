@@ -250,12 +250,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let abort = input.annotations.get(ABORT_ANNOTATION);
     if abort.is_some() && abort != prev.abort_token.as_ref() {
         status.abort_token = abort.cloned();
-        // Only a rollout under way can be aborted; a finished one has nothing to undo.
+        // Only a rollout under way can be aborted (paused on failure included); a finished
+        // or rolled-back one has nothing to undo.
         let under_way = matches!(
             status.phase,
             Some(Phase::Progressing | Phase::Paused | Phase::Degraded)
         );
-        if under_way && !given_up(&status, &target) {
+        if under_way {
             let message = format!(
                 "rollout of revision {target} aborted by the user; rolling back to {}",
                 stable.as_deref().unwrap_or("no plugin")
@@ -296,7 +297,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let limit = max_failures(&spec.failure_policy.max_failures, eligible.len());
     let mut requeue: Option<Duration> = None;
 
-    if !given_up(&status, &target) && !failures.is_empty() && failures.len() > limit {
+    // The failure policy guards a rollout. Once the target is the stable revision there is
+    // nothing to roll back to: a pod failing it (say, a new pod) is reported in the pod list.
+    let rolling_out = stable.as_deref() != Some(target.as_str());
+    if rolling_out && !given_up(&status, &target) && !failures.is_empty() && failures.len() > limit
+    {
         let first = failures[0];
         let cause = format!(
             "pod {} failed to load revision {target}: {}",
@@ -340,7 +345,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
         }
     } else {
-        let (step, hold) = advance_steps(
+        let Steps {
+            step,
+            holding,
+            requeue: wait,
+        } = advance_steps(
             input,
             &mut status,
             &target,
@@ -348,12 +357,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
             n_updated,
             &mut notes,
         );
-        if let Some(wait) = hold {
-            requeue = Some(wait);
-        }
+        requeue = wait;
         let goal = step_goal(spec, step, eligible.len());
         let budget = max_unavailable(&spec.strategy.max_unavailable, eligible.len());
-        let paused = spec.paused || status.phase == Some(Phase::Paused);
+        let paused = spec.paused || holding;
         let mut room = if paused {
             0
         } else {
@@ -385,9 +392,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
             status.stable_revision = Some(target.clone());
             status.message = None;
             set_outcome(&mut status, &target, Outcome::Stable, None);
-        } else if spec.paused {
+        } else if paused {
             status.phase = Some(Phase::Paused);
-        } else if status.phase != Some(Phase::Paused) {
+        } else {
+            if prev.phase == Some(Phase::Paused) {
+                // Time spent paused is not time without progress (as in Argo Rollouts).
+                status.last_progress_at = Some(Time(now));
+            }
             status.phase = Some(Phase::Progressing);
         }
     }
@@ -447,6 +458,16 @@ pub fn plan(input: &Input<'_>) -> Plan {
 
 /// Moves through canary steps whose goal is met and whose pause is over; returns the step in
 /// force and, while holding, how long until the pause ends (None for "until resumed").
+/// Where a rollout's steps stand after [`advance_steps`].
+struct Steps {
+    /// The current step (`steps.len()` once past the last).
+    step: usize,
+    /// Held by the current step's pause.
+    holding: bool,
+    /// When a timed pause ends.
+    requeue: Option<Duration>,
+}
+
 fn advance_steps(
     input: &Input<'_>,
     status: &mut PluginReleaseStatus,
@@ -454,7 +475,7 @@ fn advance_steps(
     eligible: usize,
     n_updated: usize,
     notes: &mut Vec<Note>,
-) -> (usize, Option<Duration>) {
+) -> Steps {
     let spec = input.spec;
     let steps = &spec.strategy.steps;
     let mut step = status
@@ -462,9 +483,14 @@ fn advance_steps(
         .map_or(0, |s| usize::try_from(s).unwrap_or(0));
     let now = input.now;
     let resume = input.annotations.get(RESUME_ANNOTATION);
+    let moving = |step| Steps {
+        step,
+        holding: false,
+        requeue: None,
+    };
     while step < steps.len() {
         if n_updated < step_goal(spec, step, eligible) {
-            return (step, None);
+            return moving(step);
         }
         let Some(pause) = &steps[step].pause else {
             step += 1;
@@ -492,7 +518,13 @@ fn advance_steps(
             .map_or(Duration::ZERO, |t| elapsed(t.0, now));
         let released = match pause.duration.as_deref().and_then(parse_duration) {
             Some(duration) if held >= duration => true,
-            Some(duration) => return (step, Some(duration - held)),
+            Some(duration) => {
+                return Steps {
+                    step,
+                    holding: true,
+                    requeue: Some(duration - held),
+                };
+            }
             None => {
                 if spec.paused {
                     status.resume_token = Some(PAUSED_DURING_HOLD.into());
@@ -510,13 +542,17 @@ fn advance_steps(
             }
         };
         if !released {
-            return (step, None);
+            return Steps {
+                step,
+                holding: true,
+                requeue: None,
+            };
         }
         status.phase = Some(Phase::Progressing);
         step += 1;
         enter_step(status, step, now, notes, target);
     }
-    (step, None)
+    moving(step)
 }
 
 fn enter_step(

@@ -565,6 +565,72 @@ fn spec_paused_stops_new_assignments() {
 }
 
 #[test]
+fn unpausing_spec_paused_resumes_the_rollout_without_tripping_the_deadline() {
+    let strategy = json!({"maxUnavailable": 1});
+    let mut fleet = Fleet::stable(3, spec(OLD, strategy.clone()));
+    let mut paused = spec(NEW, strategy.clone());
+    paused.paused = true;
+    fleet.apply(paused);
+    fleet.converge(3);
+    assert_eq!(fleet.status.phase, Some(Phase::Paused));
+    assert_eq!(fleet.on(&rev(NEW)), 0);
+
+    fleet.now += 3600; // paused far longer than progressDeadlineSeconds (600 s)
+    fleet.apply(spec(NEW, strategy));
+    fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::Progressing), "unpaused");
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&rev(NEW)), 3);
+}
+
+#[test]
+fn a_pod_failing_the_stable_revision_after_completion_is_no_rollback() {
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({})));
+    let stable = rev(OLD);
+    fleet.pods[1].serving = None;
+    fleet.fail("pod-1", "out of memory");
+    let plan = fleet.plan();
+    assert_ne!(fleet.status.phase, Some(Phase::RolledBack));
+    assert!(!plan.notes.iter().any(|n| n.reason == "RolledBack"));
+    assert_eq!(fleet.status.stable_revision.as_ref(), Some(&stable));
+    let ack = fleet.status.pods.iter().find(|a| a.pod == "pod-1").unwrap();
+    assert_eq!(ack.state, AckState::Failed);
+    assert_eq!(ack.reason.as_deref(), Some("out of memory"));
+    assert_eq!(
+        fleet.status.history[0].outcome,
+        Outcome::Stable,
+        "the stable revision's record stays as it was"
+    );
+}
+
+#[test]
+fn abort_after_a_pause_on_failure_rolls_back() {
+    let strategy = json!({"maxUnavailable": 1});
+    let mut fleet = Fleet::stable(2, spec(OLD, strategy.clone()));
+    let mut new = spec(NEW, strategy);
+    new.failure_policy.action = FailureAction::Pause;
+    fleet.apply(new);
+    let batch = fleet.plan().assign;
+    fleet.now += 1;
+    fleet.fail(&batch[0].0, "fetch: 404 Not Found");
+    fleet.converge(3);
+    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+
+    fleet
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "give-up".into());
+    let abort = fleet.plan();
+    assert!(abort.notes.iter().any(|n| n.reason == "RolloutAborted"));
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    assert_eq!(
+        abort.assign,
+        vec![(batch[0].0.clone(), Some(rev(OLD)))],
+        "the failed pod goes back to the stable revision"
+    );
+}
+
+#[test]
 fn unreachable_pods_wait_and_are_reported() {
     let mut fleet = Fleet::stable(2, spec(OLD, json!({})));
     fleet.pods[0].connected = false;

@@ -58,6 +58,9 @@ struct PodEntry {
     plugins: Reports,
 }
 
+/// The most plugins kept per pod: what a sidecar reports is bounded, whatever it sends.
+pub const MAX_PLUGINS_PER_POD: usize = 64;
+
 /// One pod's reports by plugin. A pod runs a plugin or a few, so this is a vector searched
 /// in order and grown one entry at a time: a map's smallest node (a B-tree leaf holds 11
 /// entries, 1.3 KiB) was the largest thing the operator kept per pod.
@@ -70,8 +73,15 @@ impl Reports {
     }
 
     fn insert(&mut self, plugin: &str, report: PluginReport) {
+        let full = self.0.len() >= MAX_PLUGINS_PER_POD;
         match self.0.iter_mut().find(|(p, _)| p == plugin) {
             Some((_, kept)) => *kept = report,
+            None if full => {
+                tracing::warn!(
+                    plugin,
+                    "a pod reports more than {MAX_PLUGINS_PER_POD} plugins; ignored"
+                );
+            }
             None => {
                 self.0.reserve_exact(1);
                 self.0.push((plugin.to_string(), report));
@@ -158,8 +168,17 @@ impl Registry {
         sent
     }
 
-    /// A sidecar opened its channel; returns the connection's id for [`Registry::disconnect`].
-    pub fn connect(&self, namespace: &str, pod: &str, outbox: Outbox) -> u64 {
+    /// A sidecar opened its channel and said in its Hello what it holds (`hello`, by plugin);
+    /// that replaces whatever was known of the pod, so a recreated pod with a reused name
+    /// (a StatefulSet's) starts from what its own sidecar has. Returns the connection's id
+    /// for [`Registry::disconnect`].
+    pub fn connect(
+        &self,
+        namespace: &str,
+        pod: &str,
+        outbox: Outbox,
+        hello: Vec<(String, PluginReport)>,
+    ) -> u64 {
         let id = self
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -173,6 +192,7 @@ impl Registry {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             entry.connection = id;
+            entry.plugins = Reports(hello);
         }
         let _ = self.changed.send(namespace.to_string());
         id
@@ -191,12 +211,20 @@ impl Registry {
         let _ = self.changed.send(namespace.to_string());
     }
 
-    /// A sidecar reported on a plugin.
-    pub fn report(&self, namespace: &str, pod: &str, plugin: &str, report: PluginReport) {
+    /// A sidecar reported on a plugin. `report.since` is the operator's clock when it came
+    /// in, and stays as it was while nothing but the reason changes: the planner compares it
+    /// with its own clock (minReadySeconds, the start of a retry), never with a sidecar's.
+    pub fn report(&self, namespace: &str, pod: &str, plugin: &str, mut report: PluginReport) {
         if let Ok(mut pods) = self.pods.lock() {
             let entry = pods
                 .entry((namespace.to_string(), pod.to_string()))
                 .or_default();
+            if let Some(kept) = entry.plugins.get(plugin)
+                && (&kept.assigned, &kept.serving, kept.state)
+                    == (&report.assigned, &report.serving, report.state)
+            {
+                report.since = kept.since;
+            }
             entry.plugins.insert(plugin, report);
         }
         let _ = self.changed.send(namespace.to_string());
@@ -250,7 +278,7 @@ mod tests {
             "not connected"
         );
         let (tx, mut rx) = outbox();
-        let first = registry.connect("shop", "a", tx);
+        let first = registry.connect("shop", "a", tx, Vec::new());
         assert!(registry.assign("shop", "a", directive("r1"), now));
         assert_eq!(
             rx.next().await.and_then(|d| d.revision.clone()).as_deref(),
@@ -265,8 +293,12 @@ mod tests {
         );
 
         // A reconnect replaces the outbox; the old stream ending does not cut the new one off.
+        let loading = PluginReport {
+            state: AckState::Loading,
+            ..report
+        };
         let (tx2, _rx2) = outbox();
-        let second = registry.connect("shop", "a", tx2);
+        let second = registry.connect("shop", "a", tx2, vec![("auth".into(), loading.clone())]);
         registry.disconnect("shop", "a", first);
         assert!(
             registry.view("shop", "a", "auth").0,
@@ -275,7 +307,47 @@ mod tests {
         registry.disconnect("shop", "a", second);
         let (connected, report) = registry.view("shop", "a", "auth");
         assert!(!connected);
-        assert!(report.is_some(), "reports survive a reconnect gap");
+        assert_eq!(report, Some(loading), "reports survive a reconnect gap");
+
+        // A new sidecar for a pod of the same name (a StatefulSet's) holds nothing yet.
+        let (tx3, _rx3) = outbox();
+        registry.connect("shop", "a", tx3, Vec::new());
+        assert_eq!(registry.view("shop", "a", "auth"), (true, None));
+        registry.forget("shop", "a");
+        assert_eq!(registry.view("shop", "a", "auth"), (false, None));
+        assert_eq!(
+            registry.connected(),
+            0,
+            "forgetting a connected pod counts it gone"
+        );
+    }
+
+    #[test]
+    fn since_is_when_the_state_last_changed() {
+        let registry = Registry::default();
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let failed = |reason: &str, since: Timestamp| PluginReport {
+            assigned: Some("r1".into()),
+            serving: None,
+            state: AckState::Failed,
+            reason: Some(reason.into()),
+            since,
+        };
+        registry.report("shop", "a", "auth", failed("fetch: 404", at(10)));
+        registry.report("shop", "a", "auth", failed("fetch: 503", at(20)));
+        let kept = registry.view("shop", "a", "auth").1.unwrap();
+        assert_eq!(
+            (kept.since, kept.reason.as_deref()),
+            (at(10), Some("fetch: 503"))
+        );
+        let loaded = PluginReport {
+            serving: Some("r1".into()),
+            state: AckState::Loaded,
+            reason: None,
+            ..failed("", at(30))
+        };
+        registry.report("shop", "a", "auth", loaded);
+        assert_eq!(registry.view("shop", "a", "auth").1.unwrap().since, at(30));
     }
 
     #[tokio::test]
@@ -283,7 +355,7 @@ mod tests {
         let registry = Registry::default();
         let now = Timestamp::UNIX_EPOCH;
         let (tx, _rx) = outbox();
-        registry.connect("shop", "a", tx);
+        registry.connect("shop", "a", tx, Vec::new());
         let loaded = |revision: &str| PluginReport {
             assigned: Some(revision.into()),
             serving: Some(revision.into()),

@@ -254,15 +254,48 @@ impl PluginHost {
             });
         }
         let hex = hex.to_string();
-        let slot = self.slot_or_create(&plugin)?;
-        let _serial = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
-        let old = slot.current.load_full();
         let id = RevisionId {
             plugin,
             revision,
             digest,
             config,
         };
+        loop {
+            let slot = self.slot_or_create(&id.plugin)?;
+            let _serial = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.holds(&id.plugin, &slot) {
+                // Unloaded (or given up after a failed first load) while this load waited.
+                continue;
+            }
+            let plugin = id.plugin.clone();
+            let loaded = self.load_into(&slot, id, &hex, &wasm, start);
+            if loaded.is_err() && slot.current.load().is_none() {
+                // A first load that failed leaves no empty slot behind to count against
+                // max_plugins.
+                let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+                if slots.get(&plugin).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    slots.remove(&plugin);
+                }
+            }
+            return loaded;
+        }
+    }
+
+    /// Whether `slot` is still `plugin`'s.
+    fn holds(&self, plugin: &str, slot: &Arc<Slot>) -> bool {
+        self.slot(plugin).is_some_and(|s| Arc::ptr_eq(&s, slot))
+    }
+
+    /// Loads `id` into `slot`, whose `loading` lock the caller holds.
+    fn load_into(
+        &self,
+        slot: &Slot,
+        id: RevisionId,
+        hex: &str,
+        wasm: &[u8],
+        start: Instant,
+    ) -> Result<Loaded, LoadError> {
+        let old = slot.current.load_full();
         if plan_load(old.as_ref().map(|o| &o.id), &id) == LoadPlan::AlreadyServing {
             return Ok(Loaded {
                 revision: id.revision,
@@ -288,8 +321,8 @@ impl PluginHost {
             &self.engine,
             &self.fingerprint,
             self.config.cache_dir.as_deref(),
-            &hex,
-            &wasm,
+            hex,
+            wasm,
         )
         .map_err(|e| LoadError::InvalidWasm {
             plugin: p.clone(),
@@ -337,7 +370,13 @@ impl PluginHost {
                             GuestFailure::Fault(crate::Fault::Other(e.to_string())),
                         )
                     })?;
-                    inst.save_state()
+                    let saved = inst.save_state();
+                    if saved.is_err() {
+                        // Its memory may be half-written: the old revision keeps serving,
+                        // from its other instances and fresh ones, never from this one.
+                        inst.discard();
+                    }
+                    saved
                         .map_err(|d| guest(Phase::SaveState, d))?
                         .unwrap_or_default()
                 };

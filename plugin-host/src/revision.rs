@@ -63,6 +63,14 @@ impl std::ops::Deref for Checkout<'_> {
     }
 }
 
+impl Checkout<'_> {
+    /// The instance faulted outside a call (say, in `save_state`): it is dropped, never
+    /// lent again.
+    pub(crate) fn discard(&mut self) {
+        self.faulted = true;
+    }
+}
+
 impl std::ops::DerefMut for Checkout<'_> {
     fn deref_mut(&mut self) -> &mut PluginInstance {
         self.inst.as_mut().expect("instance present until drop")

@@ -176,3 +176,46 @@ fn looping_request_times_out_and_the_pool_heals() {
     let err = host.call("slow", b"x").expect_err("interrupted");
     assert!(err.to_string().contains("deadline exceeded"), "{err}");
 }
+
+#[test]
+fn a_trap_in_save_state_keeps_the_old_revision_serving_from_sound_instances() {
+    let host = host_serving_v1();
+    // Overwrites the old revision's tag in its memory, then traps: that instance is unsound.
+    let save_state_trap = r#"(func (export "save_state") (result i64)
+        (i32.store (i32.const 0) (i32.const 0x58585858)) (unreachable))"#;
+    let v1 = plugin("v01", save_state_trap);
+    host.load(request("trap", "r1", v1)).expect("loads");
+    let err = host
+        .load(request("trap", "r2", plugin("v02", RESTORE_STATE)))
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("plugin trap revision r2: save-state failed"),
+        "{err}"
+    );
+    assert_eq!(
+        host.serving("trap").map(|r| r.revision),
+        Some("r1".to_string())
+    );
+    for _ in 0..8 {
+        let (tag, _) = tag_of(&host.call("trap", b"x").expect("r1 serves")).expect("tagged");
+        assert_eq!(tag, "v01", "the instance that trapped never serves again");
+    }
+    assert_v1_serves(&host);
+}
+
+#[test]
+fn failed_first_loads_leave_no_slot_behind() {
+    let host = PluginHost::new(config()).expect("host starts");
+    for i in 0..6 {
+        let err = host
+            .load(request(&format!("bad{i}"), "r1", b"\0asm broken".to_vec()))
+            .expect_err("refused");
+        assert!(matches!(err, LoadError::InvalidWasm { .. }), "{err}");
+    }
+    assert!(host.plugins().is_empty());
+    for i in 0..4 {
+        host.load(request(&format!("good{i}"), "r1", plugin("v01", "")))
+            .expect("max_plugins counts only plugins that loaded");
+    }
+}

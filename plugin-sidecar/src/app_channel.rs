@@ -14,8 +14,20 @@ use tokio::sync::mpsc;
 use crate::agent::Agent;
 use crate::protocol::{MAX_LINE_BYTES, ProtocolError, SidecarMessage, encode_line, parse_app_line};
 
-/// Binds the socket (replacing a stale one left by a previous sidecar process).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Who may connect to a socket on the shared volume (only the pod's containers see it).
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    /// Every container of the pod, whatever user it runs as: the app socket.
+    Pod,
+    /// The sidecar's own user: the control socket, which takes assignments without the
+    /// operator, so an app container running as another user must not reach it.
+    Sidecar,
+}
+
+/// Binds the socket (replacing a stale one left by a previous sidecar process) and gives it
+/// the mode `access` asks for.
+pub fn bind(path: &Path, access: Access) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -24,7 +36,13 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    let mode = match access {
+        Access::Pod => 0o666,
+        Access::Sidecar => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
 }
 
 /// Accepts app connections until the task is dropped.
@@ -106,4 +124,28 @@ async fn connection(stream: UnixStream, id: u64, agent: Arc<Agent>) {
     drop(tx);
     // Let queued replies (an error for the last line) reach the peer before closing.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_app_socket_is_open_to_the_pod_and_the_control_socket_to_the_sidecar() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |name: &str, access| {
+            let path = dir.path().join(name);
+            let _listener = bind(&path, access).expect("bind");
+            std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777
+        };
+        assert_eq!(mode("app.sock", Access::Pod), 0o666);
+        assert_eq!(mode("control.sock", Access::Sidecar), 0o600);
+        assert_eq!(
+            mode("app.sock", Access::Pod),
+            0o666,
+            "a stale socket is replaced"
+        );
+    }
 }

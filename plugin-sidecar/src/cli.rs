@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{Agent, AgentSettings};
+use crate::app_channel::Access;
 use crate::assignment::{AssignOutcome, Assignment};
 use crate::fetch::oci::{OciPuller, PullSecrets};
 use crate::fetch::{Fetcher, HttpLimits, RetryPolicy, https};
@@ -153,6 +154,13 @@ impl OperatorArgs {
         let Some(endpoint) = self.addr.clone() else {
             return Ok(None);
         };
+        // tonic speaks TLS only to an https:// endpoint; anything else would send the pod's
+        // token in clear.
+        if !endpoint.starts_with("https://") {
+            anyhow::bail!(
+                "--operator-addr {endpoint}: the operator's channel must be an https:// address"
+            );
+        }
         let missing = |what: &str, flag: &str| {
             anyhow::anyhow!("--operator-addr {endpoint} needs {what} ({flag})")
         };
@@ -260,9 +268,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.paths.state_dir.join("app.sock"));
     let control_path = args.paths.control();
-    let app = crate::app_channel::bind(&app_path)
+    let app = crate::app_channel::bind(&app_path, Access::Pod)
         .with_context(|| format!("bind app socket {}", app_path.display()))?;
-    let control = crate::app_channel::bind(&control_path)
+    let control = crate::app_channel::bind(&control_path, Access::Sidecar)
         .with_context(|| format!("bind control socket {}", control_path.display()))?;
     let admin = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -351,5 +359,43 @@ pub fn init_logging(json: bool) {
         registry.with(fmt.json()).init();
     } else {
         registry.with(fmt).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(addr: &str) -> OperatorArgs {
+        OperatorArgs {
+            addr: Some(addr.into()),
+            ca: None,
+            ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            server_name: None,
+            token_file: "/var/run/secrets/hotload/token".into(),
+            pod_name: Some("web-1".into()),
+            pod_namespace: Some("shop".into()),
+        }
+    }
+
+    #[test]
+    fn the_operator_is_reached_over_https_only() {
+        let refused = args("http://hotload.hotload-system.svc:8443")
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("must be an https:// address"), "{refused}");
+        assert!(
+            refused.contains("http://hotload.hotload-system.svc:8443"),
+            "{refused}"
+        );
+        let settings = args("https://hotload.hotload-system.svc:8443")
+            .settings()
+            .expect("https is accepted")
+            .expect("an operator is configured");
+        assert_eq!(
+            (settings.namespace.as_str(), settings.pod.as_str()),
+            ("shop", "web-1")
+        );
     }
 }

@@ -181,13 +181,10 @@ impl Store {
         }
         let tmp = file.path().to_path_buf();
         file.as_file().sync_all().map_err(io_err("fsync", &tmp))?;
-        let mut perms = file
-            .as_file()
-            .metadata()
-            .map_err(io_err("stat", &tmp))?
-            .permissions();
-        perms.set_readonly(true);
-        fs::set_permissions(&tmp, perms).map_err(io_err("chmod", &tmp))?;
+        // Read-only, and readable by the app whatever user it runs as (a temp file is
+        // created 0600, for the sidecar's user alone).
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .map_err(io_err("chmod", &tmp))?;
         let dest = self.blob_path(expected);
         file.persist(&dest).map_err(|e| StoreError::Io {
             action: "rename into",
@@ -280,6 +277,16 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let d = put(&store, b"plugin");
         assert_eq!(store.verified_blob(&d), Some(store.blob_path(&d)));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(store.blob_path(&d))
+                .expect("stat")
+                .permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o444,
+            "read-only, readable by an app of any user"
+        );
         let mut s = store.stage().expect("stage");
         s.write(b"other").expect("write");
         let err = store.commit(s, &d).expect_err("mismatch");

@@ -54,7 +54,8 @@ pub fn start_sidecar(dir: &Path) -> anyhow::Result<Sidecar> {
     };
     let agent = hotload_sidecar::cli::build_agent(&run)?;
     let socket = state_dir.join("app.sock");
-    let listener = hotload_sidecar::app_channel::bind(&socket)?;
+    let listener =
+        hotload_sidecar::app_channel::bind(&socket, hotload_sidecar::app_channel::Access::Pod)?;
     let task = tokio::spawn(hotload_sidecar::app_channel::serve(listener, agent.clone()));
     Ok(Sidecar {
         agent,

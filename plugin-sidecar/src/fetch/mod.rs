@@ -154,9 +154,21 @@ impl Fetcher {
                     https::download(&self.http, url, store, &self.limits, credentials).await
                 }
                 ArtifactRef::Oci(r) => {
-                    self.oci
-                        .pull(r, artifact, digest, store, &self.limits, credentials)
+                    // oci-client bounds connect and read, not the whole pull (reqwest's
+                    // total timeout bounds the HTTPS download): a registry trickling bytes
+                    // must not hold the assignment past the same limit.
+                    let pull = self
+                        .oci
+                        .pull(r, artifact, digest, store, &self.limits, credentials);
+                    tokio::time::timeout(self.limits.total_timeout, pull)
                         .await
+                        .unwrap_or_else(|_| {
+                            Err(FetchError::Timeout {
+                                artifact: artifact.into(),
+                                phase: "whole pull",
+                                after: self.limits.total_timeout,
+                            })
+                        })
                 }
             };
             let err = match result.and_then(|staging| commit(store, staging, artifact, digest)) {

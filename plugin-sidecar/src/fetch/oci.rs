@@ -3,6 +3,7 @@
 //! Credentials come from a Kubernetes pull secret (`.dockerconfigjson`) mounted as a file.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use futures::StreamExt;
@@ -140,12 +141,39 @@ impl PullSecrets {
     }
 }
 
+/// The clients of an [`OciPuller`], by registry, each with the auth it was made for.
+#[derive(Default)]
+struct Clients(BTreeMap<String, (RegistryAuth, Arc<Client>)>);
+
+impl Clients {
+    /// The client for `registry` if it was made for `auth`; else `make` one and keep it in its
+    /// place.
+    fn for_auth(
+        &mut self,
+        registry: &str,
+        auth: &RegistryAuth,
+        make: impl FnOnce() -> Client,
+    ) -> Arc<Client> {
+        match self.0.get(registry) {
+            Some((made_for, client)) if made_for == auth => client.clone(),
+            _ => {
+                let client = Arc::new(make());
+                self.0
+                    .insert(registry.to_string(), (auth.clone(), client.clone()));
+                client
+            }
+        }
+    }
+}
+
 /// Pulls plugin layers from OCI registries.
 #[derive(Clone)]
 pub struct OciPuller {
-    /// Built on the first pull: a sidecar that never pulls from a registry never pays for a
-    /// second HTTPS client and its root store.
-    client: std::sync::Arc<std::sync::OnceLock<Client>>,
+    /// One client per registry, made on its first pull (a sidecar that never pulls from a
+    /// registry never pays for a second HTTPS client and its root store), with the auth it
+    /// was made for: an `oci_client::Client` keeps the first auth it is given for a registry,
+    /// and its tokens, so other credentials need a client of their own.
+    clients: Arc<std::sync::Mutex<Clients>>,
     /// Trusted besides the platform roots (the signature client uses it too).
     extra_ca_pem: Option<Vec<u8>>,
     limits: HttpLimits,
@@ -157,16 +185,21 @@ impl OciPuller {
     pub fn new(limits: &HttpLimits, extra_ca_pem: Option<&[u8]>, secrets: PullSecrets) -> Self {
         crate::ensure_crypto_provider();
         OciPuller {
-            client: std::sync::Arc::default(),
+            clients: Arc::default(),
             extra_ca_pem: extra_ca_pem.map(<[u8]>::to_vec),
             limits: limits.clone(),
             secrets,
         }
     }
 
-    fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| Client::new(self.client_config()))
+    /// The client for `registry` with `auth`: the one made for that auth, else a new one
+    /// (which replaces a client made for other credentials).
+    fn client(&self, registry: &str, auth: &RegistryAuth) -> Arc<Client> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.for_auth(registry, auth, || Client::new(self.client_config()))
     }
 
     /// The extra CA bundle registries are trusted with (the signature client uses it too).
@@ -207,7 +240,7 @@ impl OciPuller {
         auth: &RegistryAuth,
     ) -> Result<String, FetchError> {
         let (manifest, digest) = self
-            .client()
+            .client(&r.registry, auth)
             .pull_image_manifest(&r.reference(), auth)
             .await
             .map_err(|e| map_oci(artifact, e, &self.limits))?;
@@ -237,8 +270,8 @@ impl OciPuller {
     ) -> Result<Staging, FetchError> {
         let reference = r.reference();
         let auth = self.auth(r, credentials);
-        let (manifest, _manifest_digest) = self
-            .client()
+        let client = self.client(&r.registry, &auth);
+        let (manifest, _manifest_digest) = client
             .pull_image_manifest(&reference, &auth)
             .await
             .map_err(|e| map_oci(artifact, e, limits))?;
@@ -264,8 +297,7 @@ impl OciPuller {
                 limit: limits.max_bytes,
             });
         }
-        let mut stream = self
-            .client()
+        let mut stream = client
             .pull_blob_stream(&reference, &layer)
             .await
             .map_err(|e| map_oci(artifact, e, limits))?;
@@ -362,6 +394,28 @@ fn map_oci(artifact: &str, err: OciDistributionError, limits: &HttpLimits) -> Fe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_credentials_for_a_registry_get_a_client_of_their_own() {
+        let mut clients = Clients::default();
+        let basic = |user: &str| RegistryAuth::Basic(user.into(), "pw".into());
+        let a = clients.for_auth("reg:5000", &basic("a"), Client::default);
+        let again = clients.for_auth("reg:5000", &basic("a"), Client::default);
+        assert!(
+            Arc::ptr_eq(&a, &again),
+            "the same credentials reuse their client"
+        );
+        let b = clients.for_auth("reg:5000", &basic("b"), Client::default);
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "other credentials must not reuse a's auth"
+        );
+        let anonymous = clients.for_auth("reg:5000", &RegistryAuth::Anonymous, Client::default);
+        assert!(!Arc::ptr_eq(&b, &anonymous));
+        let other = clients.for_auth("other:5000", &RegistryAuth::Anonymous, Client::default);
+        assert!(!Arc::ptr_eq(&anonymous, &other), "a client per registry");
+        assert_eq!(clients.0.len(), 2, "one client kept per registry");
+    }
 
     #[test]
     fn parses_registry_port_tag_and_digest() {
