@@ -604,18 +604,25 @@ fn a_pod_failing_the_stable_revision_after_completion_is_no_rollback() {
     );
 }
 
-#[test]
-fn abort_after_a_pause_on_failure_rolls_back() {
+/// Two pods, one at a time, failurePolicy Pause: the first pod of NEW fails and the release
+/// is Degraded. Returns the fleet and the failed pod.
+fn paused_on_failure() -> (Fleet, String) {
     let strategy = json!({"maxUnavailable": 1});
     let mut fleet = Fleet::stable(2, spec(OLD, strategy.clone()));
     let mut new = spec(NEW, strategy);
     new.failure_policy.action = FailureAction::Pause;
     fleet.apply(new);
-    let batch = fleet.plan().assign;
+    let failed = fleet.plan().assign[0].0.clone();
     fleet.now += 1;
-    fleet.fail(&batch[0].0, "fetch: 404 Not Found");
+    fleet.fail(&failed, "fetch: 404 Not Found");
     fleet.converge(3);
     assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    (fleet, failed)
+}
+
+#[test]
+fn abort_after_a_pause_on_failure_rolls_back() {
+    let (mut fleet, failed) = paused_on_failure();
 
     fleet
         .annotations
@@ -625,7 +632,7 @@ fn abort_after_a_pause_on_failure_rolls_back() {
     assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
     assert_eq!(
         abort.assign,
-        vec![(batch[0].0.clone(), Some(rev(OLD)))],
+        vec![(failed, Some(rev(OLD)))],
         "the failed pod goes back to the stable revision"
     );
 }
@@ -723,16 +730,7 @@ fn the_stable_revision_outlives_a_short_history_so_a_rollback_can_find_its_artif
 
 #[test]
 fn retry_after_a_pause_on_failure_assigns_the_failed_pods_again() {
-    let strategy = json!({"maxUnavailable": 1});
-    let mut fleet = Fleet::stable(2, spec(OLD, strategy.clone()));
-    let mut new = spec(NEW, strategy);
-    new.failure_policy.action = FailureAction::Pause;
-    fleet.apply(new);
-    let batch = fleet.plan().assign;
-    fleet.now += 1;
-    fleet.fail(&batch[0].0, "fetch: 404 Not Found");
-    fleet.converge(3);
-    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    let (mut fleet, failed) = paused_on_failure();
     assert!(
         fleet.plan().assign.is_empty(),
         "paused on failure: no pod moves"
@@ -746,7 +744,7 @@ fn retry_after_a_pause_on_failure_assigns_the_failed_pods_again() {
     assert!(retry.notes.iter().any(|n| n.reason == "RolloutRetried"));
     assert_eq!(
         retry.assign,
-        vec![(batch[0].0.clone(), Some(rev(NEW)))],
+        vec![(failed, Some(rev(NEW)))],
         "the pod that failed before the retry is assigned again"
     );
     assert_eq!(fleet.status.phase, Some(Phase::Progressing));
