@@ -82,15 +82,16 @@ pub(crate) fn load_module(
     }
 }
 
+/// Writes the precompiled module under a temp name of its own (two slots may precompile the
+/// same digest at once) and renames it into place.
 fn store(module: &Module, dir: &Path, path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let bytes = module.serialize().map_err(std::io::Error::other)?;
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(&bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The agent: turns assignments into verified artifacts on disk and `Load`s to the app, and
-//! keeps what the app answered. Sources of assignments (the local control socket, later the
-//! operator channel) call [`Agent::assign`]; the app channel calls the `app_*` methods.
+//! keeps what the app answered. Sources of assignments (the operator channel, and the local
+//! control socket) call [`Agent::assign`]; the app channel calls the `app_*` methods.
 //!
 //! ```text
 //!  source ─ assign ─► fetch+verify+store ─► state.assign + persist ─► Load ─► app
@@ -329,7 +329,7 @@ impl Agent {
         StatusReport { state, app, ready }
     }
 
-    /// Watch what the app confirmed (tests, the future operator channel).
+    /// Watch what the app confirmed.
     pub fn subscribe_app(&self) -> watch::Receiver<LiveApp> {
         self.live.subscribe()
     }

@@ -1,5 +1,5 @@
-//! What a source of assignments (the local `load` command today, the operator channel
-//! later) asks for, and what it is told back. Owned by the sidecar: both sources speak it.
+//! What a source of assignments (the operator channel, or the local `load` command) asks
+//! for, and what it is told back. Owned by the sidecar: both sources speak it.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

@@ -3,7 +3,7 @@
 //! it is told (`Assign` → [`Agent::assign`]) and reports every change (`PluginState`).
 //!
 //! ```text
-//!   operator ──Assign──► inbound ──► worker (one at a time) ──► Agent::assign
+//!   operator ──Assign──► inbound ──► worker (one at a time, newest per plugin) ──► Agent::assign
 //!      ▲                                  │ attempt started/ended
 //!      │                                  ▼
 //!      └──PluginState◄── diff ◄── Reporter::refresh ◄── app acks (Agent::subscribe_app)
@@ -252,7 +252,18 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
 
 /// Runs assignments one at a time, in the order the operator sent them.
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
-    while let Some(assign) = queue.recv().await {
+    let mut pending = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match queue.recv().await {
+                Some(assign) => pending.push(assign),
+                None => return,
+            }
+        }
+        while let Ok(assign) = queue.try_recv() {
+            supersede(&mut pending, assign);
+        }
+        let assign = pending.remove(0);
         let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
         let outcome = carry_out(&reporter, assign).await;
         let attempt = outcome
@@ -260,6 +271,14 @@ async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<prot
             .map(|reason| Attempt::Failed { revision, reason });
         reporter.set_attempt(&plugin, attempt);
     }
+}
+
+/// Queues `assign` behind the others, in place of an older one for the same plugin: only
+/// the operator's newest word on a plugin is carried out (a rollback that arrives while a
+/// rollout's assignment still waits skips it, and a reconnect's re-sends do not pile up).
+fn supersede(pending: &mut Vec<proto::Assign>, assign: proto::Assign) {
+    pending.retain(|queued| queued.plugin != assign.plugin);
+    pending.push(assign);
 }
 
 /// Carries out one `Assign` (an empty revision unloads); `Err` says why it did not take.
@@ -405,6 +424,24 @@ mod tests {
         summarize(state, live, &attempts)
             .remove("auth")
             .expect("auth is summarized")
+    }
+
+    #[test]
+    fn only_the_newest_assignment_per_plugin_waits() {
+        let assign = |plugin: &str, revision: &str| proto::Assign {
+            plugin: plugin.into(),
+            revision: revision.into(),
+            ..Default::default()
+        };
+        let mut pending = vec![assign("auth", "r2")];
+        supersede(&mut pending, assign("geo", "g1"));
+        supersede(&mut pending, assign("auth", "r1"));
+        supersede(&mut pending, assign("geo", "g1"));
+        let queued: Vec<_> = pending
+            .iter()
+            .map(|a| (a.plugin.as_str(), a.revision.as_str()))
+            .collect();
+        assert_eq!(queued, [("auth", "r1"), ("geo", "g1")]);
     }
 
     #[test]

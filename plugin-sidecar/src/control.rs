@@ -1,6 +1,7 @@
 //! The local control socket: one `Assignment` line in, one `AssignOutcome` line out. It is
 //! what `hotload-sidecar load` talks to, and it drives exactly the path the operator channel
-//! will (`Agent::assign`), so tests and debugging exercise the production path.
+//! does (`Agent::assign`), so tests and debugging exercise the production path. Its socket
+//! is open to the sidecar's user only (`app_channel::Access::Sidecar`).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -215,8 +215,11 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.root)
-            .map_err(io_err("create temp file in", &self.root))?;
+        // In tmp/, which open() empties: a crash between write and rename leaves nothing
+        // behind in the root.
+        let dir = self.tmp_dir();
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).map_err(io_err("create temp file in", &dir))?;
         tmp.write_all(&bytes).map_err(io_err("write", &path))?;
         tmp.as_file().sync_all().map_err(io_err("fsync", &path))?;
         tmp.persist(&path).map_err(|e| StoreError::Io {

@@ -98,6 +98,10 @@ pub(crate) async fn verify_oci(
     })
 }
 
+/// A `cosign sign-blob` signature is base64 of an ECDSA or Ed25519 signature: about 100
+/// bytes. Anything far larger is not one, and is not read into memory.
+const MAX_SIGNATURE_BYTES: usize = 8 * 1024;
+
 /// Verifies the `cosign sign-blob` signature at `<url>.sig` over the stored file `blob`.
 pub(crate) async fn verify_https(
     http: &reqwest::Client,
@@ -124,15 +128,37 @@ pub(crate) async fn verify_https(
     if let Some(err) = crate::fetch::error::status_failure(&sig_url, response.status().as_u16()) {
         return Err(err);
     }
-    let text = response
-        .text()
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_SIGNATURE_BYTES as u64)
+    {
+        return Err(refused(
+            url,
+            format!("{sig_url} is larger than a signature ({MAX_SIGNATURE_BYTES} bytes at most)"),
+        ));
+    }
+    let mut text = Vec::new();
+    let mut body = response;
+    while let Some(chunk) = body
+        .chunk()
         .await
-        .map_err(|e| map_reqwest(&sig_url, &e, limits, 0))?;
+        .map_err(|e| map_reqwest(&sig_url, &e, limits, text.len() as u64))?
+    {
+        if text.len() + chunk.len() > MAX_SIGNATURE_BYTES {
+            return Err(refused(
+                url,
+                format!(
+                    "{sig_url} is larger than a signature ({MAX_SIGNATURE_BYTES} bytes at most)"
+                ),
+            ));
+        }
+        text.extend_from_slice(&chunk);
+    }
     let bytes = std::fs::read(blob).map_err(|e| FetchError::Store {
         artifact: url.into(),
         reason: format!("read {}: {e}", blob.display()),
     })?;
-    key.verify_signature(Signature::Base64Encoded(text.trim().as_bytes()), &bytes)
+    key.verify_signature(Signature::Base64Encoded(text.trim_ascii()), &bytes)
         .map_err(|_| {
             refused(
                 url,
