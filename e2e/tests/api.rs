@@ -62,6 +62,18 @@ async fn defaults_fill_in_and_bad_specs_are_refused_with_a_reason() {
             ("action", json!({"failurePolicy": {"action": "Explode"}}),
              "spec.failurePolicy.action: Unsupported value: \"Explode\""),
         ];
+        // The README's example, kept in examples/: the API server accepts it as it is.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let example = std::fs::read_to_string(format!("{root}/examples/pluginrelease.yaml"))?;
+        let readme = std::fs::read_to_string(format!("{root}/README.md"))?;
+        ensure!(
+            readme.contains(&format!("```yaml\n{example}```")),
+            "README.md's PluginRelease example is not examples/pluginrelease.yaml"
+        );
+        let mut object: DynamicObject = serde_saphyr::from_str(&example)?;
+        object.metadata.namespace = None;
+        api.create(&PostParams::default(), &object).await?;
+
         for (name, change, want) in cases {
             let mut spec = good_spec();
             merge(&mut spec, &change);

@@ -40,6 +40,10 @@ struct RunArgs {
     /// watched namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// The leader Lease's name: one per install, so two installs in one namespace (each
+    /// watching its own) do not contend for one lease.
+    #[arg(long, env = "HOTLOAD_LEASE_NAME", default_value = "hotload-operator")]
+    lease_name: String,
     /// This replica's identity in the election.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -121,7 +125,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .lease_namespace
             .or(args.namespace.clone())
             .context("set --lease-namespace (POD_NAMESPACE) or --namespace for the leader lease")?,
-        name: "hotload-operator".into(),
+        name: args.lease_name,
         identity: args
             .identity
             .unwrap_or_else(|| format!("hotload-operator-{}", std::process::id())),

@@ -708,27 +708,43 @@ fn conditions(
         status.matched,
         status.target_revision.as_deref().unwrap_or("-")
     );
+    // Why a Degraded release is degraded.
+    let degraded = if deadline_exceeded {
+        "ProgressDeadlineExceeded"
+    } else {
+        "RolloutFailed"
+    };
     let mut out = vec![
         match phase {
             Some(Phase::Completed) => cond("Ready", true, "RolloutCompleted", &progress),
             Some(Phase::RolledBack) => cond("Ready", false, "RolledBack", &message),
+            Some(Phase::Degraded) => cond("Ready", false, degraded, &message),
+            Some(Phase::Paused) => cond("Ready", false, "RolloutPaused", &progress),
             _ => cond("Ready", false, "RolloutInProgress", &progress),
         },
         match phase {
             Some(Phase::Progressing) => cond("Progressing", true, "RolloutInProgress", &progress),
             Some(Phase::Paused) => cond("Progressing", false, "RolloutPaused", &progress),
-            Some(Phase::Degraded) if deadline_exceeded => {
-                cond("Progressing", false, "ProgressDeadlineExceeded", &message)
-            }
-            _ => cond("Progressing", false, "RolloutDone", &progress),
+            Some(Phase::Degraded) => cond("Progressing", false, degraded, &message),
+            Some(Phase::RolledBack) => cond("Progressing", false, "RolledBack", &message),
+            _ => cond("Progressing", false, "RolloutCompleted", &progress),
         },
         match phase {
-            Some(Phase::Degraded) if deadline_exceeded => {
-                cond("Degraded", true, "ProgressDeadlineExceeded", &message)
-            }
-            Some(Phase::Degraded) => cond("Degraded", true, "RolloutFailed", &message),
+            Some(Phase::Degraded) => cond("Degraded", true, degraded, &message),
             Some(Phase::RolledBack) => cond("Degraded", true, "RolledBack", &message),
             _ => cond("Degraded", false, "AsExpected", ""),
+        },
+        // kstatus's own pair (what Flux and `kpt live status` read): Reconciling while the
+        // fleet is on its way, Stalled when it will not get there without a person.
+        match phase {
+            Some(Phase::Progressing) => cond("Reconciling", true, "RolloutInProgress", &progress),
+            Some(Phase::Paused) => cond("Reconciling", true, "RolloutPaused", &progress),
+            _ => cond("Reconciling", false, "AsExpected", ""),
+        },
+        match phase {
+            Some(Phase::Degraded) => cond("Stalled", true, degraded, &message),
+            Some(Phase::RolledBack) => cond("Stalled", true, "RolledBack", &message),
+            _ => cond("Stalled", false, "AsExpected", ""),
         },
     ];
     let contested: Vec<&str> = pods.iter().filter_map(|p| p.conflict.as_deref()).collect();

@@ -194,6 +194,8 @@ fn rollout_goes_in_batches_of_max_unavailable_then_completes() {
         ("True".into(), "RolloutCompleted".into())
     );
     assert_eq!(fleet.condition("Progressing").0, "False");
+    assert_eq!(fleet.condition("Reconciling").0, "False");
+    assert_eq!(fleet.condition("Stalled").0, "False");
     assert!(done.notes.iter().any(|n| n.reason == "RolloutCompleted"));
     assert_eq!(fleet.on(&new), 5);
 }
@@ -256,6 +258,11 @@ fn canary_step_pauses_until_resumed_by_annotation() {
     assert_eq!(
         fleet.condition("Progressing"),
         ("False".into(), "RolloutPaused".into())
+    );
+    assert_eq!(
+        fleet.condition("Reconciling"),
+        ("True".into(), "RolloutPaused".into()),
+        "kstatus: a paused rollout is still in progress"
     );
     fleet.now += 3600;
     assert!(fleet.plan().assign.is_empty(), "an open-ended pause holds");
@@ -343,6 +350,10 @@ fn a_failed_load_rolls_every_touched_pod_back_and_names_the_cause() {
         ("True".into(), "RolledBack".into())
     );
     assert_eq!(fleet.condition("Ready").0, "False");
+    assert_eq!(
+        fleet.condition("Stalled"),
+        ("True".into(), "RolledBack".into())
+    );
     assert_eq!(fleet.status.history[0].outcome, Outcome::RolledBack);
 
     fleet.load_all();
@@ -617,6 +628,13 @@ fn paused_on_failure() -> (Fleet, String) {
     fleet.fail(&failed, "fetch: 404 Not Found");
     fleet.converge(3);
     assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+    for type_ in ["Ready", "Progressing", "Degraded", "Stalled"] {
+        assert_eq!(
+            fleet.condition(type_).1,
+            "RolloutFailed",
+            "{type_} says why it is degraded"
+        );
+    }
     (fleet, failed)
 }
 
