@@ -253,7 +253,12 @@ impl Stream for Session {
         loop {
             match this.inbound.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(message))) => this.sidecar.heard(message),
-                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(status))) => {
+                    let PodIdentity { namespace, pod } = &this.sidecar.who;
+                    tracing::debug!(%namespace, %pod, %status, "sidecar stream broke off");
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => break,
             }
             budget -= 1;

@@ -69,12 +69,11 @@ pub struct Context {
     pods: Store<PartialObjectMeta<Pod>>,
     releases: Store<PluginRelease>,
     recorder: Recorder,
-    last_write: Mutex<HashMap<String, Instant>>,
     /// The status each release was last planned to, by uid. Writes are coalesced and the
     /// cache lags behind them, so the next plan starts from here, never from an older cached
-    /// status (which would undo a decision such as a rollback). Cleared when this replica
-    /// stops leading, so a new term starts from what the API server holds.
-    planned: Mutex<HashMap<String, Planned>>,
+    /// status (which would undo a decision such as a rollback). Empty while this replica
+    /// does not lead; a deleted release's entry goes with it.
+    planned: Arc<Mutex<HashMap<String, Planned>>>,
 }
 
 /// A release's last plan: its status, and the events waiting for that status to be written.
@@ -82,6 +81,8 @@ pub struct Context {
 struct Planned {
     status: PluginReleaseStatus,
     notes: Vec<(planner::Note, Option<String>)>,
+    /// When its status was last written (writes are at least MIN_WRITE_INTERVAL apart).
+    written: Option<Instant>,
 }
 
 /// Runs the controller until the process is asked to stop; with `namespace`, it watches
@@ -127,6 +128,7 @@ pub async fn run(
         }
     })
     .touched_objects();
+    let planned: Arc<Mutex<HashMap<String, Planned>>> = Arc::default();
     let (releases, release_writer) = reflector::store();
     let release_events = reflector(
         release_writer,
@@ -136,6 +138,16 @@ pub async fn run(
         ),
     )
     .default_backoff()
+    .inspect({
+        let planned = planned.clone();
+        move |event| {
+            if let Ok(watcher::Event::Delete(release)) = event
+                && let (Some(uid), Ok(mut planned)) = (release.uid(), planned.lock())
+            {
+                planned.remove(&uid);
+            }
+        }
+    })
     .touched_objects();
 
     let by_pod = releases.clone();
@@ -180,8 +192,7 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        last_write: Mutex::default(),
-        planned: Mutex::default(),
+        planned,
     });
     Controller::for_stream(release_events, ctx.releases.clone())
         .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
@@ -295,9 +306,13 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         .lock()
         .ok()
         .and_then(|planned| planned.get(&uid).cloned());
-    let (status, remembered_notes) = match remembered {
-        Some(Planned { status, notes }) => (status, notes),
-        None => (release.status.clone().unwrap_or_default(), Vec::new()),
+    let (status, remembered_notes, mut written) = match remembered {
+        Some(Planned {
+            status,
+            notes,
+            written,
+        }) => (status, notes, written),
+        None => (release.status.clone().unwrap_or_default(), Vec::new(), None),
     };
     let annotations = release.annotations().clone();
     let plan = planner::plan(&Input {
@@ -365,12 +380,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     let durable = if release.status.as_ref() == Some(&plan.status) {
         true
     } else {
-        let since_last = ctx
-            .last_write
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&name).map(Instant::elapsed));
-        match since_last {
+        match written.map(|at| at.elapsed()) {
             // Coalesce: plan again when the interval is over.
             Some(elapsed) if elapsed < MIN_WRITE_INTERVAL => {
                 requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed);
@@ -383,9 +393,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                         release: name.clone(),
                         source,
                     })?;
-                if let Ok(mut writes) = ctx.last_write.lock() {
-                    writes.insert(name.clone(), Instant::now());
-                }
+                written = Some(Instant::now());
                 ctx.metrics.status_writes.inc();
                 true
             }
@@ -403,6 +411,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
             Planned {
                 status: plan.status,
                 notes: pending,
+                written,
             },
         );
     }

@@ -1,12 +1,13 @@
 //! Leader election on a coordination.k8s.io Lease. Only the leader reconciles and accepts
-//! sidecar streams (and only it reports Ready, so the Service routes sidecars to it). A
-//! replica that loses the lease exits: its in-memory view of sidecars is stale, and a fresh
-//! start rebuilds it from status and reconnecting sidecars.
+//! sidecar streams, and it labels its own pod [`LEADER_LABEL`], which the channel Service
+//! selects; standbys are Ready too (they serve the injection webhook). A replica that loses
+//! the lease exits: its in-memory view of sidecars is stale, and a fresh start rebuilds it
+//! from status and reconnecting sidecars.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
@@ -25,8 +26,11 @@ pub enum Decision {
     Follow,
 }
 
-/// Decides from the lease as read, who we are, and the clock.
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// Decides from the lease as read, who we are, and for how long this replica has seen the
+/// lease record unchanged (its holder and renew time). Expiry is judged on this replica's
+/// own clock, as client-go does: comparing the holder's `renewTime` with our clock would
+/// hand the lease over early whenever the two nodes' clocks disagree.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = lease else {
         return Decision::Acquire;
     };
@@ -34,13 +38,9 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
         None | Some("") => Decision::Acquire,
         Some(holder) if holder == me => Decision::Renew,
         Some(_) => {
-            let duration =
-                SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
-            if renewed + duration < now {
+            let seconds = spec.lease_duration_seconds.unwrap_or(15);
+            let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(15));
+            if unchanged_for > duration {
                 Decision::Acquire
             } else {
                 Decision::Follow
@@ -91,73 +91,30 @@ async fn label_pod(client: &Client, election: &Election, leading: bool) -> anyho
 }
 
 /// Runs the election until leadership is lost (then returns an error, and the process exits).
+/// A leader that cannot renew within two thirds of the lease's duration (an API server that
+/// hangs) steps down the same way, before another replica may take the lease.
 pub async fn run(client: Client, election: Election, health: Arc<Health>) -> anyhow::Result<()> {
     // A restarted replica may carry the label from before; it is not leading yet.
     label_pod(&client, &election, false).await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
-    let seconds = i32::try_from(election.duration.as_secs()).unwrap_or(15);
+    let renew_deadline = election.duration * 2 / 3;
+    let mut seen = Seen::default();
     let mut leading = false;
     loop {
-        let current = leases.get_opt(&election.name).await?;
-        let now = Timestamp::now();
-        let decision = decide(
-            current.as_ref().and_then(|l| l.spec.as_ref()),
-            &election.identity,
-            now,
-        );
-        let won = match decision {
-            Decision::Follow => false,
-            Decision::Acquire | Decision::Renew => {
-                let acquired_before = current
-                    .as_ref()
-                    .and_then(|l| l.spec.as_ref())
-                    .and_then(|s| s.acquire_time.clone());
-                let transitions = current
-                    .as_ref()
-                    .and_then(|l| l.spec.as_ref())
-                    .and_then(|s| s.lease_transitions)
-                    .unwrap_or(0);
-                let spec = LeaseSpec {
-                    holder_identity: Some(election.identity.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    renew_time: Some(MicroTime(now)),
-                    acquire_time: if decision == Decision::Renew {
-                        acquired_before
-                    } else {
-                        Some(MicroTime(now))
-                    },
-                    lease_transitions: Some(if decision == Decision::Acquire {
-                        transitions + 1
-                    } else {
-                        transitions
-                    }),
-                    ..Default::default()
-                };
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(election.name.clone()),
-                        // Optimistic concurrency: a racing replica's write makes ours fail.
-                        resource_version: current
-                            .as_ref()
-                            .and_then(|l| l.metadata.resource_version.clone()),
-                        ..Default::default()
-                    },
-                    spec: Some(spec),
-                };
-                let written = match &current {
-                    Some(_) => {
-                        leases
-                            .replace(&election.name, &PostParams::default(), &lease)
-                            .await
-                    }
-                    None => leases.create(&PostParams::default(), &lease).await,
-                };
-                match written {
-                    Ok(_) => true,
-                    Err(kube::Error::Api(e)) if e.code == 409 => false,
-                    Err(e) => return Err(e.into()),
-                }
+        let won = match tokio::time::timeout(renew_deadline, attempt(&leases, &election, &mut seen))
+            .await
+        {
+            Ok(won) => won?,
+            Err(_) if leading => {
+                health.set_leading(false);
+                anyhow::bail!(
+                    "could not renew the leader lease {}/{} within {}s: stepping down",
+                    election.namespace,
+                    election.name,
+                    renew_deadline.as_secs()
+                );
             }
+            Err(_) => false,
         };
         if won != leading {
             tracing::info!(identity = %election.identity, leading = won, "leadership changed");
@@ -176,6 +133,89 @@ pub async fn run(client: Client, election: Election, health: Arc<Health>) -> any
             health.set_leading(won);
         }
         tokio::time::sleep(election.duration / 3).await;
+    }
+}
+
+/// The lease record as last seen (holder, renew time), and since when on this replica's
+/// clock.
+#[derive(Default)]
+struct Seen {
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    since: Option<std::time::Instant>,
+}
+
+impl Seen {
+    /// Records `spec` as read now; returns for how long it has been unchanged.
+    fn observe(&mut self, spec: Option<&LeaseSpec>) -> Duration {
+        let record = spec.map(|s| (s.holder_identity.clone(), s.renew_time.clone()));
+        let now = std::time::Instant::now();
+        if self.record != record || self.since.is_none() {
+            self.record = record;
+            self.since = Some(now);
+        }
+        self.since.map_or(Duration::ZERO, |since| now - since)
+    }
+}
+
+/// One round: reads the lease, and takes or renews it if [`decide`] says so. Returns
+/// whether this replica holds it now.
+async fn attempt(
+    leases: &Api<Lease>,
+    election: &Election,
+    seen: &mut Seen,
+) -> anyhow::Result<bool> {
+    let seconds = i32::try_from(election.duration.as_secs()).unwrap_or(15);
+    let current = leases.get_opt(&election.name).await?;
+    let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+    let decision = decide(spec, &election.identity, seen.observe(spec));
+    if decision == Decision::Follow {
+        return Ok(false);
+    }
+    let now = Timestamp::now();
+    let acquired_before = spec.and_then(|s| s.acquire_time.clone());
+    let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    let spec = LeaseSpec {
+        holder_identity: Some(election.identity.clone()),
+        lease_duration_seconds: Some(seconds),
+        renew_time: Some(MicroTime(now)),
+        acquire_time: if decision == Decision::Renew {
+            acquired_before
+        } else {
+            Some(MicroTime(now))
+        },
+        lease_transitions: Some(if decision == Decision::Acquire {
+            transitions + 1
+        } else {
+            transitions
+        }),
+        ..Default::default()
+    };
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(election.name.clone()),
+            // Optimistic concurrency: a racing replica's write makes ours fail.
+            resource_version: current
+                .as_ref()
+                .and_then(|l| l.metadata.resource_version.clone()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+    };
+    let written = match &current {
+        Some(_) => {
+            leases
+                .replace(&election.name, &PostParams::default(), &lease)
+                .await
+        }
+        None => leases.create(&PostParams::default(), &lease).await,
+    };
+    match written {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "writing the leader lease {}/{}",
+            election.namespace, election.name
+        ))),
     }
 }
 
@@ -222,15 +262,39 @@ mod tests {
 
     #[test]
     fn free_or_expired_leases_are_taken_live_ones_followed() {
-        let now = Timestamp::from_second(1_000).unwrap();
-        assert_eq!(decide(None, "a", now), Decision::Acquire);
-        assert_eq!(decide(Some(&spec("a", 990)), "a", now), Decision::Renew);
-        assert_eq!(decide(Some(&spec("b", 990)), "a", now), Decision::Follow);
+        let secs = Duration::from_secs;
+        assert_eq!(decide(None, "a", secs(0)), Decision::Acquire);
+        assert_eq!(decide(Some(&spec("a", 990)), "a", secs(0)), Decision::Renew);
         assert_eq!(
-            decide(Some(&spec("b", 980)), "a", now),
-            Decision::Acquire,
-            "expired 5s ago"
+            decide(Some(&spec("b", 990)), "a", secs(10)),
+            Decision::Follow
         );
-        assert_eq!(decide(Some(&spec("", 999)), "a", now), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&spec("b", 980)), "a", secs(16)),
+            Decision::Acquire,
+            "unchanged for longer than its 15 s"
+        );
+        assert_eq!(
+            decide(Some(&spec("", 999)), "a", secs(0)),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn expiry_is_judged_on_our_clock_not_the_holders_renew_time() {
+        // A renew time an hour old on our clock (the holder's clock is behind) is still a
+        // live lease while we see it change.
+        let mut seen = Seen::default();
+        let stale = spec("b", 0);
+        assert!(seen.observe(Some(&stale)) < Duration::from_secs(1));
+        assert_eq!(
+            decide(Some(&stale), "a", seen.observe(Some(&stale))),
+            Decision::Follow
+        );
+        let renewed = spec("b", 5);
+        assert!(
+            seen.observe(Some(&renewed)) < Duration::from_secs(1),
+            "a renewal restarts it"
+        );
     }
 }
