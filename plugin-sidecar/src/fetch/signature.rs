@@ -154,10 +154,15 @@ pub(crate) async fn verify_https(
         }
         text.extend_from_slice(&chunk);
     }
-    let bytes = std::fs::read(blob).map_err(|e| FetchError::Store {
+    let read_error = |e: std::io::Error| FetchError::Store {
         artifact: url.into(),
         reason: format!("read {}: {e}", blob.display()),
-    })?;
+    };
+    let file = std::fs::File::open(blob).map_err(read_error)?;
+    // SAFETY: the blob is content-addressed and read-only (0444): the store only ever
+    // replaces a blob by rename, never writes one in place, so the mapped bytes stay as
+    // verified for as long as the map lives.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(read_error)?;
     key.verify_signature(Signature::Base64Encoded(text.trim_ascii()), &bytes)
         .map_err(|_| {
             refused(
