@@ -110,6 +110,15 @@ pub enum FetchError {
         /// What was found.
         actual: Sha256Digest,
     },
+    /// The registry answered, but not with what the release names (the manifest holds no
+    /// layer with the digest): asking again gets the same answer, so it is not retried.
+    #[error("{artifact}: {reason}")]
+    NoSuchLayer {
+        /// The artifact reference.
+        artifact: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// Other transport or registry errors.
     #[error("{artifact}: {reason}")]
     Other {
@@ -166,6 +175,7 @@ impl FetchError {
             FetchError::TooLarge { .. } => "too_large",
             FetchError::Truncated { .. } => "truncated",
             FetchError::DigestMismatch { .. } => "digest_mismatch",
+            FetchError::NoSuchLayer { .. } => "no_such_layer",
             FetchError::Other { .. } => "other",
             FetchError::Signature { .. } => "signature",
             FetchError::Store { .. } => "store",
@@ -298,6 +308,13 @@ mod tests {
                 artifact: a(),
                 size: 2,
                 limit: 1
+            }
+            .retryable()
+        );
+        assert!(
+            !FetchError::NoSuchLayer {
+                artifact: a(),
+                reason: "no layer with digest sha256:…".into()
             }
             .retryable()
         );

@@ -251,7 +251,7 @@ impl OciPuller {
         {
             Ok(digest)
         } else {
-            Err(FetchError::Other {
+            Err(FetchError::NoSuchLayer {
                 artifact: artifact.into(),
                 reason: format!("manifest {digest} no longer holds layer {layer}"),
             })
@@ -283,7 +283,7 @@ impl OciPuller {
                 .cloned()
                 .ok_or_else(|| {
                     let seen: Vec<_> = layers.iter().map(|l| l.digest.as_str()).collect();
-                    FetchError::Other {
+                    FetchError::NoSuchLayer {
                         artifact: artifact.into(),
                         reason: format!("no layer with digest {digest} (layers: {seen:?})"),
                     }
