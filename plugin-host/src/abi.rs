@@ -12,6 +12,12 @@
 //! | `save_state` | `() -> i64` | no | on the old revision: packed `(ptr, len)` of a state snapshot |
 //! | `restore_state` | `(ptr: i32, len: i32) -> i32` | no | on the new revision: `0` = restored |
 //!
+//! State hand-over takes one snapshot, from one of the old revision's pooled instances, and
+//! restores it into every new instance; the old revision serves until the swap, so what it
+//! changes after the snapshot stays with it. State a plugin must not lose belongs outside
+//! it (the app's store), not in instance memory. A trap in `save_state` fails the load and
+//! drops that instance; the old revision keeps serving from the others.
+//!
 //! Imports: only `wasi_snapshot_preview1`, sandboxed (clocks and randomness; no files,
 //! environment, arguments or sockets). A module exporting `_initialize` (a WASI reactor,
 //! such as Go's `-buildmode=c-shared`) has it called once per instance before anything else.
