@@ -29,7 +29,7 @@ app.kubernetes.io/part-of: hotload
 {{- if .Values.serviceAccount.create }}
 {{- default (include "hotload.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- required "serviceAccount.name: name the ServiceAccount to bind when serviceAccount.create is false (never the namespace's default one)" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
 
@@ -42,19 +42,29 @@ app.kubernetes.io/part-of: hotload
 {{- printf "%s-tls" (include "hotload.fullname" .) }}
 {{- end }}
 
+{{/* Service names are DNS labels (63 characters): the base is cut to leave room. */}}
 {{- define "hotload.webhookService" -}}
-{{- printf "%s-webhook" (include "hotload.fullname" .) }}
+{{- printf "%s-webhook" (include "hotload.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
 
+{{- define "hotload.metricsService" -}}
+{{- printf "%s-metrics" (include "hotload.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* repository@digest when a digest is given, else repository:tag (default appVersion). */}}
 {{- define "hotload.image" -}}
+{{- if .digest }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
 {{- printf "%s:%s" .repository (default .appVersion .tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Injection settings, read by the operator as JSON (inject.rs InjectConfig). */}}
 {{- define "hotload.injectConfig" -}}
 {{- $s := .Values.sidecar -}}
 {{- dict
-  "image" (include "hotload.image" (dict "repository" $s.image.repository "tag" $s.image.tag "appVersion" .Chart.AppVersion))
+  "image" (include "hotload.image" (dict "repository" $s.image.repository "tag" $s.image.tag "digest" $s.image.digest "appVersion" .Chart.AppVersion))
   "imagePullPolicy" $s.image.pullPolicy
   "operatorAddr" (printf "https://%s.%s.svc:%d" (include "hotload.fullname" .) .Release.Namespace (int .Values.channel.port))
   "adminPort" $s.adminPort
