@@ -381,8 +381,40 @@ fn chart_renders_each_mode_and_refuses_bad_values() -> Result<()> {
         "no webhook-patching permission when cert-manager injects the CA"
     );
 
-    let bad = chart::template("ops", &["webhook.failurePolicy=Sometimes"]);
-    let message = format!("{:#}", bad.err().context("a bad failurePolicy renders")?);
-    ensure!(message.contains("failurePolicy"), "{message}");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let ha = chart::template(
+        "ops",
+        &[
+            "replicaCount=2",
+            &format!("image.digest={digest}"),
+            &format!("sidecar.image.digest={digest}"),
+        ],
+    )?;
+    ensure!(
+        kinds(&ha).contains(&"PodDisruptionBudget"),
+        "two replicas get a budget"
+    );
+    ensure!(
+        !kinds(&default).contains(&"PodDisruptionBudget"),
+        "one replica gets none: it would block every drain"
+    );
+    ensure!(
+        ha.contains(&format!("ghcr.io/hotload-dev/operator@{digest}"))
+            && ha.contains(&format!("ghcr.io/hotload-dev/sidecar@{digest}")),
+        "images pinned by digest"
+    );
+
+    for (values, says) in [
+        (vec!["webhook.failurePolicy=Sometimes"], "failurePolicy"),
+        (vec!["serviceAccount.create=false"], "serviceAccount.name"),
+        (vec!["image.digest=sha256:abc"], "/image/digest"),
+    ] {
+        let bad = chart::template("ops", &values);
+        let message = format!(
+            "{:#}",
+            bad.err().with_context(|| format!("{values:?} renders"))?
+        );
+        ensure!(message.contains(says), "{values:?}: {message}");
+    }
     Ok(())
 }
