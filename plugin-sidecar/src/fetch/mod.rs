@@ -139,7 +139,17 @@ impl Fetcher {
         credentials: Option<&Credentials>,
     ) -> Result<Fetched, FetchError> {
         let reference = ArtifactRef::parse(artifact)?;
-        if let Some(path) = store.verified_blob(digest) {
+        // Hashing a cached blob (up to the size limit) and fsyncing a new one block: they
+        // run off the sidecar's one runtime thread, which keeps answering probes, the app
+        // socket and the operator channel meanwhile.
+        let cached = {
+            let (store, digest) = (store.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || store.verified_blob(&digest))
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(path) = cached {
             return Ok(Fetched {
                 path,
                 downloaded: false,
@@ -171,7 +181,22 @@ impl Fetcher {
                         })
                 }
             };
-            let err = match result.and_then(|staging| commit(store, staging, artifact, digest)) {
+            let committed = match result {
+                Ok(staging) => {
+                    let (store, name, digest) =
+                        (store.clone(), artifact.to_string(), digest.clone());
+                    tokio::task::spawn_blocking(move || commit(&store, staging, &name, &digest))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(FetchError::Store {
+                                artifact: artifact.into(),
+                                reason: format!("storing the download failed: {e}"),
+                            })
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            let err = match committed {
                 Ok(path) => {
                     return Ok(Fetched {
                         path,
