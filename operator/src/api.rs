@@ -298,7 +298,8 @@ pub struct PluginReleaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
 
-    /// Pods the selector matches.
+    /// Pods the selector matches and this release manages (a pod whose plugin another
+    /// release owns is counted in the Conflict condition instead).
     #[serde(default)]
     pub matched: i32,
     /// Pods that run the target revision (loaded for minReadySeconds).

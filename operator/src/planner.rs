@@ -649,11 +649,13 @@ fn fill_counts(
     min_ready: Duration,
     now: Timestamp,
 ) {
+    // Every count is of the pods this release manages: a pod whose plugin another release
+    // owns is in the Conflict condition, not in these.
     let count = |f: &dyn Fn(&PodView) -> bool| {
-        i32::try_from(pods.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+        i32::try_from(eligible.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
     };
     status.matched = count(&|_| true);
-    status.updated = count(&|p| p.conflict.is_none() && updated(p, target, min_ready, now));
+    status.updated = count(&|p| updated(p, target, min_ready, now));
     status.ready = count(&|p| p.serving.is_some() && p.state != AckState::Failed);
     status.failed = count(&|p| p.state == AckState::Failed);
     status.unreachable = count(&|p| !p.connected);

@@ -679,6 +679,14 @@ fn contested_pods_are_skipped_with_a_condition() {
         (status.as_str(), reason.as_str()),
         ("True", "PluginOwnedElsewhere")
     );
+    fleet.converge(5);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(
+        (fleet.status.matched, fleet.status.updated),
+        (1, 1),
+        "counts are of the pods this release manages"
+    );
+    assert_eq!(fleet.status.progress.as_deref(), Some("1/1"));
     assert_eq!(
         owner(&[(t(5), "shop/b"), (t(1), "shop/z"), (t(1), "shop/a")]),
         Some("shop/a")
