@@ -3,7 +3,9 @@
 //! app restart or a rollback to a cached revision skips Cranelift entirely.
 //!
 //! Files are written to a temp name and renamed, so a crash never leaves a half file under
-//! a real key; a file that fails to deserialize is recompiled and overwritten.
+//! a real key; a file that fails to deserialize is recompiled and overwritten. The
+//! directory keeps the [`KEEP`] most recently used modules: every release brings a new
+//! digest, and a cache that only grows would fill the app's disk.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -48,6 +50,10 @@ pub(crate) fn cache_path(dir: &Path, digest_hex: &str, fingerprint: &str) -> Pat
     dir.join(format!("{digest_hex}-{fingerprint}.cwasm"))
 }
 
+/// Precompiled modules kept: the serving revisions of every plugin and the ones a rollback
+/// returns to fit many times over.
+pub(crate) const KEEP: usize = 32;
+
 /// Compiles `wasm`, or loads its precompiled code from `dir`.
 pub(crate) fn load_module(
     engine: &Engine,
@@ -66,7 +72,13 @@ pub(crate) fn load_module(
         // it; it is not the sidecar's shared volume), names embed the digest of the source
         // and the engine fingerprint, and wasmtime re-checks the version header on load.
         match unsafe { Module::deserialize_file(engine, &path) } {
-            Ok(m) => return Ok((m, CacheOutcome::Hit)),
+            Ok(m) => {
+                // Used now: the last to be pruned.
+                if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                    let _ = file.set_modified(std::time::SystemTime::now());
+                }
+                return Ok((m, CacheOutcome::Hit));
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unusable precompiled module")
             }
@@ -91,12 +103,49 @@ fn store(module: &Module, dir: &Path, path: &Path) -> std::io::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(&bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
+    tmp.persist(path).map_err(|e| e.error)?;
+    prune(dir, KEEP)
+}
+
+/// Removes all but the `keep` most recently used precompiled modules in `dir`. A module
+/// being loaded from a removed file is unaffected: it was mapped before.
+fn prune(dir: &Path, keep: usize) -> std::io::Result<()> {
+    let mut modules: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .collect();
+    modules.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    for (_, stale) in modules.into_iter().skip(keep) {
+        std::fs::remove_file(stale)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_modules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let epoch = std::time::SystemTime::UNIX_EPOCH;
+        for i in 0..5u64 {
+            let path = dir.path().join(format!("{i}-ff.cwasm"));
+            let file = std::fs::File::create(&path).expect("create");
+            file.set_modified(epoch + std::time::Duration::from_secs(1_000 + i))
+                .expect("mtime");
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"not a module").expect("write");
+        prune(dir.path(), 2).expect("prune");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3-ff.cwasm", "4-ff.cwasm", "notes.txt"]);
+    }
 
     #[test]
     fn cache_path_embeds_digest_and_engine() {
