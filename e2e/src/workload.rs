@@ -59,6 +59,9 @@ pub struct Traffic {
     task: tokio::task::JoinHandle<TrafficReport>,
 }
 
+/// The longest any [`Traffic`] runs.
+pub const MAX_TRAFFIC: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Default)]
 pub struct TrafficReport {
     /// Whole answers.
@@ -70,14 +73,16 @@ pub struct TrafficReport {
 }
 
 impl Traffic {
-    /// Starts requests round-robin over `ips`.
+    /// Starts requests round-robin over `ips`, until [`Traffic::finish`] or at most
+    /// [`MAX_TRAFFIC`] (a test that forgets to finish it does not load the pods forever).
     pub fn start(ips: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
             let mut report = TrafficReport::default();
             let mut i = 0usize;
-            while !flag.load(Ordering::Relaxed) {
+            let started = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < MAX_TRAFFIC {
                 let ip = &ips[i % ips.len()];
                 match post(ip, &format!("request-{i}")).await {
                     Ok(body) => match tag_of(&body) {

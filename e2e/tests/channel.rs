@@ -13,7 +13,7 @@ use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
 use hotload_channel::proto::{
     PluginState, SidecarMessage, State, operator_message, sidecar_message,
 };
-use hotload_e2e::bench::sim::attach;
+use hotload_e2e::bench::sim::{attach, pod_token_for};
 use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
 use hotload_e2e::testing::{self, TestNamespace, eventually, http_get};
@@ -90,7 +90,6 @@ async fn client(ns: &TestNamespace) -> Result<PluginChannelClient<Channel>> {
     Ok(PluginChannelClient::new(channel))
 }
 
-/// Opens a stream as `pod` with `token`; returns the sender and the operator's replies.
 #[tokio::test]
 async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
     testing::run(E2E, "channel", |ns| async move {
@@ -106,6 +105,19 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
                 "no token: {status:?}"
             ),
             Ok(_) => bail!("a stream without a token was accepted"),
+        }
+        // Pod A's own token, bound to it, but for the API server's audience: what every pod
+        // can get, and what must not open the channel.
+        let pod: Pod = ns.api::<Pod>().get(pod_a).await?;
+        let wrong_audience = pod_token_for(&ns.client, &pod, "https://kubernetes.default.svc")
+            .await?;
+        match attach(&mut client, &ns.name, pod_a, Some(&wrong_audience)).await {
+            Err(status) => ensure!(
+                status.code() == tonic::Code::Unauthenticated
+                    && status.message().contains("audience"),
+                "another audience: {status:?}"
+            ),
+            Ok(_) => bail!("a token for another audience was accepted"),
         }
         match attach(&mut client, &ns.name, pod_b, Some(token_a)).await {
             Err(status) => {
@@ -221,7 +233,7 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
         .await?;
         for line in [
             "hotload_channel_attaches_total{outcome=\"accepted\"} 1",
-            "hotload_channel_attaches_total{outcome=\"refused\"} 2",
+            "hotload_channel_attaches_total{outcome=\"refused\"} 3",
             "hotload_connected_sidecars 0",
         ] {
             ensure!(metrics.contains(line), "no `{line}` in metrics:\n{metrics}");

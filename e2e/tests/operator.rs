@@ -173,12 +173,23 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
         let ready = testing::http_get(&format!("{admin}/ready")).await?;
         ensure!(ready == "ready: leading\n", "/ready: {ready:?}");
         let metrics = testing::http_get(&format!("{admin}/metrics")).await?;
-        for want in [
-            "hotload_reconciles_total{result=\"ok\"}",
-            "hotload_status_writes_total",
-            "hotload_rollout_events_total{reason=\"RolloutStarted\"} 1",
+        let value = |series: &str| -> Option<f64> {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        };
+        for (series, at_least) in [
+            ("hotload_reconciles_total{result=\"ok\"}", 1.0),
+            ("hotload_status_writes_total", 1.0),
+            (
+                "hotload_rollout_events_total{reason=\"RolloutStarted\"}",
+                1.0,
+            ),
         ] {
-            ensure!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+            ensure!(
+                value(series).is_some_and(|v| v >= at_least),
+                "/metrics: {series} below {at_least}:\n{metrics}"
+            );
         }
         Ok(())
     })
@@ -192,29 +203,33 @@ async fn a_second_release_for_the_same_plugin_is_refused_with_a_condition() {
         Chart::wait_ready(&ns).await?;
         shop(&ns, 2).await?;
         let api = testing::plugin_releases(&ns);
-        api.create(&PostParams::default(), &release("first", 600)?)
+        // The older release owns the plugin whatever the names: the older one is named to
+        // sort last, so "first by name" would pick the other.
+        api.create(&PostParams::default(), &release("zeta", 600)?)
             .await?;
+        // creationTimestamp has whole seconds: the second release must be a second younger.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        api.create(&PostParams::default(), &release("second", 600)?)
+        api.create(&PostParams::default(), &release("alpha", 600)?)
             .await?;
         eventually(
             "a Conflict condition on the newer release",
             WAIT,
             || async {
-                let second = api.get("second").await?.data["status"].clone();
+                let newer = api.get("alpha").await?.data["status"].clone();
                 ensure!(
-                    condition(&second, "Conflict") == Some(("True", "PluginOwnedElsewhere")),
-                    "{second}"
+                    condition(&newer, "Conflict") == Some(("True", "PluginOwnedElsewhere")),
+                    "{newer}"
                 );
-                let message = second["conditions"].to_string();
+                let message = newer["conditions"].to_string();
                 ensure!(
-                    message.contains(&format!("{}/first", ns.name)),
+                    message.contains(&format!("{}/zeta", ns.name)),
                     "names the owner: {message}"
                 );
-                let first = api.get("first").await?.data["status"].clone();
+                ensure!(newer["matched"] == 0, "manages no pod: {newer}");
+                let older = api.get("zeta").await?.data["status"].clone();
                 ensure!(
-                    first["matched"] == 2 && condition(&first, "Conflict").is_none(),
-                    "{first}"
+                    older["matched"] == 2 && condition(&older, "Conflict").is_none(),
+                    "{older}"
                 );
                 Ok(())
             },

@@ -285,7 +285,12 @@ fn watch_stream(ip: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Re
         let mut response = reqwest::get(format!("http://{ip}:8080/stream")).await?;
         let mut seen: Vec<String> = Vec::new();
         let mut pending = String::new();
+        let started = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            ensure!(
+                started.elapsed() < hotload_e2e::workload::MAX_TRAFFIC,
+                "the stream was never told to stop"
+            );
             let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
                 .await
                 .context("the stream went silent")??
@@ -688,8 +693,18 @@ async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
         pods.delete(&names[0], &DeleteParams::default()).await?;
         ns.kubectl(&["scale", "deployment/demo", "--replicas=6"])?;
         // kill -9 the operator's process mid-rollout; the kubelet starts it again.
+        let restarts = Chart::restarts(&ns).await?;
         Chart::kill_operator(&ns).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eventually(
+            "the kubelet to restart the killed operator",
+            WAIT,
+            || async {
+                let now = Chart::restarts(&ns).await?;
+                ensure!(now > restarts, "restarts: {now}");
+                Ok(())
+            },
+        )
+        .await?;
         Chart::wait_ready(&ns).await?;
 
         let status = demo

@@ -169,12 +169,16 @@ fn looping_request_times_out_and_the_pool_heals() {
     let host = PluginHost::new(config()).expect("host starts");
     host.load(request("slow", "r1", looping_handle()))
         .expect("loads: no self-check");
-    let err = host.call("slow", b"x").expect_err("interrupted");
-    assert!(err.to_string().contains("deadline exceeded"), "{err}");
-    // The faulted instance was dropped; the next call gets a fresh one (and times out again,
-    // rather than reporting Busy or reusing a broken store).
-    let err = host.call("slow", b"x").expect_err("interrupted");
-    assert!(err.to_string().contains("deadline exceeded"), "{err}");
+    // Twice as many faults as the pool has instances: each faulted instance is dropped and
+    // replaced, so every call gets a fresh instance and times out again. A pool that kept
+    // counting dropped instances would run dry and answer Busy after the first four.
+    for call in 0..2 * config().instances_per_revision {
+        let err = host.call("slow", b"x").expect_err("interrupted");
+        assert!(
+            err.to_string().contains("deadline exceeded"),
+            "call {call}: {err}"
+        );
+    }
 }
 
 #[test]

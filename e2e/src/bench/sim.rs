@@ -54,6 +54,11 @@ pub struct Endpoint {
 
 /// A token for `pod`, bound to it, for the channel's audience (what the kubelet projects).
 pub async fn pod_token(client: &Client, pod: &Pod) -> Result<String> {
+    pod_token_for(client, pod, hotload_channel::TOKEN_AUDIENCE).await
+}
+
+/// A token for `pod`, bound to it, for `audience`.
+pub async fn pod_token_for(client: &Client, pod: &Pod, audience: &str) -> Result<String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let account = pod
         .spec
@@ -62,7 +67,7 @@ pub async fn pod_token(client: &Client, pod: &Pod) -> Result<String> {
         .unwrap_or_else(|| "default".into());
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
-        "audiences": [hotload_channel::TOKEN_AUDIENCE],
+        "audiences": [audience],
         "expirationSeconds": 3600,
         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
                            "name": pod.metadata.name, "uid": pod.metadata.uid},

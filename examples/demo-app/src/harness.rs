@@ -158,3 +158,13 @@ pub fn tag_of(resp: &[u8]) -> Option<(String, Vec<u8>)> {
         )
     })
 }
+
+/// A test that needs a tool this machine lacks (`make deps` installs them all): fails, unless
+/// `HOTLOAD_ALLOW_SKIP` is set, so a missing tool never turns a test into a silent pass.
+pub fn skip_without(tool: &str) {
+    assert!(
+        std::env::var_os("HOTLOAD_ALLOW_SKIP").is_some(),
+        "{tool} is missing: run `make deps`, or set HOTLOAD_ALLOW_SKIP=1 to skip this test"
+    );
+    eprintln!("\n!!!!!!!! SKIPPED: {tool} is missing (HOTLOAD_ALLOW_SKIP) !!!!!!!!\n");
+}

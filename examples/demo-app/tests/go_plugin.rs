@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hotload_demo_app::harness::{V1_WAT, tag_of};
+use hotload_demo_app::harness::{V1_WAT, skip_without, tag_of};
 use hotload_host::{HostConfig, LoadRequest, PluginHost, StateHandover, sha256_digest};
 
 fn build_go_plugin(out: &Path) -> Option<Vec<u8>> {
@@ -25,7 +25,7 @@ fn build_go_plugin(out: &Path) -> Option<Vec<u8>> {
         .output();
     match result {
         Err(e) => {
-            eprintln!("\n!!!!!!!! SKIPPED: Go toolchain not runnable ({e}) !!!!!!!!\n");
+            skip_without(&format!("the Go toolchain ({e})"));
             None
         }
         Ok(o) if !o.status.success() => {

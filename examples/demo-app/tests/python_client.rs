@@ -74,7 +74,7 @@ fn reason(o: &AssignOutcome) -> &str {
 #[tokio::test]
 async fn python_client_hot_reloads_modules_and_keeps_the_old_one_on_failure() {
     if !python_available() {
-        eprintln!("\n!!!!!!!! SKIPPED: python3 not found !!!!!!!!\n");
+        hotload_demo_app::harness::skip_without("python3");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

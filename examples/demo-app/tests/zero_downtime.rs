@@ -32,7 +32,11 @@ async fn hundred_swaps_under_load_fail_no_request_and_keep_the_stream_open() {
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let client = reqwest::Client::new();
+    // A hung request fails the test instead of holding the join forever.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client");
     let url = format!("http://{}/", stack.http);
     let mut load = Vec::new();
     for worker in 0..3 {
