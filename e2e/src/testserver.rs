@@ -126,6 +126,13 @@ pub async fn run(args: TestServerArgs) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_secs_f64(args.shutdown_delay)).await;
             println!("shut down cleanly");
+            if let Some(path) = &args.sigterm_file {
+                // Written after the drain: a kubelet that killed the container before the
+                // grace period ended never lets this line be written.
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                writeln!(file, "drained {hostname} {}", args.port)?;
+            }
         }
     }
     Ok(())

@@ -421,6 +421,10 @@ async fn deleted_pod_terminates_gracefully_and_is_replaced() {
             "the container never handled SIGTERM (signal file: {log:?})"
         );
         ensure!(
+            log.contains(&format!("drained {}", name(&first))),
+            "the container was killed before its drain ended (signal file: {log:?})"
+        );
+        ensure!(
             !process_alive(first_pid),
             "the old container's process {first_pid} is still alive"
         );
@@ -631,8 +635,9 @@ async fn init_containers_native_sidecars_volumes_and_env() {
         .await?;
         let log = std::fs::read_to_string(signals.join("log")).unwrap_or_default();
         std::fs::remove_dir_all(&signals).ok();
+        // The sidecar is signalled only once the app has drained and exited.
         ensure!(
-            log == "sigterm layered 8080\nsigterm layered 9090\n",
+            log == "sigterm layered 8080\ndrained layered 8080\nsigterm layered 9090\ndrained layered 9090\n",
             "termination order (app, then sidecar) not kept: {log:?}"
         );
         Ok(())

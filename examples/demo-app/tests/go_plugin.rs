@@ -76,8 +76,10 @@ fn go_plugin_serves_and_swaps_with_the_wat_plugin_under_calls() {
     let callers: Vec<_> = (0..2)
         .map(|n| {
             let (host, stop) = (host.clone(), stop.clone());
-            std::thread::spawn(move || -> Result<u64, String> {
+            std::thread::spawn(move || -> Result<[u64; 2], String> {
                 let mut i = 0u64;
+                // Answers from the WAT plugin, and from the Go one.
+                let mut seen = [0u64; 2];
                 while !stop.load(Ordering::Relaxed) && i < 2_000_000 {
                     let body = format!("caller{n}-{i}");
                     let out = host
@@ -93,9 +95,10 @@ fn go_plugin_serves_and_swaps_with_the_wat_plugin_under_calls() {
                     if echoed != want.as_bytes() || !(tag == "go1" || tag == "v01") {
                         return Err(format!("unexpected response {out:?}"));
                     }
+                    seen[usize::from(tag == "go1")] += 1;
                     i += 1;
                 }
-                Ok(i)
+                Ok(seen)
             })
         })
         .collect();
@@ -116,8 +119,14 @@ fn go_plugin_serves_and_swaps_with_the_wat_plugin_under_calls() {
     }
     stop.store(true, Ordering::Relaxed);
     for c in callers {
-        c.join()
+        let [wat_answers, go_answers] = c
+            .join()
             .expect("caller")
             .unwrap_or_else(|e| panic!("a call failed: {e}"));
+        assert!(
+            wat_answers > 0 && go_answers > 0,
+            "each caller was answered by both plugins while they swapped: \
+             {wat_answers} WAT, {go_answers} Go"
+        );
     }
 }
