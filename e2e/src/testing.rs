@@ -425,3 +425,17 @@ pub fn container_pid(container_id: &str) -> Option<u32> {
 pub fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// A PluginRelease status's condition `type_` as (status, reason).
+pub fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> Option<(&'a str, &'a str)> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or(""),
+            )
+        })
+}

@@ -89,12 +89,7 @@ async fn ready_pods(ns: &TestNamespace, app: &str, n: usize) -> Result<Vec<Pod>>
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && hotload_e2e::chart::is_ready(pod)
 }
 
 fn pod_ip(pod: &Pod) -> Result<String> {

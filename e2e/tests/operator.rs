@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
-use hotload_e2e::testing::{self, TestNamespace, eventually};
+use hotload_e2e::testing::{self, TestNamespace, condition, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{DynamicObject, ListParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 const WAIT: Duration = Duration::from_secs(60);
@@ -31,19 +31,6 @@ fn release(name: &str, deadline: i32) -> Result<DynamicObject> {
             "progressDeadlineSeconds": deadline,
         },
     }))?)
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<(&'a str, &'a str)> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or(""),
-                c["reason"].as_str().unwrap_or(""),
-            )
-        })
 }
 
 async fn shop(ns: &TestNamespace, replicas: i32) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use hotload_e2e::artifacts::{ArtifactServer, digest_of};
 use hotload_e2e::chart::{Chart, is_ready};
-use hotload_e2e::testing::{self, TestNamespace, eventually};
+use hotload_e2e::testing::{self, TestNamespace, condition, eventually};
 use hotload_e2e::workload::{Traffic, deployment, post, tag_of, tagger, tagger_failing_self_check};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
@@ -257,18 +257,6 @@ impl Demo {
     }
 }
 
-fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .map_or(("", ""), |c| {
-            (
-                c["status"].as_str().unwrap_or(""),
-                c["reason"].as_str().unwrap_or(""),
-            )
-        })
-}
-
 /// Every listed pod acknowledged `revision` as loaded.
 fn all_loaded(status: &Value, revision: &Value, n: usize) -> bool {
     let pods = status["pods"].as_array().cloned().unwrap_or_default();
@@ -461,7 +449,7 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
                 "the message names the pod and the cause ({cause}): {message}"
             );
             ensure!(
-                condition(&status, "Degraded") == ("True", "RolledBack"),
+                condition(&status, "Degraded") == Some(("True", "RolledBack")),
                 "{status:#}"
             );
             let (health, why) = demo.argo_health().await?;
@@ -469,7 +457,10 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
                 health == "Degraded" && why.contains(cause),
                 "Argo CD health after {cause}: {health} {why}"
             );
-            ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
+            ensure!(
+                condition(&status, "Ready").is_some_and(|(s, _)| s == "False"),
+                "{status:#}"
+            );
             ensure!(status["stableRevision"] == stable, "{status:#}");
             demo.all_serve(5, "v01").await?;
             let events = demo.events().await?;
@@ -504,7 +495,7 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
             "{message}"
         );
         ensure!(
-            condition(&status, "Degraded") == ("True", "RolloutFailed"),
+            condition(&status, "Degraded") == Some(("True", "RolloutFailed")),
             "{status:#}"
         );
         demo.all_serve(5, "v01").await?;
@@ -523,7 +514,10 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
                 s["phase"] == "Completed" && s["stableRevision"] != stable
             })
             .await?;
-        ensure!(condition(&status, "Ready").0 == "True", "{status:#}");
+        ensure!(
+            condition(&status, "Ready").is_some_and(|(s, _)| s == "True"),
+            "{status:#}"
+        );
         demo.all_serve(5, "v02").await?;
 
         // Signed with the release's key (`cosign sign-blob` output next to the artifact): loads.
@@ -559,7 +553,10 @@ async fn a_canary_holds_at_its_step_until_resumed() {
                 s["phase"] == "Paused" && s["updated"] == 1
             })
             .await?;
-        ensure!(condition(&status, "Ready").0 == "False", "{status:#}");
+        ensure!(
+            condition(&status, "Ready").is_some_and(|(s, _)| s == "False"),
+            "{status:#}"
+        );
         let (health, _) = demo.argo_health().await?;
         ensure!(
             health == "Suspended",
