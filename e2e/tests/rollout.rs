@@ -449,6 +449,10 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
                 "the message names the pod and the cause ({cause}): {message}"
             );
             ensure!(
+                message.contains("1 of 5 pods failed"),
+                "one pod at a time: the first failure stops the rollout ({cause}): {message}"
+            );
+            ensure!(
                 condition(&status, "Degraded") == Some(("True", "RolledBack")),
                 "{status:#}"
             );
