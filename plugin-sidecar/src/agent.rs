@@ -11,6 +11,7 @@
 //! assignment is being published gets the new `Load` exactly once, either in its initial
 //! offer or right after it.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -60,8 +61,34 @@ pub struct Agent {
     settings: AgentSettings,
     inner: Mutex<Inner>,
     live: watch::Sender<LiveApp>,
-    /// One assignment at a time: fetches are short and ordering keeps state simple.
-    assigning: tokio::sync::Mutex<()>,
+    /// One assignment at a time per plugin; plugins are assigned side by side, so a
+    /// rollback of one never waits for another's download.
+    assigning: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Digests being fetched, with how many assignments fetch each: garbage collection
+    /// spares them (a blob is stored before the state that retains it is written).
+    fetching: Mutex<HashMap<Sha256Digest, usize>>,
+}
+
+/// A digest being fetched, until dropped.
+struct Fetching<'a> {
+    agent: &'a Agent,
+    digest: Sha256Digest,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self
+            .agent
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = fetching.get_mut(&self.digest) {
+            *count -= 1;
+            if *count == 0 {
+                fetching.remove(&self.digest);
+            }
+        }
+    }
 }
 
 fn message_for(plugin: &str, rec: &RevisionRecord, store: &Store) -> SidecarMessage {
@@ -94,7 +121,7 @@ impl Agent {
     ) -> anyhow::Result<Arc<Self>> {
         let state = store.load_state()?;
         // A failed collection costs disk space, not correctness: start anyway.
-        let removed = store.gc(&state).unwrap_or_else(|e| {
+        let removed = store.gc(&state.retained_digests()).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "garbage collection at start failed");
             0
         });
@@ -105,8 +132,48 @@ impl Agent {
             settings,
             inner: Mutex::new(Inner { state, app: None }),
             live: watch::Sender::new(LiveApp::default()),
-            assigning: tokio::sync::Mutex::new(()),
+            assigning: Mutex::default(),
+            fetching: Mutex::default(),
         }))
+    }
+
+    /// Waits for `plugin`'s turn: one assignment (or unload) of a plugin at a time.
+    async fn turn(&self, plugin: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .assigning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plugin.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Marks `digest` as being fetched until the guard is dropped.
+    fn fetching(&self, digest: &Sha256Digest) -> Fetching<'_> {
+        *self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.clone())
+            .or_default() += 1;
+        Fetching {
+            agent: self,
+            digest: digest.clone(),
+        }
+    }
+
+    /// What garbage collection must keep: what `state` retains and what is being fetched.
+    fn keep(&self, state: &SidecarState) -> BTreeSet<Sha256Digest> {
+        let mut keep = state.retained_digests();
+        keep.extend(
+            self.fetching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        keep
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -122,7 +189,7 @@ impl Agent {
 
     /// Fetches, verifies, stores, hands to the app and waits for its answer.
     pub async fn assign(&self, a: Assignment) -> AssignOutcome {
-        let _one = self.assigning.lock().await;
+        let _turn = self.turn(&a.plugin).await;
         let revision = a.revision_name();
         let failed = |reason: String| AssignOutcome::Failed {
             plugin: a.plugin.clone(),
@@ -133,6 +200,7 @@ impl Agent {
             Ok(d) => d,
             Err(e) => return failed(format!("assignment: {e}")),
         };
+        let _fetching = self.fetching(&digest);
         let fetched = match self
             .fetcher
             .fetch_with(
@@ -171,7 +239,7 @@ impl Agent {
             if let Some((_, tx)) = &inner.app {
                 let _ = tx.send(message_for(&a.plugin, &rec, &self.store));
             }
-            if let Err(e) = self.store.gc(&inner.state) {
+            if let Err(e) = self.store.gc(&self.keep(&inner.state)) {
                 tracing::warn!(error = %e, "garbage collection failed");
             }
         }
@@ -205,7 +273,7 @@ impl Agent {
     /// Stops running `plugin`: nothing is assigned any more, and the app is told to unload it
     /// if it runs it. The artifacts stay cached. `Err` says why the app did not confirm.
     pub async fn unload(&self, plugin: &str) -> Result<(), String> {
-        let _one = self.assigning.lock().await;
+        let _turn = self.turn(plugin).await;
         let mut acks = self.live.subscribe();
         {
             let mut inner = self.lock();
@@ -332,5 +400,42 @@ impl Agent {
     /// Watch what the app confirmed.
     pub fn subscribe_app(&self) -> watch::Receiver<LiveApp> {
         self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::oci::{OciPuller, PullSecrets};
+    use crate::fetch::{HttpLimits, RetryPolicy, https};
+
+    fn agent(dir: &std::path::Path) -> Arc<Agent> {
+        let limits = HttpLimits::default();
+        let fetcher = Fetcher::new(
+            https::build_client(&limits, None).expect("client"),
+            limits.clone(),
+            RetryPolicy::default(),
+            OciPuller::new(&limits, None, PullSecrets::default()),
+        );
+        let store = Store::open(dir).expect("store");
+        Agent::new(store, fetcher, AgentSettings::default()).expect("agent")
+    }
+
+    #[test]
+    fn garbage_collection_spares_what_is_being_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent(dir.path());
+        let digest = Sha256Digest::of(b"a plugin on its way");
+        let state = SidecarState::default();
+        assert!(agent.keep(&state).is_empty());
+        {
+            let _one = agent.fetching(&digest);
+            let _two = agent.fetching(&digest);
+            assert!(agent.keep(&state).contains(&digest));
+        }
+        assert!(
+            agent.keep(&state).is_empty(),
+            "spared only while an assignment fetches it"
+        );
     }
 }

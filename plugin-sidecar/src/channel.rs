@@ -3,7 +3,7 @@
 //! it is told (`Assign` → [`Agent::assign`]) and reports every change (`PluginState`).
 //!
 //! ```text
-//!   operator ──Assign──► inbound ──► worker (one at a time, newest per plugin) ──► Agent::assign
+//!   operator ──Assign──► inbound ──► worker (per plugin: one at a time, newest next) ──► Agent::assign
 //!      ▲                                  │ attempt started/ended
 //!      │                                  ▼
 //!      └──PluginState◄── diff ◄── Reporter::refresh ◄── app acks (Agent::subscribe_app)
@@ -250,35 +250,79 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
     }
 }
 
-/// Runs assignments one at a time, in the order the operator sent them.
+/// Runs the operator's assignments: one plugin's one at a time, different plugins side by
+/// side, so a rollback of one plugin never waits behind another's download.
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
-    let mut pending = Vec::new();
+    let mut turns = Turns::default();
+    let mut running = tokio::task::JoinSet::new();
+    let start = |running: &mut tokio::task::JoinSet<String>, assign: proto::Assign| {
+        let reporter = reporter.clone();
+        running.spawn(async move {
+            let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
+            let outcome = carry_out(&reporter, assign).await;
+            let attempt = outcome
+                .err()
+                .map(|reason| Attempt::Failed { revision, reason });
+            reporter.set_attempt(&plugin, attempt);
+            plugin
+        });
+    };
     loop {
-        if pending.is_empty() {
-            match queue.recv().await {
-                Some(assign) => pending.push(assign),
+        tokio::select! {
+            received = queue.recv() => match received {
+                Some(assign) => {
+                    if let Some(now) = turns.offer(assign) {
+                        start(&mut running, now);
+                    }
+                }
                 None => return,
-            }
+            },
+            Some(done) = running.join_next() => match done {
+                Ok(plugin) => {
+                    if let Some(next) = turns.finished(&plugin) {
+                        start(&mut running, next);
+                    }
+                }
+                // carry_out does not panic; if it did, that plugin's turn would stay taken.
+                Err(e) => tracing::error!(error = %e, "an assignment task failed"),
+            },
         }
-        while let Ok(assign) = queue.try_recv() {
-            supersede(&mut pending, assign);
-        }
-        let assign = pending.remove(0);
-        let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
-        let outcome = carry_out(&reporter, assign).await;
-        let attempt = outcome
-            .err()
-            .map(|reason| Attempt::Failed { revision, reason });
-        reporter.set_attempt(&plugin, attempt);
     }
 }
 
-/// Queues `assign` behind the others, in place of an older one for the same plugin: only
-/// the operator's newest word on a plugin is carried out (a rollback that arrives while a
-/// rollout's assignment still waits skips it, and a reconnect's re-sends do not pile up).
-fn supersede(pending: &mut Vec<proto::Assign>, assign: proto::Assign) {
-    pending.retain(|queued| queued.plugin != assign.plugin);
-    pending.push(assign);
+/// Whose turn it is: the plugins with an assignment under way, and for each the newest
+/// assignment waiting behind it. Only the operator's newest word on a plugin counts: a
+/// rollback that arrives while a rollout's assignment waits replaces it, and a reconnect's
+/// re-sends do not pile up.
+#[derive(Default)]
+struct Turns {
+    busy: BTreeMap<String, Option<proto::Assign>>,
+}
+
+impl Turns {
+    /// Takes `assign`; returns it if its plugin is free (start it now), else keeps it as
+    /// that plugin's next.
+    fn offer(&mut self, assign: proto::Assign) -> Option<proto::Assign> {
+        match self.busy.get_mut(&assign.plugin) {
+            Some(next) => {
+                *next = Some(assign);
+                None
+            }
+            None => {
+                self.busy.insert(assign.plugin.clone(), None);
+                Some(assign)
+            }
+        }
+    }
+
+    /// `plugin`'s assignment ended; returns its next one, if any (start it now).
+    fn finished(&mut self, plugin: &str) -> Option<proto::Assign> {
+        let next = self.busy.remove(plugin).flatten();
+        if next.is_some() {
+            self.busy.insert(plugin.to_string(), None);
+        }
+        next
+    }
 }
 
 /// Carries out one `Assign` (an empty revision unloads); `Err` says why it did not take.
@@ -427,21 +471,41 @@ mod tests {
     }
 
     #[test]
-    fn only_the_newest_assignment_per_plugin_waits() {
+    fn one_assignment_per_plugin_at_a_time_and_only_the_newest_waits() {
         let assign = |plugin: &str, revision: &str| proto::Assign {
             plugin: plugin.into(),
             revision: revision.into(),
             ..Default::default()
         };
-        let mut pending = vec![assign("auth", "r2")];
-        supersede(&mut pending, assign("geo", "g1"));
-        supersede(&mut pending, assign("auth", "r1"));
-        supersede(&mut pending, assign("geo", "g1"));
-        let queued: Vec<_> = pending
-            .iter()
-            .map(|a| (a.plugin.as_str(), a.revision.as_str()))
-            .collect();
-        assert_eq!(queued, [("auth", "r1"), ("geo", "g1")]);
+        let revision = |a: Option<proto::Assign>| a.map(|a| a.revision);
+        let mut turns = Turns::default();
+        assert_eq!(
+            revision(turns.offer(assign("auth", "r2"))),
+            Some("r2".into())
+        );
+        assert_eq!(
+            revision(turns.offer(assign("geo", "g1"))),
+            Some("g1".into()),
+            "another plugin starts at once"
+        );
+        assert_eq!(
+            revision(turns.offer(assign("auth", "r3"))),
+            None,
+            "auth is busy"
+        );
+        assert_eq!(revision(turns.offer(assign("auth", "r1"))), None);
+        assert_eq!(
+            revision(turns.finished("auth")),
+            Some("r1".into()),
+            "only the newest waited"
+        );
+        assert_eq!(revision(turns.finished("auth")), None);
+        assert_eq!(revision(turns.finished("geo")), None);
+        assert_eq!(
+            revision(turns.offer(assign("auth", "r4"))),
+            Some("r4".into()),
+            "free again"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! were fsynced, so any file under `blobs/` is complete; it is re-hashed before reuse anyway,
 //! because other containers of the pod can write to the volume.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -230,9 +231,8 @@ impl Store {
         sync_dir(&self.root)
     }
 
-    /// Deletes every blob whose digest is not retained by `state`; returns how many.
-    pub fn gc(&self, state: &SidecarState) -> Result<usize, StoreError> {
-        let keep = state.retained_digests();
+    /// Deletes every blob whose digest is not in `keep`; returns how many.
+    pub fn gc(&self, keep: &BTreeSet<Sha256Digest>) -> Result<usize, StoreError> {
         let dir = self.blob_dir();
         let mut removed = 0;
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
@@ -331,11 +331,16 @@ mod tests {
         };
         state.assign("p", rec, 3);
         store.save_state(&state).expect("save");
-        assert_eq!(store.gc(&state).expect("gc"), 1);
+        assert_eq!(store.gc(&state.retained_digests()).expect("gc"), 1);
         assert_eq!(store.verified_blob(&a), None);
         assert!(store.verified_blob(&b).is_some());
         fs::create_dir(dir.path().join("blobs/sha256/__pycache__")).expect("foreign dir");
-        assert_eq!(store.gc(&state).expect("gc ignores foreign entries"), 0);
+        assert_eq!(
+            store
+                .gc(&state.retained_digests())
+                .expect("gc ignores foreign entries"),
+            0
+        );
         let reopened = Store::open(dir.path()).expect("reopen");
         assert_eq!(reopened.load_state().expect("load"), state);
     }
