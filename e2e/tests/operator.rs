@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use hotload_e2e::bench::apiserver::gauge;
 use hotload_e2e::chart::Chart;
 use hotload_e2e::images::TESTSERVER_IMAGE;
 use hotload_e2e::testing::{self, TestNamespace, condition, eventually};
@@ -160,11 +161,6 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
         let ready = testing::http_get(&format!("{admin}/ready")).await?;
         ensure!(ready == "ready: leading\n", "/ready: {ready:?}");
         let metrics = testing::http_get(&format!("{admin}/metrics")).await?;
-        let value = |series: &str| -> Option<f64> {
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        };
         for (series, at_least) in [
             ("hotload_reconciles_total{result=\"ok\"}", 1.0),
             ("hotload_status_writes_total", 1.0),
@@ -174,7 +170,7 @@ async fn release_without_sidecars_reports_unreachable_pods_then_degrades() {
             ),
         ] {
             ensure!(
-                value(series).is_some_and(|v| v >= at_least),
+                gauge(&metrics, series).is_some_and(|v| v >= at_least),
                 "/metrics: {series} below {at_least}:\n{metrics}"
             );
         }

@@ -211,7 +211,6 @@ impl ChannelService {
         let holds = hello
             .plugins
             .iter()
-            .take(registry::MAX_PLUGINS_PER_POD)
             .map(|state| (state.plugin.clone(), report(state, now)))
             .collect();
         let id = self.registry.connect(&who.namespace, &who.pod, tx, holds);

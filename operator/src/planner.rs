@@ -456,8 +456,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
 }
 
-/// Moves through canary steps whose goal is met and whose pause is over; returns the step in
-/// force and, while holding, how long until the pause ends (None for "until resumed").
 /// Where a rollout's steps stand after [`advance_steps`].
 struct Steps {
     /// The current step (`steps.len()` once past the last).
@@ -468,6 +466,8 @@ struct Steps {
     requeue: Option<Duration>,
 }
 
+/// Moves through canary steps whose goal is met and whose pause is over; returns the step in
+/// force, whether its pause holds, and how long until a timed pause ends.
 fn advance_steps(
     input: &Input<'_>,
     status: &mut PluginReleaseStatus,

@@ -59,7 +59,7 @@ struct PodEntry {
 }
 
 /// The most plugins kept per pod: what a sidecar reports is bounded, whatever it sends.
-pub const MAX_PLUGINS_PER_POD: usize = 64;
+const MAX_PLUGINS_PER_POD: usize = 64;
 
 /// One pod's reports by plugin. A pod runs a plugin or a few, so this is a vector searched
 /// in order and grown one entry at a time: a map's smallest node (a B-tree leaf holds 11
@@ -168,10 +168,10 @@ impl Registry {
         sent
     }
 
-    /// A sidecar opened its channel and said in its Hello what it holds (`hello`, by plugin);
-    /// that replaces whatever was known of the pod, so a recreated pod with a reused name
-    /// (a StatefulSet's) starts from what its own sidecar has. Returns the connection's id
-    /// for [`Registry::disconnect`].
+    /// A sidecar opened its channel and said in its Hello what it holds (`hello`, by plugin,
+    /// at most [`MAX_PLUGINS_PER_POD`] kept); that replaces whatever was known of the pod, so
+    /// a recreated pod with a reused name (a StatefulSet's) starts from what its own sidecar
+    /// has. Returns the connection's id for [`Registry::disconnect`].
     pub fn connect(
         &self,
         namespace: &str,
@@ -192,7 +192,10 @@ impl Registry {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             entry.connection = id;
-            entry.plugins = Reports(hello);
+            entry.plugins = Reports::default();
+            for (plugin, report) in hello {
+                entry.plugins.insert(&plugin, report);
+            }
         }
         let _ = self.changed.send(namespace.to_string());
         id

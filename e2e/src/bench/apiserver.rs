@@ -59,7 +59,7 @@ pub fn request_counts(exposition: &str) -> RequestCounts {
     counts
 }
 
-/// The value of an unlabelled sample `name` (a gauge, or a counter's `_total`).
+/// The value of sample `name` (a gauge, or a counter's `_total`; with its labels, if any).
 pub fn gauge(exposition: &str, name: &str) -> Option<f64> {
     exposition.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
