@@ -106,7 +106,7 @@ impl TestNamespace {
             .with_context(|| format!("running {} hotload", kubectl.display()))
     }
 
-    /// Pods, events and every container's log, for a failing test's output.
+    /// Pods, events, releases and every container's log, for a failing test's output.
     pub async fn dump(&self) -> String {
         let mut out = format!("==== namespace {} ====\n", self.name);
         match self.kubectl(&["get", "pods", "-o", "wide"]) {
@@ -129,6 +129,10 @@ impl TestNamespace {
                     e.message.unwrap_or_default()
                 );
             }
+        }
+        if let Ok(releases) = self.kubectl(&["get", "pluginreleases", "-o", "yaml"]) {
+            out.push_str("---- pluginreleases ----\n");
+            out.push_str(&releases);
         }
         let pods: Api<Pod> = self.api();
         if let Ok(list) = pods.list(&ListParams::default()).await {
@@ -180,7 +184,13 @@ where
                 .unwrap_or_else(|| "panic".into()),
         ),
     };
-    if failure.is_some() {
+    if let Some(message) = &failure {
+        // What failed first, then the namespace: a reader (or a CI summary that shows a
+        // window of the output) meets the cause before the pods' logs.
+        eprintln!(
+            "==== {prefix} failed (namespace {}) ====\n{message}",
+            ns.name
+        );
         eprintln!("{}", ns.dump().await);
     }
     let keep = failure.is_some() && std::env::var_os("HOTLOAD_E2E_KEEP").is_some();

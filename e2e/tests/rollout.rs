@@ -16,7 +16,7 @@ use hotload_e2e::workload::{Traffic, deployment, post, tag_of, tagger, tagger_fa
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
@@ -690,10 +690,30 @@ async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
             nix::unistd::Pid::from_raw(i32::try_from(pid)?),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        // Delete one pod and add one.
+        // Delete one pod (the first on the target) and add one.
         pods.delete(&names[0], &DeleteParams::default()).await?;
         ns.kubectl(&["scale", "deployment/demo", "--replicas=6"])?;
-        // kill -9 the operator's process mid-rollout; the kubelet starts it again.
+        // The next pod takes the deleted one's place in the rollout.
+        let first = names[0].clone();
+        let second_on_target = |s: &Value| {
+            s["pods"].as_array().and_then(|p| {
+                p.iter()
+                    .find(|p| p["pod"] != first.as_str() && p["revision"] == target)
+                    .and_then(|p| p["pod"].as_str().map(String::from))
+            })
+        };
+        let status = demo
+            .wait_status("a second pod on the target", generation, |s| {
+                second_on_target(s).is_some()
+            })
+            .await?;
+        let second = second_on_target(&status).context("second pod")?;
+        let stable = status["stableRevision"]
+            .as_str()
+            .context("stable")?
+            .to_string();
+        // kill -9 the operator's process while that pod is in flight; the kubelet starts it
+        // again, and the new process must carry on from what the sidecars say they run.
         let restarts = Chart::restarts(&ns).await?;
         Chart::kill_operator(&ns).await?;
         eventually(
@@ -728,6 +748,31 @@ async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
             "the deleted pod is gone from status: {listed:?}"
         );
         demo.all_serve(6, "v02").await?;
+        // The restarted operator carried on from what the sidecars said they run: the pod
+        // that was on its way to the target was not sent back to the stable revision.
+        let log = pods
+            .logs(
+                &second,
+                &LogParams {
+                    container: Some("app".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let loads: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("plugin loaded"))
+            .collect();
+        let revision = |r: &str| format!("revision=\"{r}\"");
+        let on_target = target.as_str().map(revision).context("target")?;
+        let went_back = loads
+            .iter()
+            .skip_while(|l| !l.contains(&on_target))
+            .any(|l| l.contains(&revision(&stable)));
+        ensure!(
+            !went_back,
+            "pod {second} went back to the stable revision {stable} after loading the target:\n{log}"
+        );
         let restarted = pods
             .get(victim.metadata.name.as_deref().unwrap_or_default())
             .await?;

@@ -288,6 +288,9 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                 && r.uid() != release.uid()
         })
         .collect();
+    // Each connected pod's view comes from one stream; what is planned from it goes out
+    // over that stream only.
+    let mut streams: HashMap<String, u64> = HashMap::new();
     let mut views: Vec<PodView> = ctx
         .pods
         .state()
@@ -296,7 +299,13 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
             p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
         })
         .filter(|p| selector::matches(&release.spec.selector, p.labels()))
-        .map(|pod| pod_view(&ctx.registry, release, &rivals, pod, now))
+        .map(|pod| {
+            let (view, stream) = pod_view(&ctx.registry, release, &rivals, pod, now);
+            if let Some(stream) = stream {
+                streams.insert(view.name.clone(), stream);
+            }
+            view
+        })
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -343,6 +352,9 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     // One directive per revision, shared by every pod it goes to.
     let mut directives: HashMap<&Option<String>, Arc<Directive>> = HashMap::new();
     for (pod, revision) in &plan.assign {
+        let Some(&stream) = streams.get(pod) else {
+            continue;
+        };
         let directive = match directives.get(revision) {
             Some(known) => known.clone(),
             None => {
@@ -367,7 +379,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                 directive
             }
         };
-        if ctx.registry.assign(&namespace, pod, directive, now) {
+        if ctx.registry.assign(&namespace, pod, stream, directive, now) {
             tracing::info!(release = %name, pod = %pod, revision = ?revision, "assigned");
         }
     }
@@ -440,13 +452,15 @@ async fn pull_credentials(
         .map_err(|why| format!("release {}: {why}", describe(release)))
 }
 
+/// What the planner sees of one pod, and the sidecar stream it was read from (`None`: not
+/// connected).
 fn pod_view(
     registry: &Registry,
     release: &PluginRelease,
     rivals: &[Arc<PluginRelease>],
     pod: &PartialObjectMeta<Pod>,
     now: Timestamp,
-) -> PodView {
+) -> (PodView, Option<u64>) {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let created = |r: &PluginRelease| r.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
@@ -473,9 +487,10 @@ fn pod_view(
     let conflict = planner::owner(&claims)
         .filter(|owner| *owner != me)
         .map(str::to_string);
-    let (connected, report) = registry.view(&namespace, &name, &release.spec.plugin);
+    let (stream, report) = registry.view(&namespace, &name, &release.spec.plugin);
+    let connected = stream.is_some();
     let since = pod.creation_timestamp().map_or(now, |t| t.0);
-    match report {
+    let view = match report {
         Some(r) => PodView {
             name,
             connected,
@@ -496,7 +511,8 @@ fn pod_view(
             since,
             conflict,
         },
-    }
+    };
+    (view, stream)
 }
 
 async fn write_status(

@@ -439,8 +439,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .into_iter()
         .filter(|(name, revision)| {
             let pod = eligible.iter().find(|p| p.name == *name);
-            // Sent when it changes what the pod runs, or to try a stale failure again.
-            pod.is_some_and(|p| p.assigned != *revision || stale_failure(p, &target, attempt))
+            // Sent when it changes what the pod runs, or to try a stale failure again; and only
+            // to a connected sidecar. What is known of a disconnected pod may be nothing at all
+            // (an operator that just started), and its sidecar's Hello says what it runs before
+            // anything is planned for it.
+            pod.is_some_and(|p| {
+                p.connected && (p.assigned != *revision || stale_failure(p, &target, attempt))
+            })
         })
         .map(|(name, revision)| (name.to_string(), revision))
         .collect();

@@ -536,6 +536,48 @@ fn pods_appearing_mid_rollout_start_stable_and_vanished_pods_do_not_block() {
 }
 
 #[test]
+fn after_a_restart_pods_are_planned_nothing_until_their_sidecars_say_what_they_run() {
+    let strategy = json!({"maxUnavailable": 1});
+    let mut fleet = Fleet::stable(3, spec(OLD, strategy.clone()));
+    fleet.apply(spec(NEW, strategy));
+    let (old, new) = (rev(OLD), rev(NEW));
+    fleet.plan();
+    fleet.load_all();
+    assert_eq!(fleet.on(&new), 1);
+    // The operator restarts: it knows no pod until its sidecar connects and says hello.
+    fleet.now += 1;
+    let known: Vec<PodView> = std::mem::take(&mut fleet.pods);
+    fleet.pods = known
+        .iter()
+        .map(|p| PodView {
+            connected: false,
+            ..pod(&p.name)
+        })
+        .collect();
+    let plan = fleet.plan();
+    assert_eq!(plan.assign, vec![], "nothing can reach an unknown pod");
+    // pod-0 says it runs the target: it is not sent back to the stable revision.
+    fleet.pods[0] = PodView {
+        since: t(fleet.now),
+        ..known[0].clone()
+    };
+    let plan = fleet.plan();
+    assert!(
+        plan.assign.iter().all(|(pod, _)| pod != "pod-0"),
+        "{:?}",
+        plan.assign
+    );
+    assert_eq!(fleet.pods[0].serving.as_deref(), Some(new.as_str()));
+    // The others come back on the stable revision, and the rollout goes on from there.
+    fleet.pods[1] = known[1].clone();
+    fleet.pods[2] = known[2].clone();
+    assert_eq!(fleet.on(&old), 2);
+    fleet.converge(20);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&new), 3);
+}
+
+#[test]
 fn a_stalled_rollout_turns_degraded_after_the_deadline_but_goes_on() {
     let mut slow = spec(NEW, json!({"maxUnavailable": 1}));
     slow.progress_deadline_seconds = 60;

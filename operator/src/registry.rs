@@ -122,32 +122,52 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// Whether the pod's sidecar is connected, and its report for `plugin`.
-    pub fn view(&self, namespace: &str, pod: &str, plugin: &str) -> (bool, Option<PluginReport>) {
+    /// The pod's open stream (`None` when its sidecar is not connected) and its report for
+    /// `plugin`. The stream's id goes back to [`Registry::assign`] with whatever is planned
+    /// from this view.
+    pub fn view(
+        &self,
+        namespace: &str,
+        pod: &str,
+        plugin: &str,
+    ) -> (Option<u64>, Option<PluginReport>) {
         let Ok(pods) = self.pods.lock() else {
-            return (false, None);
+            return (None, None);
         };
         match pods.get(&(namespace.to_string(), pod.to_string())) {
-            Some(entry) => (entry.outbox.is_some(), entry.plugins.get(plugin).cloned()),
-            None => (false, None),
+            Some(entry) => (
+                entry.outbox.as_ref().map(|_| entry.connection),
+                entry.plugins.get(plugin).cloned(),
+            ),
+            None => (None, None),
         }
     }
 
-    /// Sends `directive` to the pod's sidecar and records the assignment as pending.
-    /// Returns false when the sidecar is not connected (the planner never asks for that).
+    /// Sends `directive` to the pod's sidecar over stream `connection` and records the
+    /// assignment as pending. Returns false, sending nothing, when that stream is gone: the
+    /// plan was made from what the sidecar had said on it, and a sidecar that has connected
+    /// again since (an operator restart, a network blip) has said in its Hello what it holds
+    /// now, which the next plan starts from. Without this check a pod reconnecting while a
+    /// plan was being made would be sent what was planned for the pod as it looked before,
+    /// say the stable revision for a pod the operator had not heard from yet, and would roll
+    /// back from the target it already ran.
     pub fn assign(
         &self,
         namespace: &str,
         pod: &str,
+        connection: u64,
         directive: Arc<Directive>,
         now: Timestamp,
     ) -> bool {
         let Ok(mut pods) = self.pods.lock() else {
             return false;
         };
-        let entry = pods
-            .entry((namespace.to_string(), pod.to_string()))
-            .or_default();
+        let Some(entry) = pods.get_mut(&(namespace.to_string(), pod.to_string())) else {
+            return false;
+        };
+        if entry.connection != connection {
+            return false;
+        }
         let Some(outbox) = &mut entry.outbox else {
             return false;
         };
@@ -276,19 +296,21 @@ mod tests {
     async fn assignments_reach_connected_sidecars_only_and_are_pending_until_reported() {
         let registry = Registry::default();
         let now = Timestamp::UNIX_EPOCH;
+        assert_eq!(registry.view("shop", "a", "auth"), (None, None));
         assert!(
-            !registry.assign("shop", "a", directive("r1"), now),
+            !registry.assign("shop", "a", 1, directive("r1"), now),
             "not connected"
         );
         let (tx, mut rx) = outbox();
         let first = registry.connect("shop", "a", tx, Vec::new());
-        assert!(registry.assign("shop", "a", directive("r1"), now));
+        assert_eq!(registry.view("shop", "a", "auth"), (Some(first), None));
+        assert!(registry.assign("shop", "a", first, directive("r1"), now));
         assert_eq!(
             rx.next().await.and_then(|d| d.revision.clone()).as_deref(),
             Some("r1")
         );
-        let (connected, report) = registry.view("shop", "a", "auth");
-        assert!(connected);
+        let (connection, report) = registry.view("shop", "a", "auth");
+        assert_eq!(connection, Some(first));
         let report = report.unwrap();
         assert_eq!(
             (report.assigned.as_deref(), report.state),
@@ -303,25 +325,62 @@ mod tests {
         let (tx2, _rx2) = outbox();
         let second = registry.connect("shop", "a", tx2, vec![("auth".into(), loading.clone())]);
         registry.disconnect("shop", "a", first);
-        assert!(
+        assert_eq!(
             registry.view("shop", "a", "auth").0,
+            Some(second),
             "still connected through the new stream"
         );
         registry.disconnect("shop", "a", second);
-        let (connected, report) = registry.view("shop", "a", "auth");
-        assert!(!connected);
+        let (connection, report) = registry.view("shop", "a", "auth");
+        assert_eq!(connection, None);
         assert_eq!(report, Some(loading), "reports survive a reconnect gap");
 
         // A new sidecar for a pod of the same name (a StatefulSet's) holds nothing yet.
         let (tx3, _rx3) = outbox();
-        registry.connect("shop", "a", tx3, Vec::new());
-        assert_eq!(registry.view("shop", "a", "auth"), (true, None));
+        let third = registry.connect("shop", "a", tx3, Vec::new());
+        assert_eq!(registry.view("shop", "a", "auth"), (Some(third), None));
         registry.forget("shop", "a");
-        assert_eq!(registry.view("shop", "a", "auth"), (false, None));
+        assert_eq!(registry.view("shop", "a", "auth"), (None, None));
         assert_eq!(
             registry.connected(),
             0,
             "forgetting a connected pod counts it gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_was_planned_before_a_reconnect_is_not_sent_over_the_new_stream() {
+        // The operator restarted: a plan made before the pod's sidecar was heard from (no
+        // stream, no report: "put it on the stable revision") must not reach the sidecar
+        // that connects meanwhile and says in its Hello that it runs the target.
+        let registry = Registry::default();
+        let now = Timestamp::UNIX_EPOCH;
+        let (planned_on, _) = registry.view("shop", "a", "auth");
+        assert_eq!(planned_on, None);
+        let target = PluginReport {
+            assigned: Some("r2".into()),
+            serving: Some("r2".into()),
+            state: AckState::Loaded,
+            reason: None,
+            since: now,
+        };
+        let (tx, mut rx) = outbox();
+        let first = registry.connect("shop", "a", tx, vec![("auth".into(), target.clone())]);
+        let never = 0; // stream ids start at 1
+        assert!(!registry.assign("shop", "a", never, directive("r1"), now));
+
+        // The same holds for a plan made over one stream when the sidecar has a new one.
+        let (tx2, mut rx2) = outbox();
+        let second = registry.connect("shop", "a", tx2, vec![("auth".into(), target.clone())]);
+        assert!(!registry.assign("shop", "a", first, directive("r1"), now));
+        assert_eq!(
+            registry.view("shop", "a", "auth"),
+            (Some(second), Some(target))
+        );
+        drop(registry);
+        assert!(
+            rx.next().await.is_none() && rx2.next().await.is_none(),
+            "nothing was sent"
         );
     }
 
@@ -358,7 +417,7 @@ mod tests {
         let registry = Registry::default();
         let now = Timestamp::UNIX_EPOCH;
         let (tx, _rx) = outbox();
-        registry.connect("shop", "a", tx, Vec::new());
+        let id = registry.connect("shop", "a", tx, Vec::new());
         let loaded = |revision: &str| PluginReport {
             assigned: Some(revision.into()),
             serving: Some(revision.into()),
@@ -368,7 +427,7 @@ mod tests {
         };
         registry.report("shop", "a", "auth", loaded("r1"));
         registry.report("shop", "a", "geo", loaded("g1"));
-        assert!(registry.assign("shop", "a", directive("r2"), now));
+        assert!(registry.assign("shop", "a", id, directive("r2"), now));
 
         let auth = registry.view("shop", "a", "auth").1.unwrap();
         assert_eq!(

@@ -255,37 +255,51 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     let mut turns = Turns::default();
     let mut running = tokio::task::JoinSet::new();
-    let start = |running: &mut tokio::task::JoinSet<String>, assign: proto::Assign| {
+    // Which plugin and revision each task carries out, so that even a task that panicked
+    // reports a failure and frees its plugin's turn instead of holding it for good.
+    let mut carrying: BTreeMap<tokio::task::Id, (String, String)> = BTreeMap::new();
+    let start = |running: &mut tokio::task::JoinSet<()>,
+                 carrying: &mut BTreeMap<tokio::task::Id, (String, String)>,
+                 assign: proto::Assign| {
         let reporter = reporter.clone();
-        running.spawn(async move {
+        let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
+        let task = running.spawn(async move {
             let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
             let outcome = carry_out(&reporter, assign).await;
             let attempt = outcome
                 .err()
                 .map(|reason| Attempt::Failed { revision, reason });
             reporter.set_attempt(&plugin, attempt);
-            plugin
         });
+        carrying.insert(task.id(), (plugin, revision));
     };
     loop {
         tokio::select! {
             received = queue.recv() => match received {
                 Some(assign) => {
                     if let Some(now) = turns.offer(assign) {
-                        start(&mut running, now);
+                        start(&mut running, &mut carrying, now);
                     }
                 }
                 None => return,
             },
-            Some(done) = running.join_next() => match done {
-                Ok(plugin) => {
-                    if let Some(next) = turns.finished(&plugin) {
-                        start(&mut running, next);
-                    }
+            Some(done) = running.join_next_with_id() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                let Some((plugin, revision)) = carrying.remove(&id) else {
+                    continue;
+                };
+                if let Err(e) = done {
+                    tracing::error!(plugin, revision, error = %e, "an assignment task failed");
+                    let reason = format!("assignment: the sidecar's task failed: {e}");
+                    reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }));
                 }
-                // carry_out does not panic; if it did, that plugin's turn would stay taken.
-                Err(e) => tracing::error!(error = %e, "an assignment task failed"),
-            },
+                if let Some(next) = turns.finished(&plugin) {
+                    start(&mut running, &mut carrying, next);
+                }
+            }
         }
     }
 }
