@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +26,14 @@ use super::status::{ContainerRecord, Phase, PodRecord, pod_status};
 use super::volumes::{self, PodVolumes};
 use crate::netplan::NODE_IP;
 
-/// The live record of a pod, and a bell rung on every change.
+/// The live record of a pod, and a bell rung on every change. Every waiter hears every
+/// ring (a watch channel, not a `Notify`): the container gate and the status writer both
+/// wait on it, and a single-permit `notify_one` woke only one of them, so a sidecar's start
+/// could be taken by the status writer and its pod's apps never started.
 #[derive(Debug)]
 pub struct StatusBoard {
     record: Mutex<PodRecord>,
-    changed: Notify,
+    changed: watch::Sender<()>,
 }
 
 impl StatusBoard {
@@ -64,7 +67,7 @@ impl StatusBoard {
                 initialized: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
                 terminal: None,
             }),
-            changed: Notify::new(),
+            changed: watch::Sender::new(()),
         }
     }
 
@@ -73,7 +76,12 @@ impl StatusBoard {
         if let Ok(mut record) = self.record.lock() {
             change(&mut record);
         }
-        self.changed.notify_one();
+        self.changed.send_replace(());
+    }
+
+    /// Hears every change made after this call.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// A copy of the record.
@@ -442,8 +450,11 @@ async fn run_containers(ctx: &Arc<PodContext>) -> (Phase, String) {
         let done = ctx.spawn(kind, index, container.clone());
         if sidecar {
             // The next container starts once the sidecar has started (startup probe passed).
+            let mut changes = ctx.board.changes();
             while !ctx.record(kind, index).started {
-                ctx.board.changed.notified().await;
+                if changes.changed().await.is_err() {
+                    return (Phase::Failed, "stopped".into());
+                }
             }
             continue;
         }
@@ -559,7 +570,9 @@ async fn write_status(agent: Arc<Agent>, pod: Pod, board: Arc<StatusBoard>) {
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let mut last = None;
+    let mut changes = board.changes();
     loop {
+        changes.borrow_and_update();
         let record = board.snapshot();
         if last.as_ref() != Some(&record) {
             let status = pod_status(&record, &conditions, Timestamp::now());
@@ -579,7 +592,9 @@ async fn write_status(agent: Arc<Agent>, pod: Pod, board: Arc<StatusBoard>) {
                 continue;
             }
         }
-        board.changed.notified().await;
+        if changes.changed().await.is_err() {
+            return;
+        }
         // Coalesce a burst of changes (a container starting and turning ready) into one write.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -598,5 +613,37 @@ pub fn event(type_: EventType, reason: &str, note: &str) -> Event {
         note: Some(note.chars().take(1000).collect()),
         action: reason.to_string(),
         secondary: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_waiter_hears_a_sidecar_start() {
+        // The container gate and the status writer wait on the same board; each must hear
+        // the change, or a pod's apps may never start after its sidecar did.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {
+                "initContainers": [{"name": "sidecar", "image": "s", "restartPolicy": "Always"}],
+                "containers": [{"name": "app", "image": "a"}]
+            }
+        }))
+        .expect("pod");
+        let board = StatusBoard::new(&pod);
+        let (mut gate, mut writer) = (board.changes(), board.changes());
+        board.update(|r| {
+            if let Some(sidecar) = r.init.first_mut() {
+                sidecar.started = true;
+            }
+        });
+        let heard = tokio::time::timeout(Duration::from_secs(1), async {
+            gate.changed().await.is_ok() && writer.changed().await.is_ok()
+        })
+        .await;
+        assert_eq!(heard, Ok(true), "both waiters woke");
+        assert!(board.snapshot().init[0].started);
     }
 }
