@@ -67,6 +67,8 @@ pub struct Agent {
     /// Digests being fetched, with how many assignments fetch each: garbage collection
     /// spares them (a blob is stored before the state that retains it is written).
     fetching: Mutex<HashMap<Sha256Digest, usize>>,
+    /// App connections so far: tells whether an app was offered a load while it waited.
+    app_sessions: std::sync::atomic::AtomicU64,
 }
 
 /// A digest being fetched, until dropped.
@@ -134,6 +136,7 @@ impl Agent {
             live: watch::Sender::new(LiveApp::default()),
             assigning: Mutex::default(),
             fetching: Mutex::default(),
+            app_sessions: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -226,7 +229,7 @@ impl Agent {
             config: a.config.clone(),
         };
         let mut acks = self.live.subscribe();
-        {
+        let told = {
             let mut inner = self.lock();
             inner
                 .state
@@ -242,7 +245,9 @@ impl Agent {
             if let Err(e) = self.store.gc(&self.keep(&inner.state)) {
                 tracing::warn!(error = %e, "garbage collection failed");
             }
-        }
+            inner.app.is_some()
+        };
+        let sessions = self.app_sessions.load(std::sync::atomic::Ordering::SeqCst);
         let answered = acks.wait_for(|l| {
             l.last
                 .get(&a.plugin)
@@ -260,6 +265,23 @@ impl Agent {
                 None => failed("ack: answer vanished".into()),
             },
             Ok(Err(_)) => failed("ack: sidecar shutting down".into()),
+            Err(_)
+                if !told
+                    && self.app_sessions.load(std::sync::atomic::Ordering::SeqCst) == sessions =>
+            {
+                // No app was there to be told, and none came: an app that is not running
+                // (still starting, crash-looping for its own reasons) is no verdict on the
+                // revision. It stays assigned and is offered when the app connects.
+                tracing::warn!(
+                    plugin = a.plugin,
+                    revision,
+                    "no app connected; the revision waits for it"
+                );
+                AssignOutcome::AwaitingApp {
+                    plugin: a.plugin.clone(),
+                    revision,
+                }
+            }
             Err(_) => {
                 let connected = self.live.borrow().connection.is_some();
                 failed(format!(
@@ -305,6 +327,8 @@ impl Agent {
     /// A new app connection: it becomes the current one and is told the whole set at once.
     pub fn app_connected(&self, id: u64, tx: mpsc::UnboundedSender<SidecarMessage>) {
         let mut inner = self.lock();
+        self.app_sessions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let offer = inner.state.offer();
         for (plugin, rec) in &offer {
             let _ = tx.send(message_for(plugin, rec, &self.store));

@@ -86,6 +86,15 @@ pub enum AssignOutcome {
         /// Whether the artifact had to be downloaded (false: store hit).
         downloaded: bool,
     },
+    /// No app was connected to be told (none was when it was assigned, and none connected
+    /// while the sidecar waited): the revision is assigned, and offered to the app when it
+    /// connects. Nothing about the revision is known yet, so this is not a failure.
+    AwaitingApp {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision assigned.
+        revision: String,
+    },
     /// The revision is not serving; the previous one (if any) still is.
     Failed {
         /// Plugin slot name.

@@ -118,7 +118,7 @@ pub fn summarize(
                     (Some(Attempt::Failed { reason, .. }), _) => (State::Failed, reason.clone()),
                     (None, Some(r)) => (State::Failed, format!("app: {}", r.reason)),
                     (None, None) if live.connection.is_some() => (State::Loading, String::new()),
-                    (None, None) => (State::Pending, String::new()),
+                    (None, None) => (State::Pending, "waiting for the app to connect".into()),
                 }
             };
             let summary = Summary {
@@ -358,7 +358,8 @@ async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Str
     );
     reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
     match reporter.agent.assign(a).await {
-        AssignOutcome::Loaded { .. } => Ok(()),
+        // Assigned, and offered when the app connects: reported as waiting for the app.
+        AssignOutcome::Loaded { .. } | AssignOutcome::AwaitingApp { .. } => Ok(()),
         AssignOutcome::Failed { reason, .. } => Err(reason),
     }
 }

@@ -25,6 +25,10 @@ struct Sidecar {
 }
 
 async fn start_sidecar(dir: &Path, ca: &Path) -> Sidecar {
+    start_sidecar_acking_within(dir, ca, Duration::from_secs(10)).await
+}
+
+async fn start_sidecar_acking_within(dir: &Path, ca: &Path, ack_timeout: Duration) -> Sidecar {
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -38,7 +42,7 @@ async fn start_sidecar(dir: &Path, ca: &Path) -> Sidecar {
         ])
         .args([
             "--ack-timeout-ms",
-            "10000",
+            &ack_timeout.as_millis().to_string(),
             "--read-timeout-ms",
             "2000",
             "--total-timeout-ms",
@@ -408,4 +412,39 @@ async fn garbage_on_the_app_socket_is_a_clear_error_not_a_crash() {
     let mut again = App::connect(&state).await;
     again.accept_load("auth", V1).await;
     sidecar.wait_ready(200).await;
+}
+
+#[tokio::test]
+async fn a_load_no_app_was_there_to_see_waits_for_the_app_and_a_silent_app_fails_it() {
+    let e = env().await;
+    let state = e.dir.path().join("state");
+    let sidecar = start_sidecar_acking_within(&state, &e.ca, Duration::from_millis(300)).await;
+
+    // No app yet (its container is still starting): the revision is assigned, not failed.
+    let v1 = e.server.put("v1", V1);
+    let load = load_cmd(&state, "auth", &v1, &Sha256Digest::of(V1).to_string());
+    let (ok, outcome) = load.await.expect("load task");
+    assert!(!ok, "not loaded yet: {outcome}");
+    assert_eq!(outcome["result"], "awaiting_app", "{outcome}");
+    let (_, status) = sidecar.get("/status").await;
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(
+        status["state"]["plugins"]["auth"]["assigned"]["artifact"], v1,
+        "{status}"
+    );
+    // The app comes up and is offered it at once.
+    let mut app = App::connect(&state).await;
+    app.accept_load("auth", V1).await;
+    sidecar.wait_ready(200).await;
+
+    // An app that is there and says nothing is a failure of the load, as before.
+    let v2 = e.server.put("v2", V2);
+    let load = load_cmd(&state, "auth", &v2, &Sha256Digest::of(V2).to_string());
+    let told = app.recv().await;
+    assert_eq!(told["type"], "load", "{told}");
+    let (ok, outcome) = load.await.expect("load task");
+    assert!(!ok);
+    assert_eq!(outcome["result"], "failed", "{outcome}");
+    let reason = outcome["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("ack: app did not answer"), "{reason}");
 }

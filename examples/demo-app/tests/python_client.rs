@@ -68,6 +68,7 @@ fn reason(o: &AssignOutcome) -> &str {
     match o {
         AssignOutcome::Failed { reason, .. } => reason,
         AssignOutcome::Loaded { .. } => "",
+        AssignOutcome::AwaitingApp { .. } => "no app connected",
     }
 }
 
