@@ -289,9 +289,8 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         })
         .collect();
     // Each connected pod's view comes from one stream; what is planned from it goes out
-    // over that stream only.
-    let mut streams: HashMap<String, u64> = HashMap::new();
-    let mut views: Vec<PodView> = ctx
+    // over that stream only. Sorted by name, so a pod's stream is found by binary search.
+    let mut seen: Vec<(PodView, Option<u64>)> = ctx
         .pods
         .state()
         .iter()
@@ -299,15 +298,10 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
             p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
         })
         .filter(|p| selector::matches(&release.spec.selector, p.labels()))
-        .map(|pod| {
-            let (view, stream) = pod_view(&ctx.registry, release, &rivals, pod, now);
-            if let Some(stream) = stream {
-                streams.insert(view.name.clone(), stream);
-            }
-            view
-        })
+        .map(|pod| pod_view(&ctx.registry, release, &rivals, pod, now))
         .collect();
-    views.sort_by(|a, b| a.name.cmp(&b.name));
+    seen.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let (views, streams): (Vec<PodView>, Vec<Option<u64>>) = seen.into_iter().unzip();
 
     let uid = release.uid().unwrap_or_default();
     let remembered = ctx
@@ -352,7 +346,11 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     // One directive per revision, shared by every pod it goes to.
     let mut directives: HashMap<&Option<String>, Arc<Directive>> = HashMap::new();
     for (pod, revision) in &plan.assign {
-        let Some(&stream) = streams.get(pod) else {
+        let stream = views
+            .binary_search_by(|v| v.name.as_str().cmp(pod))
+            .ok()
+            .and_then(|i| streams.get(i).copied().flatten());
+        let Some(stream) = stream else {
             continue;
         };
         let directive = match directives.get(revision) {
