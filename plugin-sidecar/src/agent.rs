@@ -52,6 +52,8 @@ impl Default for AgentSettings {
 struct Inner {
     state: SidecarState,
     app: Option<(u64, mpsc::UnboundedSender<SidecarMessage>)>,
+    /// App connections so far: tells whether an app was offered a load while it waited.
+    app_sessions: u64,
 }
 
 /// The per-pod agent.
@@ -67,8 +69,6 @@ pub struct Agent {
     /// Digests being fetched, with how many assignments fetch each: garbage collection
     /// spares them (a blob is stored before the state that retains it is written).
     fetching: Mutex<HashMap<Sha256Digest, usize>>,
-    /// App connections so far: tells whether an app was offered a load while it waited.
-    app_sessions: std::sync::atomic::AtomicU64,
 }
 
 /// A digest being fetched, until dropped.
@@ -132,11 +132,14 @@ impl Agent {
             store,
             fetcher,
             settings,
-            inner: Mutex::new(Inner { state, app: None }),
+            inner: Mutex::new(Inner {
+                state,
+                app: None,
+                app_sessions: 0,
+            }),
             live: watch::Sender::new(LiveApp::default()),
             assigning: Mutex::default(),
             fetching: Mutex::default(),
-            app_sessions: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -229,7 +232,7 @@ impl Agent {
             config: a.config.clone(),
         };
         let mut acks = self.live.subscribe();
-        let told = {
+        let (told, sessions) = {
             let mut inner = self.lock();
             inner
                 .state
@@ -245,9 +248,8 @@ impl Agent {
             if let Err(e) = self.store.gc(&self.keep(&inner.state)) {
                 tracing::warn!(error = %e, "garbage collection failed");
             }
-            inner.app.is_some()
+            (inner.app.is_some(), inner.app_sessions)
         };
-        let sessions = self.app_sessions.load(std::sync::atomic::Ordering::SeqCst);
         let answered = acks.wait_for(|l| {
             l.last
                 .get(&a.plugin)
@@ -265,10 +267,7 @@ impl Agent {
                 None => failed("ack: answer vanished".into()),
             },
             Ok(Err(_)) => failed("ack: sidecar shutting down".into()),
-            Err(_)
-                if !told
-                    && self.app_sessions.load(std::sync::atomic::Ordering::SeqCst) == sessions =>
-            {
+            Err(_) if !told && self.lock().app_sessions == sessions => {
                 // No app was there to be told, and none came: an app that is not running
                 // (still starting, crash-looping for its own reasons) is no verdict on the
                 // revision. It stays assigned and is offered when the app connects.
@@ -327,8 +326,7 @@ impl Agent {
     /// A new app connection: it becomes the current one and is told the whole set at once.
     pub fn app_connected(&self, id: u64, tx: mpsc::UnboundedSender<SidecarMessage>) {
         let mut inner = self.lock();
-        self.app_sessions
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        inner.app_sessions += 1;
         let offer = inner.state.offer();
         for (plugin, rec) in &offer {
             let _ = tx.send(message_for(plugin, rec, &self.store));

@@ -255,23 +255,16 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     let mut turns = Turns::default();
     let mut running = tokio::task::JoinSet::new();
-    // Which plugin and revision each task carries out, so that even a task that panicked
-    // reports a failure and frees its plugin's turn instead of holding it for good.
+    // Which plugin and revision each task carries out, so that its end is recorded here in
+    // one place, even if it panicked: a failure is reported and its plugin's turn freed.
     let mut carrying: BTreeMap<tokio::task::Id, (String, String)> = BTreeMap::new();
-    let start = |running: &mut tokio::task::JoinSet<()>,
+    let start = |running: &mut tokio::task::JoinSet<Result<(), String>>,
                  carrying: &mut BTreeMap<tokio::task::Id, (String, String)>,
                  assign: proto::Assign| {
+        let ends = (assign.plugin.clone(), assign.revision.clone());
         let reporter = reporter.clone();
-        let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
-        let task = running.spawn(async move {
-            let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
-            let outcome = carry_out(&reporter, assign).await;
-            let attempt = outcome
-                .err()
-                .map(|reason| Attempt::Failed { revision, reason });
-            reporter.set_attempt(&plugin, attempt);
-        });
-        carrying.insert(task.id(), (plugin, revision));
+        let task = running.spawn(async move { carry_out(&reporter, assign).await });
+        carrying.insert(task.id(), ends);
     };
     loop {
         tokio::select! {
@@ -284,18 +277,20 @@ async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<prot
                 None => return,
             },
             Some(done) = running.join_next_with_id() => {
-                let id = match &done {
-                    Ok((id, ())) => *id,
-                    Err(e) => e.id(),
+                let (id, outcome) = match done {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(e) => {
+                        tracing::error!(error = %e, "an assignment task failed");
+                        (e.id(), Err(format!("assignment: the sidecar's task failed: {e}")))
+                    }
                 };
                 let Some((plugin, revision)) = carrying.remove(&id) else {
                     continue;
                 };
-                if let Err(e) = done {
-                    tracing::error!(plugin, revision, error = %e, "an assignment task failed");
-                    let reason = format!("assignment: the sidecar's task failed: {e}");
-                    reporter.set_attempt(&plugin, Some(Attempt::Failed { revision, reason }));
-                }
+                let attempt = outcome
+                    .err()
+                    .map(|reason| Attempt::Failed { revision, reason });
+                reporter.set_attempt(&plugin, attempt);
                 if let Some(next) = turns.finished(&plugin) {
                     start(&mut running, &mut carrying, next);
                 }

@@ -128,14 +128,17 @@ pub(crate) async fn verify_https(
     if let Some(err) = crate::fetch::error::status_failure(&sig_url, response.status().as_u16()) {
         return Err(err);
     }
+    let too_large = || {
+        refused(
+            url,
+            format!("{sig_url} is larger than a signature ({MAX_SIGNATURE_BYTES} bytes at most)"),
+        )
+    };
     if response
         .content_length()
         .is_some_and(|n| n > MAX_SIGNATURE_BYTES as u64)
     {
-        return Err(refused(
-            url,
-            format!("{sig_url} is larger than a signature ({MAX_SIGNATURE_BYTES} bytes at most)"),
-        ));
+        return Err(too_large());
     }
     let mut text = Vec::new();
     let mut body = response;
@@ -145,12 +148,7 @@ pub(crate) async fn verify_https(
         .map_err(|e| map_reqwest(&sig_url, &e, limits, text.len() as u64))?
     {
         if text.len() + chunk.len() > MAX_SIGNATURE_BYTES {
-            return Err(refused(
-                url,
-                format!(
-                    "{sig_url} is larger than a signature ({MAX_SIGNATURE_BYTES} bytes at most)"
-                ),
-            ));
+            return Err(too_large());
         }
         text.extend_from_slice(&chunk);
     }
