@@ -7,11 +7,12 @@
 //!                                                          ▲                  │
 //!  source ◄─ Loaded/Failed ◄─ wait on LiveApp ◄─ app_message ◄─ Loaded/Failed ┘
 //! ```
-//! `state` and the current app sender share one lock, so an app that connects while an
-//! assignment is being published gets the new `Load` exactly once, either in its initial
-//! offer or right after it.
+//! Every connection to the app socket is a worker (`workers.rs`); a revision is loaded on
+//! the pod when every connected worker confirmed it. `state` and the workers' senders share
+//! one lock, so a worker that connects while an assignment is being published gets the new
+//! `Load` exactly once, either in its initial offer or right after it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,9 +23,11 @@ use crate::assignment::{AssignOutcome, Assignment};
 use crate::digest::Sha256Digest;
 use crate::fetch::Fetcher;
 use crate::protocol::{AppMessage, SidecarMessage};
-use crate::readiness::{AppAck, LiveApp, ReadinessPolicy, readiness};
+use crate::readiness::{AppAck, ReadinessPolicy, readiness};
+
 use crate::state::{RevisionRecord, SidecarState};
 use crate::store::Store;
+use crate::workers::{LiveApp, Verdict};
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -44,6 +47,7 @@ impl Default for AgentSettings {
             ack_timeout: Duration::from_secs(60),
             readiness: ReadinessPolicy::RequireLoaded {
                 require_assignment: false,
+                require_sync: false,
             },
         }
     }
@@ -51,9 +55,13 @@ impl Default for AgentSettings {
 
 struct Inner {
     state: SidecarState,
-    app: Option<(u64, mpsc::UnboundedSender<SidecarMessage>)>,
+    /// Connection id → sender, one per connected worker (the same keys as `LiveApp`).
+    apps: BTreeMap<u64, mpsc::UnboundedSender<SidecarMessage>>,
     /// App connections so far: tells whether an app was offered a load while it waited.
     app_sessions: u64,
+    /// Plugin → revision whose assignment waits for the workers' answers: a worker that
+    /// dies before answering such a load fails it.
+    waiting: BTreeMap<String, String>,
 }
 
 /// The per-pod agent.
@@ -108,8 +116,10 @@ fn message_for(plugin: &str, rec: &RevisionRecord, store: &Store) -> SidecarMess
 pub struct StatusReport {
     /// Persisted state.
     pub state: SidecarState,
-    /// What the app confirmed.
+    /// What each worker confirmed.
     pub app: LiveApp,
+    /// Per offered plugin: `r2 loaded by 3/4 workers`.
+    pub workers: BTreeMap<String, String>,
     /// Readiness verdict.
     pub ready: Result<(), String>,
 }
@@ -134,8 +144,9 @@ impl Agent {
             settings,
             inner: Mutex::new(Inner {
                 state,
-                app: None,
+                apps: BTreeMap::new(),
                 app_sessions: 0,
+                waiting: BTreeMap::new(),
             }),
             live: watch::Sender::new(LiveApp::default()),
             assigning: Mutex::default(),
@@ -187,6 +198,29 @@ impl Agent {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends `load` of `rec` to connection `id` and remembers that it owes an answer.
+    fn send_load(
+        &self,
+        id: u64,
+        tx: &mpsc::UnboundedSender<SidecarMessage>,
+        plugin: &str,
+        rec: &RevisionRecord,
+    ) {
+        if tx.send(message_for(plugin, rec, &self.store)).is_ok() {
+            self.live
+                .send_modify(|l| l.sent_load(id, plugin, &rec.revision));
+        }
+    }
+
+    /// Forgets the connections a newer one replaced: they are told nothing more, and what
+    /// they send is ignored (as a replaced v1 app connection always was).
+    fn forget_replaced(&self, inner: &mut Inner, replaced: &[u64]) {
+        for id in replaced {
+            inner.apps.remove(id);
+            tracing::info!(connection = id, "app connection replaced by a newer one");
+        }
+    }
+
     fn persist(&self, state: &SidecarState) {
         if let Err(e) = self.store.save_state(state) {
             tracing::error!(error = %e, "cannot persist sidecar state; a restart may re-download");
@@ -201,6 +235,7 @@ impl Agent {
             plugin: a.plugin.clone(),
             revision: revision.clone(),
             reason,
+            transient: false,
         };
         let digest = match Sha256Digest::parse(&a.digest) {
             Ok(d) => d,
@@ -221,7 +256,12 @@ impl Agent {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(plugin = a.plugin, revision, reason = e.label(), error = %e, "fetch failed");
-                return failed(format!("fetch: {e}"));
+                return AssignOutcome::Failed {
+                    plugin: a.plugin.clone(),
+                    revision,
+                    reason: format!("fetch: {e}"),
+                    transient: e.retryable(),
+                };
             }
         };
         tracing::info!(plugin = a.plugin, revision, downloaded = fetched.downloaded, attempts = fetched.attempts, path = %fetched.path.display(), "artifact verified");
@@ -239,33 +279,37 @@ impl Agent {
                 .assign(&a.plugin, rec.clone(), self.settings.keep_revisions);
             self.persist(&inner.state);
             // A previous answer about this revision must not be mistaken for the new one.
-            self.live.send_modify(|l| {
-                l.last.remove(&a.plugin);
-            });
-            if let Some((_, tx)) = &inner.app {
-                let _ = tx.send(message_for(&a.plugin, &rec, &self.store));
+            self.live.send_modify(|l| l.forget_answers(&a.plugin));
+            inner.waiting.insert(a.plugin.clone(), revision.clone());
+            for (id, tx) in &inner.apps {
+                self.send_load(*id, tx, &a.plugin, &rec);
             }
             if let Err(e) = self.store.gc(&self.keep(&inner.state)) {
                 tracing::warn!(error = %e, "garbage collection failed");
             }
-            (inner.app.is_some(), inner.app_sessions)
+            (!inner.apps.is_empty(), inner.app_sessions)
         };
-        let answered = acks.wait_for(|l| {
-            l.last
-                .get(&a.plugin)
-                .is_some_and(|ack| ack.revision() == revision)
-        });
-        match tokio::time::timeout(self.settings.ack_timeout, answered).await {
-            Ok(Ok(live)) => match live.last.get(&a.plugin).cloned() {
-                Some(AppAck::Loaded { health, .. }) => AssignOutcome::Loaded {
-                    plugin: a.plugin.clone(),
-                    revision,
-                    health,
-                    downloaded: fetched.downloaded,
-                },
-                Some(AppAck::Failed { reason, .. }) => failed(format!("app: {reason}")),
-                None => failed("ack: answer vanished".into()),
+        let answered =
+            acks.wait_for(|l| !matches!(l.verdict(&a.plugin, &revision), Verdict::Waiting { .. }));
+        let outcome = tokio::time::timeout(self.settings.ack_timeout, answered).await;
+        let verdict = outcome
+            .as_ref()
+            .map(|r| r.as_ref().map(|l| l.verdict(&a.plugin, &revision)));
+        {
+            let mut inner = self.lock();
+            if inner.waiting.get(&a.plugin) == Some(&revision) {
+                inner.waiting.remove(&a.plugin);
+            }
+        }
+        match verdict {
+            Ok(Ok(Verdict::Loaded { health })) => AssignOutcome::Loaded {
+                plugin: a.plugin.clone(),
+                revision,
+                health,
+                downloaded: fetched.downloaded,
             },
+            Ok(Ok(Verdict::Failed { reason })) => failed(format!("app: {reason}")),
+            Ok(Ok(Verdict::Waiting { .. })) => failed("ack: answer vanished".into()),
             Ok(Err(_)) => failed("ack: sidecar shutting down".into()),
             Err(_) if !told && self.lock().app_sessions == sessions => {
                 // No app was there to be told, and none came: an app that is not running
@@ -282,9 +326,10 @@ impl Agent {
                 }
             }
             Err(_) => {
-                let connected = self.live.borrow().connection.is_some();
+                let (loaded, total) = self.live.borrow().loaded_by(&a.plugin, &revision);
                 failed(format!(
-                    "ack: app did not answer within {:?} (app connected: {connected})",
+                    "ack: {} of {total} connected workers did not answer within {:?}",
+                    total - loaded,
                     self.settings.ack_timeout
                 ))
             }
@@ -300,19 +345,17 @@ impl Agent {
             let mut inner = self.lock();
             inner.state.unassign(plugin);
             self.persist(&inner.state);
-            self.live.send_modify(|l| {
-                l.last.remove(plugin);
-            });
-            if !self.live.borrow().serving.contains_key(plugin) {
+            self.live.send_modify(|l| l.forget_answers(plugin));
+            if !self.live.borrow().runs(plugin) {
                 return Ok(());
             }
-            if let Some((_, tx)) = &inner.app {
+            for tx in inner.apps.values() {
                 let _ = tx.send(SidecarMessage::Unload {
                     plugin: plugin.into(),
                 });
             }
         }
-        let gone = acks.wait_for(|l| !l.serving.contains_key(plugin));
+        let gone = acks.wait_for(|l| !l.runs(plugin));
         match tokio::time::timeout(self.settings.ack_timeout, gone).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err("ack: sidecar shutting down".into()),
@@ -323,100 +366,253 @@ impl Agent {
         }
     }
 
-    /// A new app connection: it becomes the current one and is told the whole set at once.
-    pub fn app_connected(&self, id: u64, tx: mpsc::UnboundedSender<SidecarMessage>) {
+    /// A new app connection: a worker, told the whole set at once.
+    pub fn app_connected(
+        &self,
+        id: u64,
+        peer_pid: Option<u32>,
+        tx: mpsc::UnboundedSender<SidecarMessage>,
+    ) {
         let mut inner = self.lock();
         inner.app_sessions += 1;
+        self.live.send_modify(|l| l.connect(id, peer_pid));
         let offer = inner.state.offer();
         for (plugin, rec) in &offer {
-            let _ = tx.send(message_for(plugin, rec, &self.store));
+            self.send_load(id, &tx, plugin, rec);
         }
-        inner.app = Some((id, tx));
-        self.live.send_modify(|l| {
-            *l = LiveApp {
-                connection: Some(id),
-                ..LiveApp::default()
-            }
-        });
+        inner.apps.insert(id, tx);
         tracing::info!(connection = id, offered = offer.len(), "app connected");
     }
 
-    /// The app connection `id` closed.
+    /// The app connection `id` closed: its worker leaves the set. A load it was sent and had
+    /// not answered, while that load's assignment waits, fails (the worker crashed loading).
     pub fn app_disconnected(&self, id: u64) {
         let mut inner = self.lock();
-        if inner.app.as_ref().is_some_and(|(cur, _)| *cur == id) {
-            inner.app = None;
-            // The app's plugins died with its connection (or its process): not ready.
-            self.live.send_modify(|l| *l = LiveApp::default());
-            tracing::info!(connection = id, "app disconnected");
+        if inner.apps.remove(&id).is_none() {
+            return;
+        }
+        let mut gone = None;
+        self.live.send_modify(|l| gone = l.disconnect(id));
+        let Some(worker) = gone else { return };
+        tracing::info!(
+            connection = id,
+            worker = worker.name,
+            "app worker disconnected"
+        );
+        for (plugin, revision) in &worker.awaiting {
+            if inner.waiting.get(plugin) != Some(revision) {
+                continue;
+            }
+            let mut reason = String::new();
+            self.live
+                .send_modify(|l| reason = l.lose(plugin, revision, &worker.name));
+            inner.state.record_refusal(plugin, revision, &reason);
+            self.persist(&inner.state);
+            tracing::warn!(plugin, revision, reason, "load lost with its worker");
+            self.restore(&inner, plugin, revision);
+        }
+    }
+
+    /// After the pod's load of `refused` failed, sends the workers that already swapped to
+    /// it the revision the pod falls back to, so every worker serves one revision again
+    /// (the previous one) without waiting for the operator's rollback.
+    fn restore(&self, inner: &Inner, plugin: &str, refused: &str) {
+        let offer = inner.state.offer();
+        let Some((_, fallback)) = offer.iter().find(|(p, _)| p == plugin) else {
+            return;
+        };
+        if fallback.revision == refused {
+            return;
+        }
+        let swapped: Vec<u64> = self
+            .live
+            .borrow()
+            .workers
+            .iter()
+            .filter(|(_, w)| w.serving.get(plugin).is_some_and(|r| r == refused))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in swapped {
+            if let Some(tx) = inner.apps.get(&id) {
+                tracing::info!(
+                    connection = id,
+                    plugin,
+                    revision = fallback.revision,
+                    "worker sent back to the revision the pod serves"
+                );
+                self.send_load(id, tx, plugin, fallback);
+            }
         }
     }
 
     /// A message from app connection `id`.
     pub fn app_message(&self, id: u64, msg: AppMessage) {
         let mut inner = self.lock();
-        if inner.app.as_ref().is_none_or(|(cur, _)| *cur != id) {
+        if !inner.apps.contains_key(&id) {
             tracing::warn!(
                 connection = id,
                 "ignoring message from a replaced app connection"
             );
             return;
         }
-        match msg {
-            AppMessage::Hello { app } => tracing::info!(connection = id, app, "app said hello"),
+        let replaced = match msg {
+            AppMessage::Hello {
+                app,
+                worker,
+                protocol,
+            } => {
+                let mut replaced = Vec::new();
+                self.live
+                    .send_modify(|l| replaced = l.hello(id, worker, protocol));
+                let name = self.worker_name(id);
+                tracing::info!(
+                    connection = id,
+                    app,
+                    worker = name,
+                    protocol,
+                    "app said hello"
+                );
+                replaced
+            }
             AppMessage::Loaded {
                 plugin,
                 revision,
                 health,
             } => {
-                if inner.state.confirm_loaded(&plugin, &revision) {
-                    self.persist(&inner.state);
-                } else {
-                    tracing::warn!(
-                        plugin,
-                        revision,
-                        "app confirmed a revision the sidecar never offered"
-                    );
+                tracing::info!(
+                    plugin,
+                    revision,
+                    health,
+                    worker = self.worker_name(id),
+                    "app worker loaded plugin"
+                );
+                let ack = AppAck::Loaded {
+                    revision: revision.clone(),
+                    health,
+                };
+                let replaced = self.answer(id, &plugin, Some(ack));
+                if self.live.borrow().serving(&plugin) == Some(revision.as_str()) {
+                    if inner.state.confirm_loaded(&plugin, &revision) {
+                        self.persist(&inner.state);
+                    } else {
+                        tracing::warn!(
+                            plugin,
+                            revision,
+                            "app confirmed a revision the sidecar never offered"
+                        );
+                    }
                 }
-                tracing::info!(plugin, revision, health, "app loaded plugin");
-                self.live.send_modify(|l| {
-                    l.serving.insert(plugin.clone(), revision.clone());
-                    l.last.insert(plugin, AppAck::Loaded { revision, health });
-                });
+                replaced
             }
             AppMessage::Unloaded { plugin } => {
-                tracing::info!(plugin, "app unloaded plugin");
-                self.live.send_modify(|l| {
-                    l.serving.remove(&plugin);
-                });
+                tracing::info!(
+                    plugin,
+                    worker = self.worker_name(id),
+                    "app worker unloaded plugin"
+                );
+                self.answer(id, &plugin, None)
             }
             AppMessage::Failed {
                 plugin,
                 revision,
                 reason,
             } => {
-                inner.state.record_refusal(&plugin, &revision, &reason);
+                let worker = self.worker_name(id);
+                tracing::warn!(
+                    plugin,
+                    revision,
+                    reason,
+                    worker,
+                    "app worker refused plugin"
+                );
+                let named = format!("worker {worker}: {reason}");
+                inner.state.record_refusal(&plugin, &revision, &named);
                 self.persist(&inner.state);
-                tracing::warn!(plugin, revision, reason, "app refused plugin");
-                self.live.send_modify(|l| {
-                    l.last.insert(plugin, AppAck::Failed { revision, reason });
-                });
+                let ack = AppAck::Failed {
+                    revision: revision.clone(),
+                    reason,
+                };
+                let replaced = self.answer(id, &plugin, Some(ack));
+                self.restore(&inner, &plugin, &revision);
+                replaced
             }
+        };
+        self.forget_replaced(&mut inner, &replaced);
+    }
+
+    fn answer(&self, id: u64, plugin: &str, ack: Option<AppAck>) -> Vec<u64> {
+        let mut replaced = Vec::new();
+        self.live
+            .send_modify(|l| replaced = l.answer(id, plugin, ack));
+        replaced
+    }
+
+    fn worker_name(&self, id: u64) -> String {
+        self.live
+            .borrow()
+            .workers
+            .get(&id)
+            .map(|w| w.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The operator has sent the pod's complete set (once per stream): remembered, so a
+    /// restarted sidecar can turn ready on its stored set.
+    pub fn synced(&self) {
+        let mut inner = self.lock();
+        if !inner.state.synced {
+            inner.state.synced = true;
+            self.persist(&inner.state);
+            tracing::info!("the operator sent the pod's complete set");
         }
+        // Readiness and the operator's report read `synced`: wake their watchers.
+        self.live.send_modify(|_| {});
     }
 
     /// The readiness verdict.
     pub fn ready(&self) -> Result<(), String> {
-        let offer = self.lock().state.offer();
-        readiness(&offer, &self.live.borrow(), self.settings.readiness)
+        let state = self.lock().state.clone();
+        self.verdict(&state, &self.live.borrow())
+    }
+
+    fn verdict(&self, state: &SidecarState, live: &LiveApp) -> Result<(), String> {
+        let policy = self.settings.readiness;
+        readiness(
+            &state.offer(),
+            &state.missing(),
+            live,
+            policy,
+            state.synced,
+        )
+    }
+
+    /// The operator asked for `revision` of `plugin` (before it is fetched).
+    pub fn request(&self, plugin: &str, revision: &str) {
+        let mut inner = self.lock();
+        inner.state.request(plugin, revision);
+        self.persist(&inner.state);
     }
 
     /// Everything `/status` shows.
     pub fn status(&self) -> StatusReport {
         let state = self.lock().state.clone();
         let app = self.live.borrow().clone();
-        let ready = readiness(&state.offer(), &app, self.settings.readiness);
-        StatusReport { state, app, ready }
+        let offer = state.offer();
+        let ready = self.verdict(&state, &app);
+        let workers = offer
+            .iter()
+            .map(|(plugin, rec)| {
+                let (loaded, total) = app.loaded_by(plugin, &rec.revision);
+                let line = format!("{} loaded by {loaded}/{total} workers", rec.revision);
+                (plugin.clone(), line)
+            })
+            .collect();
+        StatusReport {
+            state,
+            app,
+            workers,
+            ready,
+        }
     }
 
     /// Watch what the app confirmed.

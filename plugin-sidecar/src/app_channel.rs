@@ -1,5 +1,5 @@
 //! The app channel server: a Unix socket on the shared volume. Each connection is read as
-//! newline-delimited JSON (see `protocol.rs`); the newest connection is the app.
+//! newline-delimited JSON (see `protocol.rs`); each connection is one worker of the app.
 //! A bad line is answered with an `error` message and the connection stays usable; only a
 //! line too long to resynchronise on closes it.
 
@@ -63,6 +63,12 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) {
 }
 
 async fn connection(stream: UnixStream, id: u64, agent: Arc<Agent>) {
+    // The peer's process id names a worker that does not name itself.
+    let peer_pid = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|pid| u32::try_from(pid).ok());
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<SidecarMessage>();
     let writer = tokio::spawn(async move {
@@ -72,7 +78,7 @@ async fn connection(stream: UnixStream, id: u64, agent: Arc<Agent>) {
             }
         }
     });
-    agent.app_connected(id, tx.clone());
+    agent.app_connected(id, peer_pid, tx.clone());
     let mut reader = BufReader::new(rd);
     let mut line = Vec::new();
     let mut number = 0u64;

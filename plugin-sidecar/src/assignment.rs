@@ -103,6 +103,10 @@ pub enum AssignOutcome {
         revision: String,
         /// Stage-prefixed reason (`fetch:`, `app:`, `ack:`, `store:`).
         reason: String,
+        /// Whether the cause is transient (connection refused, reset, timeout, 5xx), so the
+        /// same assignment may work when tried again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        transient: bool,
     },
 }
 

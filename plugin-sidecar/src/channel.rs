@@ -4,10 +4,14 @@
 //!
 //! ```text
 //!   operator ──Assign──► inbound ──► worker (per plugin: one at a time, newest next) ──► Agent::assign
-//!      ▲                                  │ attempt started/ended
-//!      │                                  ▼
-//!      └──PluginState◄── diff ◄── Reporter::refresh ◄── app acks (Agent::subscribe_app)
+//!      │ Synced              │            │ attempt started/ended/retrying
+//!      └──► Agent::synced    │            ▼
+//!      ▲                Agent::request    Reporter::refresh ◄── app acks (Agent::subscribe_app)
+//!      └──PluginState◄── diff ◄──────────────┘
 //! ```
+//! A fetch that fails for a transient reason (connection refused, reset, timeout, 5xx) is
+//! tried again with capped back-off until it works or the operator says something newer
+//! about the plugin; meanwhile the plugin is reported `Loading` with the reason.
 //! What the operator is told is one pure function of the agent's state, what the app
 //! confirmed, and the assignment attempts in flight or failed ([`summarize`]). Each stream
 //! sends the whole picture in `Hello` and then only what changed, so a reconnect (operator
@@ -30,8 +34,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::agent::Agent;
 use crate::assignment::{AssignOutcome, Assignment, Credentials};
-use crate::readiness::LiveApp;
+use crate::fetch::RetryPolicy;
 use crate::state::SidecarState;
+use crate::workers::LiveApp;
 
 /// How to reach the operator and who this sidecar is.
 #[derive(Debug, Clone)]
@@ -68,6 +73,13 @@ pub enum Attempt {
         /// Stage-prefixed reason.
         reason: String,
     },
+    /// The revision failed for a transient reason and is tried again.
+    Retrying {
+        /// The revision being retried.
+        revision: String,
+        /// Stage-prefixed reason, with when the next try is.
+        reason: String,
+    },
 }
 
 /// One plugin as the operator sees it (without the timestamp).
@@ -75,20 +87,25 @@ pub enum Attempt {
 pub struct Summary {
     /// The revision the sidecar was last told to run.
     pub assigned: Option<String>,
-    /// The revision the app confirmed on its current connection.
+    /// The revision every connected worker confirmed.
     pub serving: Option<String>,
     /// How the assigned revision is doing.
     pub state: State,
-    /// Why it failed.
+    /// Why it failed (or is being retried).
     pub reason: String,
+    /// Workers connected.
+    pub workers: u32,
+    /// Workers serving the assigned revision.
+    pub workers_loaded: u32,
 }
 
 /// What to tell the operator about every plugin. Pure.
 ///
-/// The app's confirmation wins: a pod serving its assigned revision (or nothing, when nothing
-/// is assigned) is `Loaded` whatever happened before. Otherwise an attempt in flight is `Loading`, a failed one `Failed`, a
-/// revision the app refused `Failed`, and anything else waits for the app (`Loading` when
-/// it is connected, `Pending` when it is not).
+/// The workers' confirmation wins: a pod whose every worker serves its assigned revision (or
+/// nothing, when nothing is assigned) is `Loaded` whatever happened before. Otherwise an
+/// attempt in flight or being retried is `Loading`, a failed one `Failed`, a revision a
+/// worker refused `Failed`, and anything else waits for the app (`Loading` when a worker is
+/// connected, `Pending` when none is).
 pub fn summarize(
     state: &SidecarState,
     live: &LiveApp,
@@ -100,12 +117,17 @@ pub fn summarize(
             let record = state.plugins.get(plugin);
             let attempt = attempts.get(plugin);
             let assigned = match attempt {
-                Some(Attempt::InFlight { revision } | Attempt::Failed { revision, .. }) => {
-                    Some(revision.clone())
-                }
+                Some(
+                    Attempt::InFlight { revision }
+                    | Attempt::Failed { revision, .. }
+                    | Attempt::Retrying { revision, .. },
+                ) => Some(revision.clone()),
                 None => record.and_then(|r| r.assigned.as_ref().map(|a| a.revision.clone())),
             };
-            let serving = live.serving.get(plugin).cloned();
+            let serving = live.serving(plugin).map(str::to_string);
+            let (loaded, total) = assigned
+                .as_deref()
+                .map_or((0, live.workers.len()), |r| live.loaded_by(plugin, r));
             let refused = record
                 .and_then(|r| r.refused.as_ref())
                 .filter(|r| Some(&r.revision) == assigned.as_ref());
@@ -115,17 +137,21 @@ pub fn summarize(
             } else {
                 match (attempt, refused) {
                     (Some(Attempt::InFlight { .. }), _) => (State::Loading, String::new()),
+                    (Some(Attempt::Retrying { reason, .. }), _) => (State::Loading, reason.clone()),
                     (Some(Attempt::Failed { reason, .. }), _) => (State::Failed, reason.clone()),
                     (None, Some(r)) => (State::Failed, format!("app: {}", r.reason)),
-                    (None, None) if live.connection.is_some() => (State::Loading, String::new()),
+                    (None, None) if live.connected() => (State::Loading, String::new()),
                     (None, None) => (State::Pending, "waiting for the app to connect".into()),
                 }
             };
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             let summary = Summary {
                 assigned,
                 serving,
                 state,
                 reason,
+                workers: count(total),
+                workers_loaded: count(loaded),
             };
             (plugin.clone(), summary)
         })
@@ -186,6 +212,8 @@ fn wire(plugin: &str, (summary, since): &(Summary, i64)) -> PluginState {
         state: summary.state.into(),
         reason: summary.reason.clone(),
         since_unix_ms: *since,
+        workers: summary.workers,
+        workers_loaded: summary.workers_loaded,
     }
 }
 
@@ -250,23 +278,50 @@ pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
     }
 }
 
+/// How a transient failure is tried again: 1 s doubling to 10 s, each wait jittered to
+/// between half and all of that, so a fleet whose registry comes back does not return in
+/// lock-step and every pod has tried again within 10 s.
+const RETRY: RetryPolicy = RetryPolicy {
+    attempts: u32::MAX,
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(10),
+};
+
+/// Why an assignment did not take, and whether trying it again may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    reason: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn permanent(reason: String) -> Self {
+        Failure {
+            reason,
+            transient: false,
+        }
+    }
+}
+
 /// Runs the operator's assignments: one plugin's one at a time, different plugins side by
-/// side, so a rollback of one plugin never waits behind another's download.
+/// side, so a rollback of one plugin never waits behind another's download; a transient
+/// failure is tried again after a back-off.
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     let mut turns = Turns::default();
     let mut running = tokio::task::JoinSet::new();
-    // Which plugin and revision each task carries out, so that its end is recorded here in
-    // one place, even if it panicked: a failure is reported and its plugin's turn freed.
-    let mut carrying: BTreeMap<tokio::task::Id, (String, String)> = BTreeMap::new();
-    let start = |running: &mut tokio::task::JoinSet<Result<(), String>>,
-                 carrying: &mut BTreeMap<tokio::task::Id, (String, String)>,
+    // Which plugin each task carries out, so that its end is recorded here in one place,
+    // even if it panicked: a failure is reported and its plugin's turn freed.
+    let mut carrying: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+    let start = |running: &mut tokio::task::JoinSet<Result<(), Failure>>,
+                 carrying: &mut BTreeMap<tokio::task::Id, String>,
                  assign: proto::Assign| {
-        let ends = (assign.plugin.clone(), assign.revision.clone());
+        let plugin = assign.plugin.clone();
         let reporter = reporter.clone();
         let task = running.spawn(async move { carry_out(&reporter, assign).await });
-        carrying.insert(task.id(), ends);
+        carrying.insert(task.id(), plugin);
     };
     loop {
+        let retry_at = turns.next_retry();
         tokio::select! {
             received = queue.recv() => match received {
                 Some(assign) => {
@@ -281,70 +336,166 @@ async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<prot
                     Ok((id, outcome)) => (id, outcome),
                     Err(e) => {
                         tracing::error!(error = %e, "an assignment task failed");
-                        (e.id(), Err(format!("assignment: the sidecar's task failed: {e}")))
+                        let reason = format!("assignment: the sidecar's task failed: {e}");
+                        (e.id(), Err(Failure::permanent(reason)))
                     }
                 };
-                let Some((plugin, revision)) = carrying.remove(&id) else {
+                let Some(plugin) = carrying.remove(&id) else {
                     continue;
                 };
-                let attempt = outcome
-                    .err()
-                    .map(|reason| Attempt::Failed { revision, reason });
+                let jitter = 0.5 + fastrand::f64() / 2.0;
+                let now = tokio::time::Instant::now();
+                let (attempt, next) = turns.finished(&plugin, outcome, now, jitter);
+                if let Some(Attempt::Retrying { revision, reason }) = &attempt {
+                    tracing::warn!(plugin, revision, reason, "assignment failed; trying again");
+                }
                 reporter.set_attempt(&plugin, attempt);
-                if let Some(next) = turns.finished(&plugin) {
+                if let Some(next) = next {
                     start(&mut running, &mut carrying, next);
+                }
+            }
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                for again in turns.due(tokio::time::Instant::now()) {
+                    start(&mut running, &mut carrying, again);
                 }
             }
         }
     }
 }
 
-/// Whose turn it is: the plugins with an assignment under way, and for each the newest
-/// assignment waiting behind it. Only the operator's newest word on a plugin counts: a
-/// rollback that arrives while a rollout's assignment waits replaces it, and a reconnect's
-/// re-sends do not pile up.
+/// An assignment under way, how often it failed before, and the newest one waiting behind.
+struct Running {
+    assign: proto::Assign,
+    failures: u32,
+    next: Option<proto::Assign>,
+}
+
+/// An assignment that failed for a transient reason, waiting to be tried again.
+struct Retry {
+    assign: proto::Assign,
+    failures: u32,
+    at: tokio::time::Instant,
+}
+
+/// Whose turn it is: the plugins with an assignment under way, for each the newest
+/// assignment waiting behind it, and the assignments waiting to be tried again. Only the
+/// operator's newest word on a plugin counts: a rollback that arrives while a rollout's
+/// assignment waits (or waits to be retried) replaces it, and a reconnect's re-sends do
+/// not pile up.
 #[derive(Default)]
 struct Turns {
-    busy: BTreeMap<String, Option<proto::Assign>>,
+    busy: BTreeMap<String, Running>,
+    retry: BTreeMap<String, Retry>,
 }
 
 impl Turns {
     /// Takes `assign`; returns it if its plugin is free (start it now), else keeps it as
-    /// that plugin's next.
+    /// that plugin's next. It replaces a retry of the plugin; the same revision again (a
+    /// reconnect's re-send) is tried at once and keeps its count of failures.
     fn offer(&mut self, assign: proto::Assign) -> Option<proto::Assign> {
-        match self.busy.get_mut(&assign.plugin) {
-            Some(next) => {
-                *next = Some(assign);
-                None
-            }
-            None => {
-                self.busy.insert(assign.plugin.clone(), None);
-                Some(assign)
-            }
+        if let Some(running) = self.busy.get_mut(&assign.plugin) {
+            running.next = Some(assign);
+            return None;
         }
+        let failures = self
+            .retry
+            .remove(&assign.plugin)
+            .filter(|r| r.assign.revision == assign.revision)
+            .map_or(0, |r| r.failures);
+        Some(self.run(assign, failures))
     }
 
-    /// `plugin`'s assignment ended; returns its next one, if any (start it now).
-    fn finished(&mut self, plugin: &str) -> Option<proto::Assign> {
-        let next = self.busy.remove(plugin).flatten();
-        if next.is_some() {
-            self.busy.insert(plugin.to_string(), None);
+    fn run(&mut self, assign: proto::Assign, failures: u32) -> proto::Assign {
+        let running = Running {
+            assign: assign.clone(),
+            failures,
+            next: None,
+        };
+        self.busy.insert(assign.plugin.clone(), running);
+        assign
+    }
+
+    /// `plugin`'s assignment ended with `outcome` at `now`. Returns what to report of it,
+    /// and its next assignment, if any (start it now). A transient failure with nothing
+    /// newer waiting is tried again after [`RETRY`]'s back-off, scaled by `jitter`.
+    fn finished(
+        &mut self,
+        plugin: &str,
+        outcome: Result<(), Failure>,
+        now: tokio::time::Instant,
+        jitter: f64,
+    ) -> (Option<Attempt>, Option<proto::Assign>) {
+        let Some(running) = self.busy.remove(plugin) else {
+            return (None, None);
+        };
+        let revision = running.assign.revision.clone();
+        let attempt = match outcome {
+            Ok(()) => None,
+            Err(f) if f.transient && running.next.is_none() => {
+                let failures = running.failures + 1;
+                let wait = RETRY.backoff(failures, jitter);
+                let reason = format!(
+                    "{} (try {failures} failed; trying again in {:.1}s)",
+                    f.reason,
+                    wait.as_secs_f64()
+                );
+                let retry = Retry {
+                    assign: running.assign,
+                    failures,
+                    at: now + wait,
+                };
+                self.retry.insert(plugin.to_string(), retry);
+                Some(Attempt::Retrying { revision, reason })
+            }
+            Err(f) => Some(Attempt::Failed {
+                revision,
+                reason: f.reason,
+            }),
+        };
+        let next = running.next.map(|next| self.run(next, 0));
+        (attempt, next)
+    }
+
+    /// When the earliest retry is due.
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.retry.values().map(|r| r.at).min()
+    }
+
+    /// The retries due at `now`, taken out and marked under way (start them now).
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<proto::Assign> {
+        let due: Vec<String> = self
+            .retry
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(plugin, _)| plugin.clone())
+            .collect();
+        let mut started = Vec::new();
+        for plugin in due {
+            if let Some(r) = self.retry.remove(&plugin) {
+                started.push(self.run(r.assign, r.failures));
+            }
         }
-        next
+        started
     }
 }
 
 /// Carries out one `Assign` (an empty revision unloads); `Err` says why it did not take.
-async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), String> {
+async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Failure> {
     let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
     if revision.is_empty() {
         tracing::info!(plugin, "unload asked by the operator");
         reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
-        return reporter.agent.unload(&plugin).await;
+        return reporter
+            .agent
+            .unload(&plugin)
+            .await
+            .map_err(Failure::permanent);
     }
-    let a = assignment(assign).inspect_err(|reason| {
-        tracing::warn!(plugin, revision, reason, "assignment refused");
-    })?;
+    let a = assignment(assign)
+        .inspect_err(|reason| {
+            tracing::warn!(plugin, revision, reason, "assignment refused");
+        })
+        .map_err(Failure::permanent)?;
     tracing::info!(
         plugin,
         revision,
@@ -355,7 +506,9 @@ async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Str
     match reporter.agent.assign(a).await {
         // Assigned, and offered when the app connects: reported as waiting for the app.
         AssignOutcome::Loaded { .. } | AssignOutcome::AwaitingApp { .. } => Ok(()),
-        AssignOutcome::Failed { reason, .. } => Err(reason),
+        AssignOutcome::Failed {
+            reason, transient, ..
+        } => Err(Failure { reason, transient }),
     }
 }
 
@@ -423,12 +576,17 @@ async fn session(
         }
     });
     let result = async {
-        while let Some(message) = inbound.message().await? {
-            if let OperatorMessage {
-                kind: Some(operator_message::Kind::Assign(assign)),
-            } = message
-            {
-                work.send(assign).context("assignment worker stopped")?;
+        while let Some(OperatorMessage { kind }) = inbound.message().await? {
+            match kind {
+                Some(operator_message::Kind::Assign(assign)) => {
+                    if !assign.revision.is_empty() {
+                        reporter.agent.request(&assign.plugin, &assign.revision);
+                    }
+                    work.send(assign).context("assignment worker stopped")?;
+                }
+                // Sent after the Assigns it vouches for, so they are requested already.
+                Some(operator_message::Kind::Synced(_)) => reporter.agent.synced(),
+                None => {}
             }
         }
         Ok(())
@@ -459,15 +617,19 @@ mod tests {
         state
     }
 
+    /// One connected worker serving `serving`.
     fn app(serving: &[(&str, &str)]) -> LiveApp {
-        LiveApp {
-            connection: Some(1),
-            serving: serving
-                .iter()
-                .map(|(p, r)| (p.to_string(), r.to_string()))
-                .collect(),
-            ..LiveApp::default()
+        let mut live = LiveApp::default();
+        live.connect(1, Some(4711));
+        live.hello(1, None, Some(2));
+        for (plugin, revision) in serving {
+            let ack = crate::readiness::AppAck::Loaded {
+                revision: revision.to_string(),
+                health: String::new(),
+            };
+            live.answer(1, plugin, Some(ack));
         }
+        live
     }
 
     fn one(state: &SidecarState, live: &LiveApp, attempts: &[(&str, Attempt)]) -> Summary {
@@ -489,6 +651,8 @@ mod tests {
         };
         let revision = |a: Option<proto::Assign>| a.map(|a| a.revision);
         let mut turns = Turns::default();
+        let now = tokio::time::Instant::now();
+        let finished = |turns: &mut Turns, plugin: &str| turns.finished(plugin, Ok(()), now, 1.0).1;
         assert_eq!(
             revision(turns.offer(assign("auth", "r2"))),
             Some("r2".into())
@@ -505,17 +669,121 @@ mod tests {
         );
         assert_eq!(revision(turns.offer(assign("auth", "r1"))), None);
         assert_eq!(
-            revision(turns.finished("auth")),
+            revision(finished(&mut turns, "auth")),
             Some("r1".into()),
             "only the newest waited"
         );
-        assert_eq!(revision(turns.finished("auth")), None);
-        assert_eq!(revision(turns.finished("geo")), None);
+        assert_eq!(revision(finished(&mut turns, "auth")), None);
+        assert_eq!(revision(finished(&mut turns, "geo")), None);
         assert_eq!(
             revision(turns.offer(assign("auth", "r4"))),
             Some("r4".into()),
             "free again"
         );
+    }
+
+    fn failure(transient: bool) -> Result<(), Failure> {
+        Err(Failure {
+            reason: "fetch: connection refused".into(),
+            transient,
+        })
+    }
+
+    #[test]
+    fn a_transient_failure_is_tried_again_with_capped_back_off_and_a_permanent_one_is_not() {
+        let assign = |revision: &str| proto::Assign {
+            plugin: "auth".into(),
+            revision: revision.into(),
+            ..Default::default()
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut turns = Turns::default();
+        turns.offer(assign("r1"));
+        let (attempt, next) = turns.finished("auth", failure(true), t0, 1.0);
+        assert!(next.is_none());
+        assert!(
+            matches!(&attempt, Some(Attempt::Retrying { revision, reason })
+                if revision == "r1" && reason.contains("connection refused") && reason.contains("try 1")),
+            "{attempt:?}"
+        );
+        assert_eq!(turns.next_retry(), Some(t0 + Duration::from_secs(1)));
+        assert!(turns.due(t0).is_empty(), "not before its time");
+        let again = turns.due(t0 + Duration::from_secs(1));
+        assert_eq!(again.len(), 1);
+        let mut at = t0 + Duration::from_secs(1);
+        for _ in 0..6 {
+            turns.finished("auth", failure(true), at, 1.0);
+            at = turns.next_retry().expect("retried");
+            turns.due(at);
+        }
+        let (_, _) = turns.finished("auth", failure(true), at, 1.0);
+        assert_eq!(
+            turns.next_retry(),
+            Some(at + Duration::from_secs(10)),
+            "the back-off is capped at 10 s"
+        );
+        assert_eq!(
+            turns.offer(assign("r0")).map(|a| a.revision),
+            Some("r0".into()),
+            "a newer word replaces the retry"
+        );
+        assert_eq!(turns.next_retry(), None);
+        let (attempt, _) = turns.finished("auth", failure(false), at, 1.0);
+        assert!(matches!(attempt, Some(Attempt::Failed { .. })));
+        assert_eq!(turns.next_retry(), None, "a permanent cause is not retried");
+    }
+
+    #[test]
+    fn a_failure_with_a_newer_assignment_waiting_is_not_retried() {
+        let assign = |revision: &str| proto::Assign {
+            plugin: "auth".into(),
+            revision: revision.into(),
+            ..Default::default()
+        };
+        let mut turns = Turns::default();
+        turns.offer(assign("r2"));
+        turns.offer(assign("r1"));
+        let now = tokio::time::Instant::now();
+        let (attempt, next) = turns.finished("auth", failure(true), now, 1.0);
+        assert!(matches!(attempt, Some(Attempt::Failed { .. })));
+        assert_eq!(next.map(|a| a.revision), Some("r1".into()));
+        assert_eq!(turns.next_retry(), None);
+    }
+
+    #[test]
+    fn a_retry_is_reported_loading_with_its_reason() {
+        let retrying = Attempt::Retrying {
+            revision: "r1".into(),
+            reason: "fetch: connection refused (try 2 failed; trying again in 2.0s)".into(),
+        };
+        let s = one(&SidecarState::default(), &app(&[]), &[("auth", retrying)]);
+        assert_eq!(s.state, State::Loading);
+        assert!(s.reason.contains("trying again"), "{}", s.reason);
+    }
+
+    #[test]
+    fn loaded_means_every_worker_and_the_counts_say_how_many() {
+        let mut live = app(&[("auth", "r1")]);
+        live.connect(2, Some(4712));
+        live.hello(2, None, Some(2));
+        let s = one(&assigned("r1"), &live, &[]);
+        assert_eq!(
+            s.state,
+            State::Loading,
+            "the second worker has not loaded r1"
+        );
+        assert_eq!((s.workers_loaded, s.workers), (1, 2));
+        live.answer(
+            2,
+            "auth",
+            Some(crate::readiness::AppAck::Loaded {
+                revision: "r1".into(),
+                health: String::new(),
+            }),
+        );
+        let s = one(&assigned("r1"), &live, &[]);
+        assert_eq!(s.state, State::Loaded);
+        assert_eq!((s.workers_loaded, s.workers), (2, 2));
     }
 
     #[test]

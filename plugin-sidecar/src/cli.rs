@@ -100,7 +100,13 @@ pub struct RunArgs {
     /// How long an assignment waits for the app's answer, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub ack_timeout_ms: u64,
-    /// Report ready even before plugins are loaded.
+    /// What `/ready` waits for: `plugins` (every assigned plugin loaded by every worker of
+    /// the app and, with an operator, the operator's complete set) or `always` (ready at
+    /// once: the app serves without its plugins). The injection webhook writes it from the
+    /// pod's `hotload.dev/readiness` annotation.
+    #[arg(long, value_enum, default_value_t = Readiness::Plugins)]
+    pub readiness: Readiness,
+    /// Report ready even before plugins are loaded (the same as `--readiness always`).
     #[arg(long)]
     pub always_ready: bool,
     /// Stay unready until at least one plugin is assigned.
@@ -110,6 +116,16 @@ pub struct RunArgs {
     /// assignments from its control socket only.
     #[command(flatten)]
     pub operator: OperatorArgs,
+}
+
+/// The `--readiness` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Readiness {
+    /// Ready when every assigned plugin is loaded by every worker (and the operator's set
+    /// has arrived).
+    Plugins,
+    /// Always ready.
+    Always,
 }
 
 /// How to reach the operator.
@@ -244,11 +260,13 @@ pub fn build_agent(args: &RunArgs) -> anyhow::Result<Arc<Agent>> {
     let client = https::build_client(&limits, ca.as_deref()).map_err(anyhow::Error::msg)?;
     let oci = OciPuller::new(&limits, ca.as_deref(), secrets);
     let store = Store::open(&args.paths.state_dir)?;
-    let readiness = if args.always_ready {
+    let readiness = if args.always_ready || args.readiness == Readiness::Always {
         ReadinessPolicy::Always
     } else {
         ReadinessPolicy::RequireLoaded {
             require_assignment: args.require_assignment,
+            // Without an operator nothing will ever say the set is complete.
+            require_sync: args.operator.addr.is_some(),
         }
     };
     let settings = AgentSettings {

@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod state;
 pub mod store;
+pub mod workers;
 
 /// Makes ring the process's rustls provider unless one is already set. A workspace build can
 /// switch on more than one provider (kube and tonic bring ring), and then rustls refuses to

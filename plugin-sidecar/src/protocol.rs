@@ -3,6 +3,7 @@
 //! the language-neutral description of the same thing.
 //!
 //! ```text
+//!  app ──► sidecar   {"type":"hello","app":"checkout","worker":"4711","protocol":2}
 //!  sidecar ──► app   {"type":"load","plugin":"auth","revision":"r2","path":"…","digest":"sha256:…","config":{…}}
 //!  app ──► sidecar   {"type":"loaded","plugin":"auth","revision":"r2","health":"self-check passed"}
 //!                    {"type":"failed","plugin":"auth","revision":"r2","reason":"…"}
@@ -50,11 +51,18 @@ pub enum SidecarMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AppMessage {
-    /// Optional greeting naming the app (logged).
+    /// The app's greeting, first on a connection. With `protocol: 2` (or a `worker`) the
+    /// connection is one worker of several; without, it is a v1 app (one implicit worker).
     Hello {
         /// Free-form app name.
         #[serde(default)]
         app: String,
+        /// Stable id of the worker process (SDKs default to the process id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+        /// Protocol version the app speaks (absent: 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<u32>,
     },
     /// The revision is loaded and serving.
     Loaded {

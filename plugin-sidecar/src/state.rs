@@ -34,7 +34,11 @@ pub struct Refusal {
 /// Everything the sidecar tracks for one plugin.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginRecord {
-    /// The revision the sidecar was last told to run.
+    /// The revision an assignment last asked for, before it is fetched: a pod with nothing
+    /// of the plugin yet is not ready while this is being fetched (or retried).
+    #[serde(default)]
+    pub requested: Option<String>,
+    /// The revision the sidecar was last told to run (stored and verified).
     pub assigned: Option<RevisionRecord>,
     /// The revision the app last confirmed loaded.
     pub loaded: Option<RevisionRecord>,
@@ -49,6 +53,10 @@ pub struct PluginRecord {
 pub struct SidecarState {
     /// Per plugin slot.
     pub plugins: BTreeMap<String, PluginRecord>,
+    /// Whether an operator has sent this pod its complete set (`Synced`) once: from then on
+    /// the stored set is the pod's, and a restarted sidecar may turn ready on it alone.
+    #[serde(default)]
+    pub synced: bool,
 }
 
 impl SidecarState {
@@ -68,10 +76,37 @@ impl SidecarState {
         entry.assigned = Some(rec);
     }
 
+    /// Records that `revision` of `plugin` was asked for (before its fetch).
+    pub fn request(&mut self, plugin: &str, revision: &str) {
+        let entry = self.plugins.entry(plugin.to_string()).or_default();
+        entry.requested = Some(revision.to_string());
+    }
+
+    /// Plugins asked for of which no revision can be offered (nothing fetched yet, or the
+    /// only revision was refused), each with why: `r1 not fetched yet`, `r1 failed: …`.
+    pub fn missing(&self) -> Vec<(String, String)> {
+        let offered: BTreeSet<String> = self.offer().into_iter().map(|(p, _)| p).collect();
+        self.plugins
+            .iter()
+            .filter(|(name, _)| !offered.contains(*name))
+            .filter_map(|(name, p)| {
+                let requested = p.requested.as_ref()?;
+                let why = match &p.refused {
+                    Some(r) if &r.revision == requested => {
+                        format!("{requested} failed: {}", r.reason)
+                    }
+                    _ => format!("{requested} not fetched yet"),
+                };
+                Some((name.clone(), why))
+            })
+            .collect()
+    }
+
     /// Records that nothing should run for `plugin` (a rollback to "no plugin"). Its history
     /// stays, so the artifacts stay cached for a later assignment.
     pub fn unassign(&mut self, plugin: &str) {
         if let Some(entry) = self.plugins.get_mut(plugin) {
+            entry.requested = None;
             entry.assigned = None;
             entry.loaded = None;
             entry.refused = None;
@@ -221,6 +256,25 @@ mod tests {
             [("p".to_string(), rev(3))],
             "a new assignment clears the refusal"
         );
+    }
+
+    #[test]
+    fn a_requested_plugin_is_missing_until_something_of_it_can_be_offered() {
+        let mut s = SidecarState::default();
+        s.request("p", "r1");
+        assert_eq!(s.missing(), [("p".into(), "r1 not fetched yet".into())]);
+        s.assign("p", rev(1), 3);
+        assert!(s.missing().is_empty());
+        s.record_refusal("p", "r1", "worker 7: trap");
+        assert_eq!(
+            s.missing(),
+            [("p".into(), "r1 failed: worker 7: trap".into())],
+            "nothing else of p to fall back to"
+        );
+        s.unassign("p");
+        assert!(s.missing().is_empty(), "an unload asks for nothing");
+        let old: SidecarState = serde_json::from_str(r#"{"plugins":{}}"#).expect("v1 state");
+        assert!(!old.synced, "state written before Synced existed");
     }
 
     #[test]

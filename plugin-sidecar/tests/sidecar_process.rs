@@ -134,6 +134,14 @@ impl App {
         self.wr.write_all(bytes).await.expect("write to sidecar");
     }
 
+    /// Connects as worker `name` of a v2 app.
+    async fn worker(dir: &Path, name: &str) -> App {
+        let mut app = App::connect(dir).await;
+        app.send(json!({"type": "hello", "app": "test", "worker": name, "protocol": 2}))
+            .await;
+        app
+    }
+
     async fn send(&mut self, v: Value) {
         self.send_raw(format!("{v}\n").as_bytes()).await;
     }
@@ -232,6 +240,7 @@ async fn env() -> Env {
 
 const V1: &[u8] = b"\0asm plugin v1";
 const V2: &[u8] = b"\0asm plugin v2";
+const V3: &[u8] = b"\0asm plugin v3";
 
 #[tokio::test]
 async fn load_then_recover_from_app_and_sidecar_restarts_without_download() {
@@ -301,9 +310,13 @@ async fn refusals_and_fetch_failures_keep_the_old_revision_and_say_why() {
         .await;
     let (ok, outcome) = load.await.expect("load");
     assert!(!ok);
+    // A v1 app is one worker, named by its process id.
     assert_eq!(
         outcome["reason"],
-        "app: self-check failed: returned status 7"
+        format!(
+            "app: worker {}: self-check failed: returned status 7",
+            std::process::id()
+        )
     );
     sidecar.wait_ready(200).await;
 
@@ -349,7 +362,13 @@ async fn refusals_and_fetch_failures_keep_the_old_revision_and_say_why() {
     sidecar.wait_ready(200).await;
     let (_, status) = sidecar.get("/status").await;
     let status: Value = serde_json::from_str(&status).expect("status JSON");
-    assert_eq!(status["app"]["serving"]["auth"], loaded["revision"]);
+    assert_eq!(
+        status["workers"]["auth"],
+        format!(
+            "{} loaded by 1/1 workers",
+            loaded["revision"].as_str().unwrap_or_default()
+        )
+    );
     assert_eq!(
         status["state"]["plugins"]["auth"]["loaded"]["revision"],
         loaded["revision"]
@@ -446,5 +465,82 @@ async fn a_load_no_app_was_there_to_see_waits_for_the_app_and_a_silent_app_fails
     assert!(!ok);
     assert_eq!(outcome["result"], "failed", "{outcome}");
     let reason = outcome["reason"].as_str().unwrap_or_default();
-    assert!(reason.starts_with("ack: app did not answer"), "{reason}");
+    assert!(
+        reason.starts_with("ack: 1 of 1 connected workers did not answer"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_revision_is_loaded_only_when_every_worker_loaded_it_and_one_refusal_fails_it() {
+    let e = env().await;
+    let state = e.dir.path().join("state");
+    let sidecar = start_sidecar(&state, &e.ca).await;
+    let mut workers = vec![
+        App::worker(&state, "w1").await,
+        App::worker(&state, "w2").await,
+        App::worker(&state, "w3").await,
+    ];
+    let v1 = e.server.put("v1", V1);
+    let load = load_cmd(&state, "auth", &v1, &Sha256Digest::of(V1).to_string());
+    workers[0].accept_load("auth", V1).await;
+    workers[1].accept_load("auth", V1).await;
+    let body = sidecar.wait_ready(503).await;
+    assert!(body.contains("loaded by 2/3 workers"), "{body}");
+    assert!(
+        !load.is_finished(),
+        "not loaded on the pod while a worker has not answered"
+    );
+    workers[2].accept_load("auth", V1).await;
+    let (ok, outcome) = load.await.expect("load task");
+    assert!(ok, "{outcome}");
+    sidecar.wait_ready(200).await;
+
+    // A worker that connects later gets the set at once and counts only once it loaded.
+    let mut late = App::worker(&state, "w4").await;
+    let body = sidecar.wait_ready(503).await;
+    assert!(body.contains("loaded by 3/4 workers"), "{body}");
+    late.accept_load("auth", V1).await;
+    sidecar.wait_ready(200).await;
+    workers.push(late);
+
+    // One worker refusing v2 fails the pod's load, naming the worker; the others keep v1.
+    let v2 = e.server.put("v2", V2);
+    let load = load_cmd(&state, "auth", &v2, &Sha256Digest::of(V2).to_string());
+    for w in &mut workers[..3] {
+        w.accept_load("auth", V2).await;
+    }
+    let msg = workers[3].recv().await;
+    workers[3]
+        .send(json!({"type": "failed", "plugin": "auth", "revision": msg["revision"], "reason": "self-check failed: returned status 1"}))
+        .await;
+    let (ok, outcome) = load.await.expect("load task");
+    assert!(!ok);
+    assert_eq!(
+        outcome["reason"], "app: worker w4: self-check failed: returned status 1",
+        "{outcome}"
+    );
+    // The workers that took v2 are sent back to v1, so the pod serves one revision again.
+    for w in &mut workers[..3] {
+        w.accept_load("auth", V1).await;
+    }
+    sidecar.wait_ready(200).await;
+
+    // A worker that leaves leaves the set; one that dies while loading fails that load.
+    drop(workers.pop());
+    let v3 = e.server.put("v3", V3);
+    let load = load_cmd(&state, "auth", &v3, &Sha256Digest::of(V3).to_string());
+    workers[0].accept_load("auth", V3).await;
+    workers[1].accept_load("auth", V3).await;
+    let mut crashing = workers.pop().expect("w3");
+    assert_eq!(crashing.recv().await["type"], "load");
+    drop(crashing);
+    let (ok, outcome) = load.await.expect("load task");
+    assert!(!ok);
+    let revision = outcome["revision"].as_str().unwrap_or_default();
+    assert_eq!(
+        outcome["reason"],
+        format!("app: worker w3 disconnected before answering the load of {revision}"),
+        "{outcome}"
+    );
 }
