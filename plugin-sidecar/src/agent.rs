@@ -26,7 +26,7 @@ use crate::protocol::{AppMessage, SidecarMessage};
 use crate::readiness::{AppAck, ReadinessPolicy, readiness};
 
 use crate::state::{RevisionRecord, SidecarState};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::workers::{LiveApp, Verdict};
 
 /// Agent settings.
@@ -131,12 +131,27 @@ impl Agent {
         fetcher: Fetcher,
         settings: AgentSettings,
     ) -> anyhow::Result<Arc<Self>> {
-        let state = store.load_state()?;
-        // A failed collection costs disk space, not correctness: start anyway.
-        let removed = store.gc(&state.retained_digests()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "garbage collection at start failed");
+        let (state, readable) = match store.load_state() {
+            Ok(state) => (state, true),
+            // Any container of the pod can write the shared volume: a state file it spoiled
+            // must not keep the sidecar from starting. The operator sends the set again.
+            Err(e @ StoreError::CorruptState { .. }) => {
+                let aside = store.quarantine_state()?;
+                tracing::error!(error = %e, moved_to = %aside.display(), "sidecar state unreadable; starting from an empty state");
+                (SidecarState::default(), false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A failed collection costs disk space, not correctness: start anyway. Without a
+        // readable state nothing says which blobs are wanted: keep them all as cache.
+        let removed = if readable {
+            store.gc(&state.retained_digests()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "garbage collection at start failed");
+                0
+            })
+        } else {
             0
-        });
+        };
         tracing::info!(plugins = state.plugins.len(), gc_removed = removed, root = %store.root().display(), "sidecar state restored");
         Ok(Arc::new(Agent {
             store,
@@ -577,13 +592,7 @@ impl Agent {
 
     fn verdict(&self, state: &SidecarState, live: &LiveApp) -> Result<(), String> {
         let policy = self.settings.readiness;
-        readiness(
-            &state.offer(),
-            &state.missing(),
-            live,
-            policy,
-            state.synced,
-        )
+        readiness(&state.offer(), &state.missing(), live, policy, state.synced)
     }
 
     /// The operator asked for `revision` of `plugin` (before it is fetched).
@@ -637,6 +646,27 @@ mod tests {
         );
         let store = Store::open(dir).expect("store");
         Agent::new(store, fetcher, AgentSettings::default()).expect("agent")
+    }
+
+    #[test]
+    fn a_spoiled_state_file_is_moved_aside_and_the_sidecar_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        std::fs::write(store.state_path(), b"{\"plugins\": 7").expect("spoil");
+        let started = agent(dir.path());
+        assert!(started.status().state.plugins.is_empty());
+        let aside = store.state_path().with_extension("json.corrupt");
+        assert_eq!(
+            std::fs::read(aside).expect("kept aside"),
+            b"{\"plugins\": 7"
+        );
+        let huge = vec![b' '; usize::try_from(crate::store::MAX_STATE_BYTES).expect("fits") + 1];
+        std::fs::write(store.state_path(), huge).expect("oversized");
+        assert!(matches!(
+            store.load_state(),
+            Err(StoreError::CorruptState { reason, .. }) if reason.contains("larger than")
+        ));
+        assert!(agent(dir.path()).status().state.plugins.is_empty());
     }
 
     #[test]

@@ -93,6 +93,10 @@ impl Staging {
     }
 }
 
+/// The largest state file the sidecar reads: a few plugins with a short history each take a
+/// few KiB; anything near this was not written by the sidecar.
+pub const MAX_STATE_BYTES: u64 = 1024 * 1024;
+
 impl Store {
     /// Opens (creating) the store and drops leftovers of interrupted downloads.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
@@ -122,7 +126,8 @@ impl Store {
         self.root.join("tmp")
     }
 
-    fn state_path(&self) -> PathBuf {
+    /// Where the state lives.
+    pub fn state_path(&self) -> PathBuf {
         self.root.join("state.json")
     }
 
@@ -196,17 +201,39 @@ impl Store {
         Ok(dest)
     }
 
-    /// Reads the persisted state (empty when there is none yet).
+    /// Reads the persisted state (empty when there is none yet). A file larger than
+    /// [`MAX_STATE_BYTES`] is corrupt: the sidecar never writes one.
     pub fn load_state(&self) -> Result<SidecarState, StoreError> {
+        use std::io::Read as _;
         let path = self.state_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptState {
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SidecarState::default()),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+        if bytes.len() as u64 > MAX_STATE_BYTES {
+            return Err(StoreError::CorruptState {
                 path,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SidecarState::default()),
-            Err(e) => Err(io_err("read", &path)(e)),
+                reason: format!("larger than {MAX_STATE_BYTES} bytes"),
+            });
         }
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptState {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Moves an unreadable state file aside (`state.json.corrupt`, kept for a post-mortem)
+    /// so the sidecar can start on an empty state; returns where it went.
+    pub fn quarantine_state(&self) -> Result<PathBuf, StoreError> {
+        let path = self.state_path();
+        let aside = path.with_extension("json.corrupt");
+        fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
+        Ok(aside)
     }
 
     /// Persists the state atomically (temp file, fsync, rename, fsync dir).
