@@ -1,7 +1,8 @@
 //! A real HTTPS artifact server for rollout tests: rustls with a CA made for the test,
 //! listening on the root end of the node link ([`netplan::HOST_IP`]) so sidecars in pods
 //! reach it. It counts downloads per file, so a test can prove a rollback came from the
-//! sidecar's cache, and files can be added or removed while it runs.
+//! sidecar's cache, and files can be added or removed while it runs. It can go down (its
+//! port refuses connections) and come back on the same address, as an artifact host does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,9 +28,12 @@ struct Files {
 pub struct ArtifactServer {
     files: Arc<Mutex<Files>>,
     base: String,
+    addr: std::net::SocketAddr,
     /// The CA (PEM) sidecars must trust.
     pub ca_pem: String,
-    task: tokio::task::JoinHandle<()>,
+    app: Router,
+    tls: tokio_rustls::TlsAcceptor,
+    task: Mutex<tokio::task::JoinHandle<()>>,
 }
 
 /// The `sha256:<hex>` digest of `bytes`.
@@ -65,18 +69,45 @@ impl ArtifactServer {
         let listener = tokio::net::TcpListener::bind((netplan::HOST_IP, 0))
             .await
             .context("binding the artifact server (is the cluster up?)")?;
-        let base = format!("https://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
         let files = Arc::new(Mutex::new(Files::default()));
         let app = Router::new()
             .route("/{name}", get(serve_file))
             .with_state(files.clone());
-        let task = tokio::spawn(crate::tls::serve(app, listener, tls));
+        let task = tokio::spawn(crate::tls::serve(app.clone(), listener, tls.clone()));
         Ok(Self {
             files,
-            base,
+            base: format!("https://{addr}"),
+            addr,
             ca_pem: pki.ca_pem,
-            task,
+            app,
+            tls,
+            task: Mutex::new(task),
         })
+    }
+
+    /// Goes down: new connections are refused until [`ArtifactServer::resume`].
+    pub fn stop(&self) {
+        if let Ok(task) = self.task.lock() {
+            task.abort();
+        }
+    }
+
+    /// Comes back on the same address.
+    pub async fn resume(&self) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .with_context(|| format!("binding the artifact server again on {}", self.addr))?;
+        let task = tokio::spawn(crate::tls::serve(
+            self.app.clone(),
+            listener,
+            self.tls.clone(),
+        ));
+        if let Ok(mut current) = self.task.lock() {
+            current.abort();
+            *current = task;
+        }
+        Ok(())
     }
 
     /// Serves `bytes` as `name`; returns its URL.
@@ -103,6 +134,6 @@ impl ArtifactServer {
 
 impl Drop for ArtifactServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }

@@ -1,9 +1,10 @@
 //! `make demo`: the whole story on the local cluster, narrated. The chart goes into
 //! `hotload-system`; five demo-app pods in namespace `demo` get their sidecar from the
 //! webhook; PluginRelease `handler` takes them to v1, then to v2 while requests flow, then
-//! a broken v3 fails its self-check on the first pod and the fleet rolls back to v2. The
-//! summary is what a user would check: per-pod acknowledgements, the history, and the
-//! traffic (0 failed requests).
+//! a broken v3 fails its self-check on the first pod and the fleet rolls back to v2; then
+//! the Deployment scales to 8 while requests flow through its Service, and the new pods take
+//! traffic only once their plugin serves. The summary is what a user would check: per-pod
+//! acknowledgements, the history, and the traffic (0 failed requests).
 //!
 //! The artifact server runs inside this process (HTTPS on the node link, reachable from
 //! pods), so it stops when the demo ends; what the pods loaded stays loaded.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -91,6 +92,8 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
     let took_v3 = roll(&app, &v3, "RolledBack").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = traffic.finish().await?;
+    step("scale to 8 pods while requests flow through Service demo");
+    let scaled = scale_under_traffic(&app, 8).await?;
 
     let status = plugin_releases(&app).get(RELEASE).await?.data["status"].clone();
     let plugin_cli = |verb: &str| -> Result<String> {
@@ -122,6 +125,12 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
         report.failed.len(),
         tags.join(", ")
     );
+    println!(
+        "scale:     5 → 8 pods in {:.1}s (new pods Ready only once they serve v02), {} requests through Service demo, failed requests = {}",
+        scaled.took.as_secs_f64(),
+        scaled.report.ok + scaled.report.failed.len(),
+        scaled.report.failed.len()
+    );
     println!();
     println!("$ kubectl hotload pods {RELEASE} -n {APP_NAMESPACE}");
     print!("{}", plugin_cli("pods")?);
@@ -141,16 +150,65 @@ pub async fn run(layout: &Layout, e2e_bin: &str) -> Result<()> {
     );
     println!("         kubectl hotload status {RELEASE} -n {APP_NAMESPACE}");
     println!("Stop:    make cluster-down");
-    for failure in report.failed.iter().take(5) {
+    for failure in report.failed.iter().chain(&scaled.report.failed).take(5) {
         eprintln!("failed request: {failure}");
     }
     ensure!(
-        report.failed.is_empty(),
+        report.failed.is_empty() && scaled.report.failed.is_empty(),
         "{} requests failed",
-        report.failed.len()
+        report.failed.len() + scaled.report.failed.len()
     );
     ensure!(injected == 5, "only {injected} of 5 pods were injected");
     Ok(())
+}
+
+/// How a scale-up under traffic went.
+struct Scaled {
+    took: Duration,
+    report: crate::workload::TrafficReport,
+}
+
+/// Puts a Service in front of the demo pods, sends requests through it (kube-proxy routes
+/// only to Ready pods) while the Deployment scales to `replicas`, and waits until every pod
+/// is Ready and the release counts them all updated.
+async fn scale_under_traffic(ns: &TestNamespace, replicas: i32) -> Result<Scaled> {
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "demo"},
+        "spec": {"selector": {"app": "demo"}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }))?;
+    let service = ns
+        .api::<Service>()
+        .create(&PostParams::default(), &service)
+        .await?;
+    let address = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service demo has no ClusterIP")?;
+    let traffic = Traffic::start(vec![address]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    ns.api::<Deployment>()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    let n = usize::try_from(replicas)?;
+    ready_pods(ns, n).await?;
+    let api = plugin_releases(ns);
+    eventually(&format!("{n} pods updated"), WAIT, || async {
+        let status: Value = api.get(RELEASE).await?.data["status"].clone();
+        ensure!(status["updated"] == n, "status: {status}");
+        Ok(())
+    })
+    .await?;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Scaled {
+        took,
+        report: traffic.finish().await?,
+    })
 }
 
 fn step(what: &str) {

@@ -7,7 +7,8 @@
 //!   processes, each pod in its own network and mount namespaces ([`runtime`]).
 //! - [`testing`]: start or reuse the cluster, a namespace per test, wait helpers, and a
 //!   dump of pods, events and logs when a test fails; [`artifacts`]: an HTTPS server that
-//!   pods reach, for plugin artifacts.
+//!   pods reach, for plugin artifacts; [`fleet`]: the chart, an artifact server and demo
+//!   pods, driven as a user would.
 
 pub mod argocd;
 pub mod artifacts;
@@ -16,6 +17,7 @@ pub mod cgroup;
 pub mod chart;
 pub mod cluster;
 pub mod demo;
+pub mod fleet;
 pub mod images;
 pub mod layout;
 pub mod lock;

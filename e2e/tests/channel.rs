@@ -134,6 +134,14 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
             Ok(_) => bail!("pod {pod_a}'s token was accepted for pod {pod_b}"),
         }
         let (tx, mut replies) = attach(&mut client, &ns.name, pod_a, Some(token_a)).await?;
+        // No release selects the pod yet: its set is complete as it is (empty).
+        let message = tokio::time::timeout(WAIT, replies.message())
+            .await??
+            .context("stream ended")?;
+        ensure!(
+            matches!(message.kind, Some(operator_message::Kind::Synced(_))),
+            "expected Synced for a pod no release selects, got {message:?}"
+        );
 
         let pull: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
             "metadata": {"name": "pull", "annotations": {"hotload.dev/hosts": "127.0.0.1:9"}},
@@ -186,6 +194,8 @@ async fn only_the_pods_own_token_opens_its_stream_and_acks_reach_status() {
                 state: State::Loaded as i32,
                 reason: String::new(),
                 since_unix_ms: now_ms,
+                workers: 1,
+                workers_loaded: 1,
             })),
         };
         tx.send(loaded).await.context("sending the ack")?;

@@ -9,29 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use hotload_e2e::artifacts::{ArtifactServer, digest_of};
-use hotload_e2e::chart::{Chart, is_ready};
-use hotload_e2e::testing::{self, TestNamespace, condition, eventually};
-use hotload_e2e::workload::{Traffic, deployment, post, tag_of, tagger, tagger_failing_self_check};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use hotload_e2e::artifacts::digest_of;
+use hotload_e2e::chart::Chart;
+use hotload_e2e::fleet::{Artifact, Demo, RELEASE, WAIT, all_loaded, watch_stream};
+use hotload_e2e::testing::{self, condition, eventually};
+use hotload_e2e::workload::{Traffic, tagger, tagger_failing_self_check};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams};
 use serde_json::{Value, json};
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
-const WAIT: Duration = Duration::from_secs(120);
-const RELEASE: &str = "handler";
-
-/// One plugin artifact on the artifact server.
-#[derive(Clone)]
-struct Artifact {
-    file: String,
-    url: String,
-    digest: String,
-    /// The release requires a cosign signature made with this key (PEM).
-    signature_key: Option<String>,
-}
 
 /// A cosign-compatible signing key: ECDSA P-256 with SHA-256, signatures in ASN.1 DER,
 /// base64-encoded the way `cosign sign-blob` writes them.
@@ -65,242 +53,10 @@ impl CosignKey {
     }
 }
 
-/// The namespace's fleet: the chart (operator and webhook), an artifact server, and a
-/// Deployment of demo pods in a namespace opted in to injection.
-struct Demo {
-    ns: TestNamespace,
-    _chart: Chart,
-    artifacts: ArtifactServer,
-}
-
-impl Demo {
-    async fn start(ns: &TestNamespace, replicas: i32) -> Result<Self> {
-        // Fail fast on unreachable artifact hosts, so rollbacks are quick to test.
-        let chart = Chart::install(
-            ns,
-            &["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"],
-        )?;
-        ns.kubectl(&["label", "namespace", &ns.name, "hotload.dev/inject=enabled"])?;
-        let artifacts = ArtifactServer::start().await?;
-        let ca: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": "artifact-ca"},
-            "data": {"ca.crt": artifacts.ca_pem},
-        }))?;
-        ns.api::<ConfigMap>()
-            .create(&PostParams::default(), &ca)
-            .await?;
-        Chart::wait_ready(ns).await?;
-        ns.api::<Deployment>()
-            .create(&PostParams::default(), &deployment(replicas)?)
-            .await?;
-        let demo = Self {
-            ns: ns.clone(),
-            _chart: chart,
-            artifacts,
-        };
-        demo.ready_pods(replicas as usize).await?;
-        Ok(demo)
-    }
-
-    fn publish(&self, file: &str, bytes: &[u8]) -> Artifact {
-        Artifact {
-            file: file.into(),
-            url: self.artifacts.put(file, bytes),
-            digest: digest_of(bytes),
-            signature_key: None,
-        }
-    }
-
-    /// Applies the release as a GitOps tool would: server-side apply of the whole spec.
-    async fn apply(&self, artifact: &Artifact, extra: Value) -> Result<i64> {
-        let mut spec = json!({
-            "plugin": "handler",
-            "selector": {"matchLabels": {"app": "demo"}},
-            "artifact": {"url": artifact.url, "digest": artifact.digest},
-        });
-        if let Some(key) = &artifact.signature_key {
-            spec["artifact"]["signature"] = json!({"publicKey": key});
-        }
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        let release = json!({
-            "apiVersion": "hotload.dev/v1alpha1",
-            "kind": "PluginRelease",
-            "metadata": {"name": RELEASE},
-            "spec": spec,
-        });
-        let applied = testing::plugin_releases(&self.ns)
-            .patch(
-                RELEASE,
-                &PatchParams::apply("e2e-gitops").force(),
-                &Patch::Apply(release),
-            )
-            .await?;
-        Ok(applied.metadata.generation.unwrap_or_default())
-    }
-
-    /// What Argo CD's health check (integrations/argocd) says about the live release.
-    async fn argo_health(&self) -> Result<(String, String)> {
-        let object = testing::plugin_releases(&self.ns).get(RELEASE).await?;
-        hotload_e2e::argocd::health(&serde_json::to_value(&object)?)
-    }
-
-    /// `kubectl hotload <verb> handler …`: stdout, failing on a non-zero exit.
-    fn cli(&self, verb: &str, extra: &[&str]) -> Result<String> {
-        let args: Vec<&str> = [verb, RELEASE]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect();
-        let out = self.ns.kubectl_hotload(E2E, &args)?;
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        ensure!(
-            out.status.success(),
-            "kubectl hotload {}: {}{stdout}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    }
-
-    async fn status(&self) -> Result<Value> {
-        Ok(testing::plugin_releases(&self.ns).get(RELEASE).await?.data["status"].clone())
-    }
-
-    /// Waits until the operator has seen `generation` and `check` holds on the status.
-    async fn wait_status(
-        &self,
-        what: &str,
-        generation: i64,
-        check: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let check = &check;
-        eventually(what, WAIT, || async move {
-            let status = self.status().await?;
-            ensure!(
-                status["observedGeneration"] == generation && check(&status),
-                "status: {status:#}"
-            );
-            Ok(status)
-        })
-        .await
-        .with_context(|| format!("operator log (tail):\n{}", Chart::log(&self.ns, 40)))
-    }
-
-    /// Waits for `kubectl wait --for=condition=Ready` on the release at `generation`.
-    async fn wait_ready(&self, generation: i64) -> Result<Value> {
-        self.wait_status("the release to observe the spec", generation, |_| true)
-            .await?;
-        let out = self.ns.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("plr/{RELEASE}"),
-            "--timeout=120s",
-        ]);
-        let status = self.status().await?;
-        out.with_context(|| format!("kubectl wait; status: {status:#}"))?;
-        Ok(status)
-    }
-
-    /// The Ready pods' names and IPs, once there are `n`.
-    async fn ready_pods(&self, n: usize) -> Result<Vec<(String, String)>> {
-        let pods: Api<Pod> = self.ns.api();
-        eventually(&format!("{n} ready demo pods"), WAIT, || async {
-            let list = pods.list(&ListParams::default().labels("app=demo")).await?;
-            let ready: Vec<(String, String)> = list
-                .items
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
-                .filter_map(|p| {
-                    let ip = p.status.as_ref()?.pod_ip.clone()?;
-                    Some((p.metadata.name.clone()?, ip))
-                })
-                .collect();
-            ensure!(ready.len() == n, "{} of {n} ready", ready.len());
-            Ok(ready)
-        })
-        .await
-    }
-
-    /// What every ready pod answers to a request: `(pod, tag)`.
-    async fn tags(&self, n: usize) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        for (pod, ip) in self.ready_pods(n).await? {
-            let body = post(&ip, "probe").await?;
-            let tag = tag_of(&body).with_context(|| format!("{pod}: {body}"))?;
-            out.push((pod, tag));
-        }
-        Ok(out)
-    }
-
-    /// Waits until every one of `n` ready pods answers with `tag`.
-    async fn all_serve(&self, n: usize, tag: &str) -> Result<()> {
-        eventually(&format!("{n} pods to serve {tag}"), WAIT, || async {
-            let tags = self.tags(n).await?;
-            ensure!(tags.iter().all(|(_, t)| t == tag), "{tags:?}");
-            Ok(())
-        })
-        .await
-    }
-
-    async fn events(&self) -> Result<Vec<(String, String)>> {
-        let list = self
-            .ns
-            .api::<Event>()
-            .list(&ListParams::default().fields(&format!("involvedObject.name={RELEASE}")))
-            .await?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-            .collect())
-    }
-}
-
-/// Every listed pod acknowledged `revision` as loaded.
-fn all_loaded(status: &Value, revision: &Value, n: usize) -> bool {
-    let pods = status["pods"].as_array().cloned().unwrap_or_default();
-    pods.len() == n
-        && pods
-            .iter()
-            .all(|p| p["revision"] == *revision && p["state"] == "Loaded")
-}
-
-/// Reads the demo's chunked `/stream` until stopped; returns the tags seen in order and
-/// whether the connection stayed open the whole time.
-fn watch_stream(ip: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<Vec<String>>> {
-    tokio::spawn(async move {
-        let mut response = reqwest::get(format!("http://{ip}:8080/stream")).await?;
-        let mut seen: Vec<String> = Vec::new();
-        let mut pending = String::new();
-        let started = std::time::Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            ensure!(
-                started.elapsed() < hotload_e2e::workload::MAX_TRAFFIC,
-                "the stream was never told to stop"
-            );
-            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-                .await
-                .context("the stream went silent")??
-                .context("the stream closed during the rollout")?;
-            pending.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = pending.find('\n') {
-                let line: String = pending.drain(..=end).collect();
-                let tag =
-                    tag_of(line.trim_end()).with_context(|| format!("stream line {line:?}"))?;
-                if seen.last() != Some(&tag) {
-                    seen.push(tag);
-                }
-            }
-        }
-        Ok(seen)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_reaches_every_pod_without_a_failed_request_and_a_revert_comes_from_cache() {
     testing::run(E2E, "rollout", |ns| async move {
-        let demo = Demo::start(&ns, 5).await?;
+        let demo = Demo::start(E2E, &ns, 5).await?;
         let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
         let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
 
@@ -394,7 +150,7 @@ async fn a_new_version_reaches_every_pod_without_a_failed_request_and_a_revert_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_cause() {
     testing::run(E2E, "rollback", |ns| async move {
-        let demo = Demo::start(&ns, 5).await?;
+        let demo = Demo::start(E2E, &ns, 5).await?;
         let broken = demo.publish("tagger-broken.wasm", &tagger_failing_self_check()?);
 
         // A first release that fails has nothing to roll back to: every pod it touched is
@@ -541,7 +297,7 @@ async fn failed_loads_roll_back_to_the_stable_revision_and_name_the_pod_and_caus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_holds_at_its_step_until_resumed() {
     testing::run(E2E, "canary", |ns| async move {
-        let demo = Demo::start(&ns, 5).await?;
+        let demo = Demo::start(E2E, &ns, 5).await?;
         let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
         let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
         let generation = demo.apply(&v1, json!({})).await?;
@@ -644,7 +400,7 @@ async fn a_canary_holds_at_its_step_until_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_survives_pod_churn_a_killed_sidecar_and_a_killed_operator() {
     testing::run(E2E, "chaos", |ns| async move {
-        let demo = Demo::start(&ns, 5).await?;
+        let demo = Demo::start(E2E, &ns, 5).await?;
         let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
         let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
         let slow = json!({"strategy": {"maxUnavailable": 1, "minReadySeconds": 3}});

@@ -181,10 +181,11 @@ async fn sidecar(
         }
     };
     let mut serving = String::new();
-    while let Some(Ok(OperatorMessage {
-        kind: Some(operator_message::Kind::Assign(assign)),
-    })) = replies.next().await
-    {
+    while let Some(Ok(OperatorMessage { kind })) = replies.next().await {
+        // Synced says the set is complete; a simulated sidecar has no readiness to gate.
+        let Some(operator_message::Kind::Assign(assign)) = kind else {
+            continue;
+        };
         let loaded = !assign.url.contains("broken");
         if loaded {
             serving.clone_from(&assign.revision);
@@ -200,6 +201,8 @@ async fn sidecar(
                 "self-check failed: simulated".into()
             },
             since_unix_ms: now_ms(),
+            workers: 1,
+            workers_loaded: u32::from(loaded),
         };
         let at = Instant::now();
         if tx
