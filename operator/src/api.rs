@@ -379,6 +379,13 @@ pub struct PodAck {
     pub reason: Option<String>,
     /// Since when the pod is in this state.
     pub since: Time,
+    /// The app's worker processes connected to the pod's sidecar (absent when the sidecar
+    /// does not count them, or is not connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<i32>,
+    /// How many of those workers confirmed the revision (`workers` of them when Loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_loaded: Option<i32>,
 }
 
 /// A pod's plugin state as its sidecar reported it.

@@ -1,11 +1,13 @@
 //! The sidecar channel server. Each sidecar dials the operator (so new pods converge the
 //! moment they start, and no pod needs ingress or RBAC) and proves which pod it is with an
 //! audience-bound projected service-account token, which the operator checks with a
-//! TokenReview. The token's pod is the only pod that stream may speak for.
+//! TokenReview. The token's pod (namespace, name and uid: a pod recreated under the same
+//! name is another pod) is the only pod that stream may speak for.
 //!
 //! ```text
 //!  sidecar ──Attach(Hello{ns,pod,plugins}, PluginState…)──▶ operator ──▶ Registry ──▶ controller
 //!          ◀────────────── Assign{plugin, revision, …} ──────────── Registry::assign ◀─┘
+//!          ◀────────────── Synced (once, after the Assigns planned from Hello) ── synced.rs
 //! ```
 
 use std::pin::Pin;
@@ -18,8 +20,8 @@ use futures::{Stream, StreamExt};
 use hotload_channel::TOKEN_AUDIENCE;
 use hotload_channel::proto::plugin_channel_server::{PluginChannel, PluginChannelServer};
 use hotload_channel::proto::{
-    Assign, Credentials, OperatorMessage, PluginState, SidecarMessage, State, operator_message,
-    sidecar_message,
+    Assign, Credentials, OperatorMessage, PluginState, SidecarMessage, State, Synced,
+    operator_message, sidecar_message,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
@@ -31,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::admin::Health;
 use crate::api::AckState;
 use crate::metrics::Metrics;
-use crate::registry::{self, Directive, PluginReport, Registry};
+use crate::registry::{self, Directive, Outgoing, PluginReport, Registry};
 
 /// The pod a verified token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct PodIdentity {
     pub namespace: String,
     /// The pod's name.
     pub pod: String,
+    /// The pod object's uid.
+    pub uid: String,
 }
 
 /// The pod a TokenReview vouches for, or why the token is refused.
@@ -65,15 +69,20 @@ pub fn identity(review: &TokenReviewStatus) -> Result<PodIdentity, String> {
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split(':').next())
         .ok_or_else(|| format!("{username} is not a service account"))?;
-    let pod = user
-        .extra
-        .as_ref()
-        .and_then(|extra| extra.get("authentication.kubernetes.io/pod-name"))
-        .and_then(|names| names.first())
-        .ok_or("token is not bound to a pod (use a projected service-account token)")?;
+    let extra = |key: &str| {
+        user.extra
+            .as_ref()
+            .and_then(|extra| extra.get(key))
+            .and_then(|values| values.first())
+            .filter(|value| !value.is_empty())
+    };
+    let unbound = "token is not bound to a pod (use a projected service-account token)";
+    let pod = extra("authentication.kubernetes.io/pod-name").ok_or(unbound)?;
+    let uid = extra("authentication.kubernetes.io/pod-uid").ok_or(unbound)?;
     Ok(PodIdentity {
         namespace: namespace.to_string(),
         pod: pod.clone(),
+        uid: uid.clone(),
     })
 }
 
@@ -213,9 +222,11 @@ impl ChannelService {
             .iter()
             .map(|state| (state.plugin.clone(), report(state, now)))
             .collect();
-        let id = self.registry.connect(&who.namespace, &who.pod, tx, holds);
+        let id = self
+            .registry
+            .connect(&who.namespace, &who.pod, &who.uid, tx, holds);
         self.metrics.set_connected(self.registry.connected());
-        tracing::info!(namespace = %who.namespace, pod = %who.pod, "sidecar connected");
+        tracing::info!(namespace = %who.namespace, pod = %who.pod, uid = %who.uid, "sidecar connected");
         Ok(Response::new(Box::pin(Session {
             inbound,
             outbox: rx,
@@ -239,7 +250,7 @@ const REPORTS_PER_POLL: usize = 32;
 /// disconnected.
 struct Session {
     inbound: Streaming<SidecarMessage>,
-    outbox: mpsc::Receiver<Arc<Directive>>,
+    outbox: mpsc::Receiver<Outgoing>,
     sidecar: Attached,
 }
 
@@ -253,7 +264,7 @@ impl Stream for Session {
             match this.inbound.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(message))) => this.sidecar.heard(message),
                 Poll::Ready(Some(Err(status))) => {
-                    let PodIdentity { namespace, pod } = &this.sidecar.who;
+                    let PodIdentity { namespace, pod, .. } = &this.sidecar.who;
                     tracing::debug!(%namespace, %pod, %status, "sidecar stream broke off");
                     return Poll::Ready(None);
                 }
@@ -269,7 +280,7 @@ impl Stream for Session {
         }
         this.outbox
             .poll_next_unpin(cx)
-            .map(|directive| directive.map(|d| Ok(assign(&d))))
+            .map(|next| next.map(|message| Ok(message_for(&message))))
     }
 }
 
@@ -288,14 +299,20 @@ impl Attached {
         };
         let report = report(&state, Timestamp::now());
         self.metrics.acked(report.state, report.reason.as_deref());
-        self.registry
-            .report(&self.who.namespace, &self.who.pod, &state.plugin, report);
+        let PodIdentity { namespace, pod, .. } = &self.who;
+        if !self
+            .registry
+            .report(namespace, pod, self.id, &state.plugin, report)
+        {
+            // A newer stream owns the pod now (or the pod is gone): this one's word is stale.
+            tracing::debug!(%namespace, %pod, "report from a stream that no longer owns the pod; ignored");
+        }
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let PodIdentity { namespace, pod } = &self.who;
+        let PodIdentity { namespace, pod, .. } = &self.who;
         self.registry.disconnect(namespace, pod, self.id);
         self.metrics.set_connected(self.registry.connected());
         tracing::info!(%namespace, %pod, "sidecar disconnected");
@@ -321,6 +338,8 @@ pub fn report(state: &PluginState, now: Timestamp) -> PluginReport {
         },
         reason: (!state.reason.is_empty()).then(|| cut(&state.reason, MAX_REASON_BYTES)),
         since: now,
+        workers: state.workers,
+        workers_loaded: state.workers_loaded,
     }
 }
 
@@ -335,6 +354,15 @@ fn cut(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}{ellipsis}", &text[..end])
+}
+
+fn message_for(message: &Outgoing) -> OperatorMessage {
+    match message {
+        Outgoing::Assign(directive) => assign(directive),
+        Outgoing::Synced => OperatorMessage {
+            kind: Some(operator_message::Kind::Synced(Synced {})),
+        },
+    }
 }
 
 fn assign(directive: &Directive) -> OperatorMessage {
@@ -370,10 +398,16 @@ mod tests {
             user: Some(UserInfo {
                 username: Some(username.into()),
                 extra: pod.map(|p| {
-                    [(
-                        "authentication.kubernetes.io/pod-name".to_string(),
-                        vec![p.to_string()],
-                    )]
+                    [
+                        (
+                            "authentication.kubernetes.io/pod-name".to_string(),
+                            vec![p.to_string()],
+                        ),
+                        (
+                            "authentication.kubernetes.io/pod-uid".to_string(),
+                            vec![format!("uid-of-{p}")],
+                        ),
+                    ]
                     .into()
                 }),
                 ..Default::default()
@@ -393,8 +427,54 @@ mod tests {
             who,
             Ok(PodIdentity {
                 namespace: "shop".into(),
-                pod: "web-1".into()
+                pod: "web-1".into(),
+                uid: "uid-of-web-1".into(),
             })
+        );
+    }
+
+    #[test]
+    fn a_token_without_the_pods_uid_is_refused() {
+        let mut without_uid = review(
+            "system:serviceaccount:shop:default",
+            Some("web-1"),
+            TOKEN_AUDIENCE,
+        );
+        if let Some(extra) = without_uid.user.as_mut().and_then(|u| u.extra.as_mut()) {
+            extra.remove("authentication.kubernetes.io/pod-uid");
+        }
+        assert!(
+            identity(&without_uid)
+                .unwrap_err()
+                .contains("not bound to a pod")
+        );
+    }
+
+    #[test]
+    fn synced_and_assigns_go_out_as_their_messages() {
+        assert_eq!(
+            message_for(&Outgoing::Synced),
+            OperatorMessage {
+                kind: Some(operator_message::Kind::Synced(Synced {}))
+            }
+        );
+        let directive = Directive {
+            plugin: "auth".into(),
+            revision: Some("r1".into()),
+            url: "https://plugins/auth.wasm".into(),
+            digest: "sha256:00".into(),
+            config: None,
+            credentials: None,
+            signature_key: None,
+        };
+        let Some(operator_message::Kind::Assign(sent)) =
+            message_for(&Outgoing::Assign(Arc::new(directive))).kind
+        else {
+            panic!("an Assign");
+        };
+        assert_eq!(
+            (sent.plugin.as_str(), sent.revision.as_str()),
+            ("auth", "r1")
         );
     }
 
@@ -431,6 +511,8 @@ mod tests {
             state: State::Failed as i32,
             reason: "digest mismatch".into(),
             since_unix_ms: 1_000,
+            workers: 4,
+            workers_loaded: 3,
         };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         let r = report(&state, now);
@@ -438,6 +520,7 @@ mod tests {
             (r.assigned.as_deref(), r.serving, r.state),
             (Some("abc"), None, AckState::Failed)
         );
+        assert_eq!((r.workers, r.workers_loaded), (4, 3));
         assert_eq!(r.reason.as_deref(), Some("digest mismatch"));
         assert_eq!(r.since, now, "the operator's clock, not the sidecar's");
     }

@@ -1,7 +1,9 @@
 //! The reconciler: the thin shell around [`planner::plan`]. It gathers the release's pods
-//! (from a metadata-only cache, so 10,000 pods stay cheap), every sidecar's report (from the
-//! [`Registry`]) and any competing release, runs the planner, sends the assignments, and
-//! writes status with server-side apply (at most once a second per release) plus events.
+//! (from a cache of the few fields it reads, [`CachedPod`], so 10,000 pods stay cheap), every
+//! sidecar's report (from the [`Registry`]) and any competing release, runs the planner,
+//! sends the assignments, tells the registry which streams it has planned for (for
+//! [`crate::synced`]), and writes status with server-side apply (at most once a second per
+//! release) plus events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
@@ -24,8 +23,10 @@ use crate::admin::Health;
 use crate::api::{PluginRelease, PluginReleaseStatus, describe};
 use crate::metrics::Metrics;
 use crate::planner::{self, Input, PodView};
+use crate::pods::{CachedPod, keep_what_is_read};
 use crate::registry::{Directive, Registry};
-use crate::{revision, selector};
+use crate::views::{Source, planned_streams, pod_view};
+use crate::{revision, selector, synced};
 
 /// The field manager of every status write.
 pub const MANAGER: &str = "hotload-operator";
@@ -66,7 +67,7 @@ pub struct Context {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
-    pods: Store<PartialObjectMeta<Pod>>,
+    pods: Store<CachedPod>,
     releases: Store<PluginRelease>,
     recorder: Recorder,
     /// The status each release was last planned to, by uid. Writes are coalesced and the
@@ -108,7 +109,7 @@ pub async fn run(
     let pod_events = reflector(
         pod_writer,
         watcher(
-            api::<PartialObjectMeta<Pod>>(&client, namespace),
+            api::<CachedPod>(&client, namespace),
             watcher::Config::default(),
         )
         .modify(keep_what_is_read),
@@ -117,13 +118,27 @@ pub async fn run(
     .inspect({
         let registry = registry.clone();
         move |event| {
-            // A deleted pod's reports go with it: a new pod that reuses its name (a
-            // StatefulSet's) must not inherit them, and churn must not grow the registry.
-            if let Ok(watcher::Event::Delete(pod)) = event {
-                registry.forget(
-                    pod.metadata.namespace.as_deref().unwrap_or_default(),
-                    pod.metadata.name.as_deref().unwrap_or_default(),
-                );
+            let named = |pod: &CachedPod| {
+                (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                )
+            };
+            match event {
+                // A deleted pod's reports go with it: churn must not grow the registry. Only
+                // that pod object's: a new pod that reuses its name (a StatefulSet's) and
+                // attached before this event came keeps its stream.
+                Ok(watcher::Event::Delete(pod)) => {
+                    let (namespace, name) = named(pod);
+                    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                    registry.forget(&namespace, &name, uid);
+                }
+                // A stream waiting for Synced may have been waiting for its pod to be known.
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    let (namespace, name) = named(pod);
+                    registry.pod_changed(&namespace, &name);
+                }
+                _ => {}
             }
         }
     })
@@ -140,11 +155,14 @@ pub async fn run(
     .default_backoff()
     .inspect({
         let planned = planned.clone();
+        let registry = registry.clone();
         move |event| {
-            if let Ok(watcher::Event::Delete(release)) = event
-                && let (Some(uid), Ok(mut planned)) = (release.uid(), planned.lock())
-            {
-                planned.remove(&uid);
+            if let Ok(watcher::Event::Delete(release)) = event {
+                // Streams waiting for its plan are owed it no more.
+                registry.wake_settler();
+                if let (Some(uid), Ok(mut planned)) = (release.uid(), planned.lock()) {
+                    planned.remove(&uid);
+                }
             }
         }
     })
@@ -163,6 +181,11 @@ pub async fn run(
             .collect();
         futures::stream::iter(refs)
     });
+    tokio::spawn(synced::run(
+        registry.clone(),
+        pods.clone(),
+        releases.clone(),
+    ));
     tokio::spawn({
         let (pods, releases, health) = (pods.clone(), releases.clone(), health.clone());
         async move {
@@ -195,9 +218,7 @@ pub async fn run(
         planned,
     });
     Controller::for_stream(release_events, ctx.releases.clone())
-        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
-            releases_of(&by_pod, &pod)
-        })
+        .watches_stream(pod_events, move |pod: CachedPod| releases_of(&by_pod, &pod))
         .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -224,29 +245,8 @@ where
     }
 }
 
-/// Trims a cached pod to what the reconciler reads: its name, namespace, uid, labels and
-/// creation and deletion times. Everything else (managed fields above all, a few KiB of
-/// JSON per pod, and annotations) would be kept once per pod for nothing: at 10,000 pods
-/// that was 110 MiB of the operator's memory.
-pub fn keep_what_is_read(pod: &mut PartialObjectMeta<Pod>) {
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        labels: meta.labels,
-        creation_timestamp: meta.creation_timestamp,
-        deletion_timestamp: meta.deletion_timestamp,
-        ..ObjectMeta::default()
-    };
-}
-
 /// The releases whose selector picks this pod.
-fn releases_of(
-    releases: &Store<PluginRelease>,
-    pod: &PartialObjectMeta<Pod>,
-) -> Vec<ObjectRef<PluginRelease>> {
+fn releases_of(releases: &Store<PluginRelease>, pod: &CachedPod) -> Vec<ObjectRef<PluginRelease>> {
     let labels = pod.labels();
     releases
         .state()
@@ -290,10 +290,10 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         .collect();
     // Each connected pod's view comes from one stream; what is planned from it goes out
     // over that stream only. Sorted by name, so a pod's stream is found by binary search.
-    let mut seen: Vec<(PodView, Option<u64>)> = ctx
+    let mut seen: Vec<(PodView, Source)> = ctx
         .pods
         .state()
-        .iter()
+        .into_iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
         })
@@ -301,7 +301,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
         .map(|pod| pod_view(&ctx.registry, release, &rivals, pod, now))
         .collect();
     seen.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let (views, streams): (Vec<PodView>, Vec<Option<u64>>) = seen.into_iter().unzip();
+    let (views, sources): (Vec<PodView>, Vec<Source>) = seen.into_iter().unzip();
 
     let uid = release.uid().unwrap_or_default();
     let remembered = ctx
@@ -345,12 +345,15 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     };
     // One directive per revision, shared by every pod it goes to.
     let mut directives: HashMap<&Option<String>, Arc<Directive>> = HashMap::new();
+    // Pods whose assignment did not go out: the release has not planned for their streams
+    // yet, so they are not told Synced.
+    let mut unsent: Vec<&str> = Vec::new();
     for (pod, revision) in &plan.assign {
-        let stream = views
+        let source = views
             .binary_search_by(|v| v.name.as_str().cmp(pod))
             .ok()
-            .and_then(|i| streams.get(i).copied().flatten());
-        let Some(stream) = stream else {
+            .and_then(|i| sources.get(i));
+        let Some((stream, cached)) = source.and_then(|s| Some((s.stream?, &s.pod))) else {
             continue;
         };
         let directive = match directives.get(revision) {
@@ -362,6 +365,7 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                 };
                 let Some(source) = source else {
                     tracing::error!(release = %name, pod = %pod, revision = ?revision, "revision is in neither the spec nor the history; not assigned");
+                    unsent.push(pod);
                     continue;
                 };
                 let directive = Arc::new(Directive {
@@ -377,10 +381,19 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
                 directive
             }
         };
-        if ctx.registry.assign(&namespace, pod, stream, directive, now) {
+        let restarts = cached.restart_counts();
+        if ctx
+            .registry
+            .assign(&namespace, pod, stream, directive, restarts, now)
+        {
             tracing::info!(release = %name, pod = %pod, revision = ?revision, "assigned");
+        } else {
+            unsent.push(pod);
         }
     }
+    unsent.sort_unstable();
+    let planned_for = planned_streams(&views, &sources, &unsent);
+    ctx.registry.planned(&namespace, &uid, &planned_for);
 
     let mut requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
     // Events wait until the status that explains them is written.
@@ -450,69 +463,6 @@ async fn pull_credentials(
         .map_err(|why| format!("release {}: {why}", describe(release)))
 }
 
-/// What the planner sees of one pod, and the sidecar stream it was read from (`None`: not
-/// connected).
-fn pod_view(
-    registry: &Registry,
-    release: &PluginRelease,
-    rivals: &[Arc<PluginRelease>],
-    pod: &PartialObjectMeta<Pod>,
-    now: Timestamp,
-) -> (PodView, Option<u64>) {
-    let namespace = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let created = |r: &PluginRelease| r.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let names: Vec<String> = std::iter::once(release)
-        .chain(
-            rivals
-                .iter()
-                .map(AsRef::as_ref)
-                .filter(|r| selector::matches(&r.spec.selector, pod.labels())),
-        )
-        .map(describe)
-        .collect();
-    let claims: Vec<(Timestamp, &str)> = std::iter::once(release)
-        .chain(
-            rivals
-                .iter()
-                .map(AsRef::as_ref)
-                .filter(|r| selector::matches(&r.spec.selector, pod.labels())),
-        )
-        .zip(&names)
-        .map(|(r, n)| (created(r), n.as_str()))
-        .collect();
-    let me = describe(release);
-    let conflict = planner::owner(&claims)
-        .filter(|owner| *owner != me)
-        .map(str::to_string);
-    let (stream, report) = registry.view(&namespace, &name, &release.spec.plugin);
-    let connected = stream.is_some();
-    let since = pod.creation_timestamp().map_or(now, |t| t.0);
-    let view = match report {
-        Some(r) => PodView {
-            name,
-            connected,
-            assigned: r.assigned,
-            serving: r.serving,
-            state: r.state,
-            reason: r.reason,
-            since: r.since,
-            conflict,
-        },
-        None => PodView {
-            name,
-            connected,
-            assigned: None,
-            serving: None,
-            state: crate::api::AckState::Pending,
-            reason: None,
-            since,
-            conflict,
-        },
-    };
-    (view, stream)
-}
-
 async fn write_status(
     client: &Client,
     release: &PluginRelease,
@@ -565,59 +515,4 @@ async fn publish(
 fn error_policy(release: Arc<PluginRelease>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(release = %describe(&release), error = %error, kind = error.metric_label(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-        FieldsV1, ManagedFieldsEntry, OwnerReference, Time,
-    };
-
-    #[test]
-    fn a_cached_pod_keeps_what_the_reconciler_reads_and_nothing_else() {
-        let created = Time(Timestamp::from_second(1_000).unwrap());
-        let deleted = Time(Timestamp::from_second(2_000).unwrap());
-        let labels: std::collections::BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string())].into();
-        let mut pod = PartialObjectMeta::<Pod> {
-            metadata: ObjectMeta {
-                name: Some("web-1".into()),
-                namespace: Some("shop".into()),
-                uid: Some("u-1".into()),
-                resource_version: Some("42".into()),
-                labels: Some(labels.clone()),
-                creation_timestamp: Some(created.clone()),
-                deletion_timestamp: Some(deleted.clone()),
-                annotations: Some([("big".to_string(), "x".repeat(4096))].into()),
-                managed_fields: Some(vec![ManagedFieldsEntry {
-                    manager: Some("kubelet".into()),
-                    fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
-                    ..Default::default()
-                }]),
-                owner_references: Some(vec![OwnerReference::default()]),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        keep_what_is_read(&mut pod);
-        assert_eq!(
-            pod.metadata,
-            ObjectMeta {
-                name: Some("web-1".into()),
-                namespace: Some("shop".into()),
-                uid: Some("u-1".into()),
-                resource_version: Some("42".into()),
-                labels: Some(labels),
-                creation_timestamp: Some(created),
-                deletion_timestamp: Some(deleted),
-                ..Default::default()
-            }
-        );
-        // The reflector keys its store by name and namespace; both survive.
-        assert_eq!(
-            ObjectRef::from_obj(&pod),
-            ObjectRef::new("web-1").within("shop")
-        );
-    }
 }

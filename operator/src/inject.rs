@@ -3,7 +3,10 @@
 //!
 //! What a pod gets (the same spec README's "by hand" section shows):
 //! - `hotload-sidecar` as the first init container with `restartPolicy: Always` (a native
-//!   sidecar: it starts before the app and outlives it), readiness on its admin port;
+//!   sidecar: it starts before the app and outlives it), readiness on its admin port, and
+//!   its readiness policy in its arguments: `--readiness=plugins` (the pod is not Ready until
+//!   the operator has sent its complete set and every worker loaded it) unless the pod's
+//!   `hotload.dev/readiness: always` annotation opts out;
 //! - volumes: `hotload` (emptyDir for artifacts and the app socket, unless the pod brings
 //!   its own), `hotload-token` (a projected service-account token for the
 //!   `hotload.dev/channel` audience), and `hotload-ca-bundle` when the pod names a ConfigMap
@@ -25,6 +28,9 @@ use serde_json::json;
 pub const INJECT_LABEL: &str = "hotload.dev/inject";
 /// Pod annotation: a ConfigMap (key `ca.crt`) of CAs the sidecar trusts for artifacts.
 pub const CA_BUNDLE_ANNOTATION: &str = "hotload.dev/ca-bundle";
+/// Pod annotation: `always` makes the sidecar Ready whatever its plugins do (for apps that
+/// serve without them); `plugins`, the default, keeps the pod not Ready until they load.
+pub const READINESS_ANNOTATION: &str = "hotload.dev/readiness";
 /// Pod annotation the webhook sets: the sidecar image it injected.
 pub const INJECTED_ANNOTATION: &str = "hotload.dev/injected";
 /// The injected container's name.
@@ -76,22 +82,64 @@ fn token_seconds() -> i64 {
     3600
 }
 
-/// The pod with the sidecar, or `None` when it has one already (injected before, or
-/// written by hand) or opted out. `ca_pem` is the operator's CA.
-pub fn inject(pod: &Pod, config: &InjectConfig, ca_pem: &str) -> Option<Pod> {
+/// When the injected sidecar reports its pod Ready (its `--readiness` argument).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Once the operator has sent the pod's complete set (`Synced`) and every assigned
+    /// plugin is loaded by every worker: the pod takes traffic only with its plugins.
+    Plugins,
+    /// Always: the app serves without its plugins, or gates readiness itself.
+    Always,
+}
+
+impl Readiness {
+    /// The policy a pod asks for with [`READINESS_ANNOTATION`] (none: [`Readiness::Plugins`]),
+    /// or why its value is refused.
+    pub fn of(pod: &Pod) -> Result<Self, String> {
+        let asked = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(READINESS_ANNOTATION));
+        match asked.map(String::as_str) {
+            None | Some("plugins") => Ok(Readiness::Plugins),
+            Some("always") => Ok(Readiness::Always),
+            Some(other) => Err(format!(
+                "annotation {READINESS_ANNOTATION} is {other:?}; it must be \"always\" (Ready \
+                 whether or not its plugins are loaded) or \"plugins\" (the default: not Ready \
+                 until they are)"
+            )),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Readiness::Plugins => "--readiness=plugins",
+            Readiness::Always => "--readiness=always",
+        }
+    }
+}
+
+/// The pod with the sidecar; `Ok(None)` when it has one already (injected before, or
+/// written by hand) or opted out; `Err` with the reason when the pod asks for something
+/// that cannot be injected (the webhook refuses it). `ca_pem` is the operator's CA.
+pub fn inject(pod: &Pod, config: &InjectConfig, ca_pem: &str) -> Result<Option<Pod>, String> {
     let labels = pod.metadata.labels.as_ref();
     if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
-        return None;
+        return Ok(None);
     }
-    let spec = pod.spec.as_ref()?;
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(None);
+    };
     let has_sidecar = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == SIDECAR_NAME);
     if has_sidecar {
-        return None;
+        return Ok(None);
     }
+    let readiness = Readiness::of(pod)?;
     let ca_bundle = pod
         .metadata
         .annotations
@@ -102,7 +150,9 @@ pub fn inject(pod: &Pod, config: &InjectConfig, ca_pem: &str) -> Option<Pod> {
     let mut pod = pod.clone();
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(INJECTED_ANNOTATION.into(), config.image.clone());
-    let spec = pod.spec.as_mut()?;
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(None);
+    };
 
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     if !volumes.iter().any(|v| v.name == STATE_VOLUME) {
@@ -139,20 +189,26 @@ pub fn inject(pod: &Pod, config: &InjectConfig, ca_pem: &str) -> Option<Pod> {
         }
     }
 
-    let sidecar = sidecar(config, ca_pem, ca_bundle.is_some());
+    let sidecar = sidecar(config, ca_pem, ca_bundle.is_some(), readiness);
     spec.init_containers
         .get_or_insert_with(Vec::new)
         .insert(0, sidecar);
-    Some(pod)
+    Ok(Some(pod))
 }
 
-fn sidecar(config: &InjectConfig, ca_pem: &str, ca_bundle: bool) -> Container {
+fn sidecar(
+    config: &InjectConfig,
+    ca_pem: &str,
+    ca_bundle: bool,
+    readiness: Readiness,
+) -> Container {
     let mut args = vec![
         "run".to_string(),
         format!("--state-dir={STATE_DIR}"),
         format!("--admin-addr=0.0.0.0:{}", config.admin_port),
         format!("--operator-addr={}", config.operator_addr),
         format!("--token-file={TOKEN_DIR}/token"),
+        readiness.arg().to_string(),
     ];
     let mut mounts = vec![
         mount(STATE_VOLUME, STATE_DIR, false),
@@ -234,7 +290,9 @@ mod tests {
 
     #[test]
     fn injects_a_native_sidecar_with_token_volume_and_ca() {
-        let injected = inject(&pod(json!({"app": "web"}), json!({})), &config(), "CA PEM").unwrap();
+        let injected = inject(&pod(json!({"app": "web"}), json!({})), &config(), "CA PEM")
+            .unwrap()
+            .unwrap();
         let spec = injected.spec.as_ref().unwrap();
         let sidecar = &spec.init_containers.as_ref().unwrap()[0];
         assert_eq!(sidecar.name, SIDECAR_NAME);
@@ -243,6 +301,10 @@ mod tests {
         let args = sidecar.args.as_ref().unwrap();
         assert!(args.contains(&"--operator-addr=https://hotload.hotload-system.svc:8443".into()));
         assert!(args.contains(&"--token-file=/var/run/secrets/hotload/token".into()));
+        assert!(
+            args.contains(&"--readiness=plugins".into()),
+            "readiness waits for the plugins by default: {args:?}"
+        );
         assert_eq!(
             args.last().unwrap(),
             "--attempts=2",
@@ -305,6 +367,7 @@ mod tests {
             &config(),
             "CA",
         )
+        .unwrap()
         .unwrap();
         let spec = injected.spec.unwrap();
         let volume = spec
@@ -327,11 +390,13 @@ mod tests {
     #[test]
     fn opted_out_or_already_injected_pods_are_left_alone() {
         let out = pod(json!({INJECT_LABEL: "false"}), json!({}));
-        assert_eq!(inject(&out, &config(), "CA"), None);
-        let once = inject(&pod(json!({}), json!({})), &config(), "CA").unwrap();
+        assert_eq!(inject(&out, &config(), "CA"), Ok(None));
+        let once = inject(&pod(json!({}), json!({})), &config(), "CA")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             inject(&once, &config(), "CA"),
-            None,
+            Ok(None),
             "injection is idempotent"
         );
     }
@@ -343,7 +408,7 @@ mod tests {
         spec.volumes.as_mut().unwrap().push(from_json(
             json!({"name": "hotload", "emptyDir": {"medium": "Memory"}}),
         ));
-        let injected = inject(&own, &config(), "CA").unwrap();
+        let injected = inject(&own, &config(), "CA").unwrap().unwrap();
         let volumes = injected.spec.unwrap().volumes.unwrap();
         let state: Vec<_> = volumes.iter().filter(|v| v.name == STATE_VOLUME).collect();
         assert_eq!(state.len(), 1);
@@ -351,6 +416,51 @@ mod tests {
             state[0].empty_dir.as_ref().unwrap().medium.as_deref(),
             Some("Memory")
         );
+    }
+
+    fn readiness_args(annotations: serde_json::Value) -> Vec<String> {
+        let injected = inject(&pod(json!({}), annotations), &config(), "CA")
+            .unwrap()
+            .unwrap();
+        let sidecar = &injected.spec.unwrap().init_containers.unwrap()[0];
+        sidecar
+            .args
+            .iter()
+            .flatten()
+            .filter(|a| a.starts_with("--readiness"))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_readiness_annotation_chooses_the_sidecars_policy() {
+        assert_eq!(readiness_args(json!({})), ["--readiness=plugins"]);
+        assert_eq!(
+            readiness_args(json!({READINESS_ANNOTATION: "plugins"})),
+            ["--readiness=plugins"]
+        );
+        assert_eq!(
+            readiness_args(json!({READINESS_ANNOTATION: "always"})),
+            ["--readiness=always"]
+        );
+    }
+
+    #[test]
+    fn another_readiness_value_is_refused_with_the_value() {
+        let odd = pod(json!({}), json!({READINESS_ANNOTATION: "Always "}));
+        let why = inject(&odd, &config(), "CA").unwrap_err();
+        assert!(
+            why.starts_with(
+                "annotation hotload.dev/readiness is \"Always \"; it must be \"always\""
+            ),
+            "{why}"
+        );
+        // A pod that gets no sidecar is not the webhook's business.
+        let out = pod(
+            json!({INJECT_LABEL: "false"}),
+            json!({READINESS_ANNOTATION: "never"}),
+        );
+        assert_eq!(inject(&out, &config(), "CA"), Ok(None));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::api::{AckState, Phase, PluginRelease};
+use crate::api::{AckState, Phase, PluginRelease, PodAck};
 use crate::planner::{ABORT_ANNOTATION, RESUME_ANNOTATION, RETRY_ANNOTATION, step_goal};
 
 /// A change asked of a release.
@@ -180,6 +180,14 @@ pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
     out
 }
 
+/// A pod's workers as `loaded/connected` (`4/4`), or `-` when its sidecar counts none.
+fn workers(pod: &PodAck) -> String {
+    match (pod.workers, pod.workers_loaded) {
+        (Some(workers), loaded) if workers > 0 => format!("{}/{workers}", loaded.unwrap_or(0)),
+        _ => "-".into(),
+    }
+}
+
 /// The per-pod table.
 pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
     let pods = release
@@ -192,13 +200,13 @@ pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
     }
     let width = pods.iter().map(|p| p.pod.len()).max().unwrap_or(3).max(3);
     let mut out = format!(
-        "{:<width$}  {:<12}  {:<11}  {:>5}  REASON\n",
-        "POD", "REVISION", "STATE", "SINCE"
+        "{:<width$}  {:<12}  {:<11}  {:>7}  {:>5}  REASON\n",
+        "POD", "REVISION", "STATE", "WORKERS", "SINCE"
     );
     for pod in pods {
         out.push_str(
             format!(
-                "{:<width$}  {:<12}  {:<11}  {:>5}  {}",
+                "{:<width$}  {:<12}  {:<11}  {:>7}  {:>5}  {}",
                 pod.pod,
                 if pod.revision.is_empty() {
                     "(none)"
@@ -206,6 +214,7 @@ pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
                     short(&pod.revision)
                 },
                 format!("{:?}", pod.state),
+                workers(pod),
                 ago(pod.since.0, now),
                 pod.reason.as_deref().unwrap_or_default()
             )
@@ -284,7 +293,7 @@ mod tests {
                 {"pod": "web-2", "revision": "1234567890abcdef", "state": "Failed",
                  "reason": "digest mismatch: expected sha256:aa…", "since": "2026-11-23T12:00:30Z"},
                 {"pod": "web-1", "revision": "1234567890abcdef", "state": "Loaded",
-                 "since": "2026-11-23T12:00:00Z"},
+                 "since": "2026-11-23T12:00:00Z", "workers": 4, "workersLoaded": 4},
             ],
             "history": [{"revision": "1234567890abcdef", "url": "https://plugins/auth.wasm",
                          "digest": format!("sha256:{}", "a".repeat(64)),
@@ -318,11 +327,35 @@ mod tests {
             "{view}"
         );
         assert!(
-            view.contains("web-2  1234567890ab  Failed         30s  digest mismatch"),
+            view.contains("POD    REVISION      STATE        WORKERS  SINCE  REASON\n"),
             "{view}"
         );
         assert!(
-            view.contains("web-1  1234567890ab  Loaded         60s"),
+            view.contains("web-2  1234567890ab  Failed             -    30s  digest mismatch"),
+            "{view}"
+        );
+        assert!(
+            view.contains("web-1  1234567890ab  Loaded           4/4    60s\n"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn pods_view_shows_workers_loaded_of_connected() {
+        let mut status = progressing();
+        status["pods"] = json!([
+            {"pod": "web-1", "revision": "1234567890abcdef", "state": "Loading",
+             "since": "2026-11-23T12:00:50Z", "workers": 4, "workersLoaded": 3},
+            {"pod": "web-2", "revision": "1234567890abcdef", "state": "Pending",
+             "since": "2026-11-23T12:00:50Z", "workers": 0, "workersLoaded": 0},
+        ]);
+        let view = pods_view(&release(status, false), now());
+        assert!(
+            view.contains("web-1  1234567890ab  Loading          3/4    10s"),
+            "{view}"
+        );
+        assert!(
+            view.contains("web-2  1234567890ab  Pending            -    10s"),
             "{view}"
         );
     }

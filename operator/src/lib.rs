@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  PluginRelease ─┐                       ┌─▶ Assign{plugin, revision} to sidecars
-//!  Pods (meta)  ──┼─▶ planner::plan(…) ───┤
+//!  Pods (cached) ─┼─▶ planner::plan(…) ───┤   then Synced, once each stream has its set
 //!  sidecar acks ──┘    (pure)             └─▶ status (server-side apply), events
 //! ```
 
@@ -12,14 +12,18 @@ pub mod api;
 pub mod certs;
 pub mod channel;
 pub mod controller;
+pub mod crashloop;
 pub mod credentials;
 pub mod inject;
 pub mod kubectl;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod pods;
 pub mod registry;
 pub mod revision;
 pub mod selector;
+pub mod synced;
 pub mod tls;
+pub mod views;
 pub mod webhook;

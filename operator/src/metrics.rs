@@ -54,7 +54,7 @@ pub struct Metrics {
     pub connected_sidecars: Gauge,
     /// Channel attaches by outcome (accepted, busy, refused).
     pub attaches: Family<OutcomeLabel, Counter>,
-    /// Pods seen by the injection webhook, by outcome (injected, skipped, error).
+    /// Pods seen by the injection webhook, by outcome (injected, skipped, refused, error).
     pub injections: Family<OutcomeLabel, Counter>,
 }
 

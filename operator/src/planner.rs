@@ -54,6 +54,10 @@ pub struct PodView {
     pub since: Timestamp,
     /// Another release owns this plugin on this pod (its `namespace/name`).
     pub conflict: Option<String>,
+    /// The app's worker processes connected to the sidecar (0: not counted).
+    pub workers: u32,
+    /// How many of them confirmed `assigned`.
+    pub workers_loaded: u32,
 }
 
 /// Everything the planner decides from.
@@ -334,14 +338,16 @@ pub fn plan(input: &Input<'_>) -> Plan {
         });
     }
     if given_up(&status, &target) {
-        if status.phase == Some(Phase::RolledBack) {
-            // Every pod the rollout touched goes back to the stable revision (cached on disk).
-            for pod in &eligible {
-                let touched = pod.assigned.as_deref() == Some(target.as_str())
-                    || pod.serving.as_deref() == Some(target.as_str());
-                if touched || pod.assigned.is_none() {
-                    desired.insert(&pod.name, stable.clone());
-                }
+        let rolled_back = status.phase == Some(Phase::RolledBack);
+        for pod in &eligible {
+            // Rolled back: every pod the rollout touched goes back to the stable revision
+            // (cached on disk). Held on failure: touched pods stay for a person to look at.
+            // Either way a pod that appears meanwhile starts on the stable revision, so it
+            // does not turn Ready with nothing loaded.
+            let touched = pod.assigned.as_deref() == Some(target.as_str())
+                || pod.serving.as_deref() == Some(target.as_str());
+            if (rolled_back && touched) || (pod.assigned.is_none() && stable.is_some()) {
+                desired.insert(&pod.name, stable.clone());
             }
         }
     } else {
@@ -684,6 +690,8 @@ fn fill_counts(
             Some("sidecar not connected".into())
         },
         since: Time(p.since),
+        workers: (p.connected && p.workers > 0).then(|| count_of(p.workers)),
+        workers_loaded: (p.connected && p.workers > 0).then(|| count_of(p.workers_loaded)),
     };
     let mut listed: Vec<&PodView> = if pods.len() <= POD_LIST_CAP {
         pods.iter().collect()
@@ -696,6 +704,10 @@ fn fill_counts(
     listed.sort_by_key(|p| (p.state != AckState::Failed, p.name.clone()));
     listed.truncate(POD_LIST_CAP);
     status.pods = listed.into_iter().map(ack).collect();
+}
+
+fn count_of(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// kstatus conditions: Ready, Progressing, Degraded (and Conflict when pods are contested).

@@ -146,6 +146,8 @@ fn pod(name: &str) -> PodView {
         reason: None,
         since: t(0),
         conflict: None,
+        workers: 0,
+        workers_loaded: 0,
     }
 }
 
@@ -695,6 +697,77 @@ fn abort_after_a_pause_on_failure_rolls_back() {
         vec![(failed, Some(rev(OLD)))],
         "the failed pod goes back to the stable revision"
     );
+}
+
+#[test]
+fn a_pod_appearing_while_held_on_failure_starts_on_the_stable_revision() {
+    let (mut fleet, failed) = paused_on_failure();
+    fleet.pods.push(pod("pod-new"));
+    let plan = fleet.plan();
+    assert_eq!(
+        plan.assign,
+        vec![("pod-new".to_string(), Some(rev(OLD)))],
+        "only the new pod is assigned; {failed} stays for a person to look at"
+    );
+    assert_eq!(fleet.status.phase, Some(Phase::Degraded));
+}
+
+#[test]
+fn a_crash_looping_pod_fails_the_rollout_like_any_failed_load() {
+    // The controller turns a pod that crash-loops while loading into a Failed view
+    // (crashloop.rs); the failure policy then acts on it and status carries the cause.
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({})));
+    fleet.apply(spec(NEW, json!({"maxUnavailable": 1})));
+    let first = fleet.plan().assign[0].0.clone();
+    fleet.now += 1;
+    let cause = format!(
+        "container app restarted 3 times while loading revision {} (last state: Error, exit code 1)",
+        rev(NEW)
+    );
+    let pod = fleet.pods.iter_mut().find(|p| p.name == first).unwrap();
+    pod.state = AckState::Failed;
+    pod.reason = Some(cause.clone());
+    let plan = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    assert_eq!(plan.assign, vec![(first.clone(), Some(rev(OLD)))]);
+    let message = fleet.status.message.clone().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "pod {first} failed to load revision {}: {cause}",
+            rev(NEW)
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn status_shows_each_connected_pods_workers() {
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({})));
+    fleet.pods[0].workers = 4;
+    fleet.pods[0].workers_loaded = 3;
+    fleet.pods[2].workers = 2;
+    fleet.pods[2].workers_loaded = 2;
+    fleet.pods[2].connected = false;
+    fleet.plan();
+    let ack = |name: &str| {
+        let a = fleet.status.pods.iter().find(|a| a.pod == name).unwrap();
+        (a.workers, a.workers_loaded)
+    };
+    assert_eq!(ack("pod-0"), (Some(4), Some(3)));
+    assert_eq!(
+        ack("pod-1"),
+        (None, None),
+        "a sidecar that counts no workers"
+    );
+    assert_eq!(
+        ack("pod-2"),
+        (None, None),
+        "not connected: its count is stale"
+    );
+    let json = serde_json::to_value(&fleet.status.pods).unwrap();
+    assert_eq!(json[0]["workers"], 4);
+    assert_eq!(json[0]["workersLoaded"], 3);
+    assert!(json[1].get("workers").is_none());
 }
 
 #[test]

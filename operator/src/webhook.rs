@@ -61,9 +61,20 @@ pub fn review(webhook: &Webhook, review: AdmissionReview<Pod>) -> AdmissionRevie
             ))
             .into_review();
     };
-    let Some(injected) = inject(pod, &webhook.config, &ca) else {
-        webhook.metrics.injected("skipped");
-        return response.into_review();
+    let injected = match inject(pod, &webhook.config, &ca) {
+        Ok(Some(injected)) => injected,
+        Ok(None) => {
+            webhook.metrics.injected("skipped");
+            return response.into_review();
+        }
+        Err(why) => {
+            webhook.metrics.injected("refused");
+            return response
+                .deny(format!(
+                    "hotload: cannot inject the sidecar into {object}: {why}"
+                ))
+                .into_review();
+        }
     };
     let patch = match (serde_json::to_value(pod), serde_json::to_value(&injected)) {
         (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
@@ -148,6 +159,13 @@ mod tests {
     }
 
     fn request(labels: serde_json::Value) -> AdmissionReview<Pod> {
+        request_with(labels, json!({}))
+    }
+
+    fn request_with(
+        labels: serde_json::Value,
+        annotations: serde_json::Value,
+    ) -> AdmissionReview<Pod> {
         serde_json::from_value(json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {
@@ -158,7 +176,8 @@ mod tests {
                 "requestResource": {"group": "", "version": "v1", "resource": "pods"},
                 "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
                 "object": {"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"generateName": "web-", "labels": labels},
+                           "metadata": {"generateName": "web-", "labels": labels,
+                                        "annotations": annotations},
                            "spec": {"containers": [{"name": "app", "image": "web:1"}]}},
             },
         }))
@@ -192,6 +211,27 @@ mod tests {
         .unwrap();
         assert_eq!(out["response"]["allowed"], true);
         assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn a_pod_asking_for_an_unknown_readiness_policy_is_refused_by_name_and_value() {
+        let out = serde_json::to_value(review(
+            &webhook(true),
+            request_with(
+                json!({"app": "web"}),
+                json!({"hotload.dev/readiness": "sometimes"}),
+            ),
+        ))
+        .unwrap();
+        assert_eq!(out["response"]["allowed"], false);
+        let message = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "hotload: cannot inject the sidecar into pod shop/web-*: \
+                 annotation hotload.dev/readiness is \"sometimes\""
+            ),
+            "{message}"
+        );
     }
 
     #[test]
