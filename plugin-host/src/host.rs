@@ -7,9 +7,11 @@
 //!      │                                                           │
 //!      └──────────────── slot.current.store(new)  ◄── the only critical section
 //!  call(name) ── slot.current.load_full() ── checkout instance ── handle ── return
+//!  pin(name)  ── slot.current.load_full() ── Pinned ── call, call, … ── drop
 //! ```
 //! Everything before the store happens off the request path; a failure anywhere leaves the
-//! slot untouched. A call holds an `Arc` to the revision it started on, so it finishes there.
+//! slot untouched. A call holds an `Arc` to the revision it started on, so it finishes there;
+//! a [`Pinned`] holds one for as long as a request needs several calls on one revision.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +28,7 @@ use crate::engine::{EpochTicker, HostConfig, build_engine};
 use crate::error::{CallError, GuestFailure, LoadError, Phase};
 use crate::hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 use crate::instance::{StoreState, describe_exports};
+use crate::pinned::Pinned;
 use crate::revision::{InstanceError, Revision, RevisionId, RevisionLimits};
 
 /// A request to make `revision` of `plugin` the serving one.
@@ -196,14 +199,25 @@ impl PluginHost {
     }
 
     /// Calls `plugin`'s `handle` with `input` on the revision serving right now.
+    ///
+    /// Two calls may run on two revisions if a swap lands between them; a request that
+    /// calls more than once and needs one revision throughout uses [`PluginHost::pin`].
     pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        let rev = self
-            .slot(plugin)
+        self.pin(plugin)?.call(input)
+    }
+
+    /// Pins the revision serving `plugin` right now, for all the calls of one request.
+    ///
+    /// Every [`Pinned::call`] runs on that revision, even after a load swaps in another or
+    /// an unload removes the plugin; the swap does not wait for the guard, and the old
+    /// revision is freed when the last guard on it drops. Fails `NotLoaded` like `call`.
+    pub fn pin(&self, plugin: &str) -> Result<Pinned, CallError> {
+        self.slot(plugin)
             .and_then(|s| s.current.load_full())
+            .map(Pinned::new)
             .ok_or_else(|| CallError::NotLoaded {
                 plugin: plugin.into(),
-            })?;
-        rev.call(input)
+            })
     }
 
     /// The revision serving `plugin`, if any.

@@ -10,9 +10,22 @@
 //! uses wasmtime's embedding API directly.
 //!
 //! # Shape
-//! - [`PluginHost`]: one wasmtime engine, named plugin slots; `load` / `call` / `unload`.
+//! - [`PluginHost`]: one wasmtime engine, named plugin slots; `load` / `call` / `pin` /
+//!   `unload`.
 //! - A slot holds its serving revision in an `ArcSwap`; a revision is a pool of warm
 //!   instances (see `revision.rs` for why a pool rather than one instance per call).
+//! - In-request atomicity: `call` runs on whatever serves at that instant, so two calls of
+//!   one request can straddle a swap. [`PluginHost::pin`] returns a [`Pinned`] guard that
+//!   holds one revision: every `pinned.call(..)` of the request runs there, the swap does
+//!   not wait for it, and the old revision is freed when the last guard drops.
+//!
+//!   ```no_run
+//!   # fn demo(host: &hotload_host::PluginHost) -> Result<(), hotload_host::CallError> {
+//!   let auth = host.pin("auth")?; // one revision for the whole request
+//!   let token = auth.call(b"parse")?;
+//!   let verdict = auth.call(&token)?; // same revision, even if a load swapped meanwhile
+//!   # let _ = verdict; Ok(()) }
+//!   ```
 //! - Imports: sandboxed WASI preview1 only (clocks, randomness), so plugins compiled from
 //!   Go, Rust or C start; no files, environment or network.
 //! - Limits: a pooling allocator sized from [`HostConfig`], a per-store memory ceiling that
@@ -26,6 +39,7 @@ mod error;
 mod hooks;
 mod host;
 mod instance;
+mod pinned;
 mod revision;
 
 pub use cache::CacheOutcome;
@@ -34,4 +48,5 @@ pub use engine::HostConfig;
 pub use error::{CallError, Fault, GuestFailure, LoadError, Phase, classify};
 pub use hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 pub use host::{HostError, LoadPlan, LoadRequest, Loaded, PluginHost, StateHandover, plan_load};
+pub use pinned::Pinned;
 pub use revision::RevisionId;

@@ -104,7 +104,8 @@ pub struct RunArgs {
     /// the app and, with an operator, the operator's complete set) or `always` (ready at
     /// once: the app serves without its plugins). The injection webhook writes it from the
     /// pod's `hotload.dev/readiness` annotation.
-    #[arg(long, value_enum, default_value_t = Readiness::Plugins)]
+    // The webhook writes it and the chart's `sidecar.args` come after: the last one counts.
+    #[arg(long, value_enum, default_value_t = Readiness::Plugins, overrides_with = "readiness")]
     pub readiness: Readiness,
     /// Report ready even before plugins are loaded (the same as `--readiness always`).
     #[arg(long)]

@@ -94,13 +94,15 @@ pub async fn start(dir: &Path, hooks: Arc<dyn HostHooks>) -> anyhow::Result<Stac
         ..HostConfig::default()
     };
     let host = Arc::new(PluginHost::with_hooks(config, hooks)?);
+    let worker = std::process::id().to_string();
     let mut tasks = vec![tokio::spawn(crate::sidecar_link::run(
         sidecar.socket.clone(),
         host.clone(),
+        worker.clone(),
     ))];
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = tcp.local_addr()?;
-    let router = crate::http::router(host.clone());
+    let router = crate::http::router(host.clone(), &worker);
     tasks.push(tokio::spawn(async move {
         let _ = axum::serve(tcp, router).await;
     }));

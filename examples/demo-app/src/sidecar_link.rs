@@ -1,6 +1,8 @@
 //! The app's side of the sidecar's Unix-socket protocol (docs/protocol.md): connect,
 //! receive `load`, hot-load through `hotload-host` off the request path, answer
 //! `loaded`/`failed`. Reconnects on its own, so a sidecar restart needs nothing from the app.
+//! Speaks protocol v2: the hello names this process's worker id, so the sidecar counts each
+//! process of a pre-forked app as its own worker.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,14 +13,30 @@ use hotload_sidecar::protocol::{AppMessage, SidecarMessage, encode_line};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-/// Runs the link forever: connect, serve loads, reconnect with capped back-off.
-pub async fn run(socket: PathBuf, host: Arc<PluginHost>) {
+/// The app name in `hello`.
+pub const APP: &str = "hotload-demo-app";
+
+/// The protocol version the demo speaks.
+pub const PROTOCOL: u32 = 2;
+
+/// The greeting of worker `worker`.
+pub fn hello(worker: &str) -> AppMessage {
+    AppMessage::Hello {
+        app: APP.into(),
+        worker: Some(worker.into()),
+        protocol: Some(PROTOCOL),
+    }
+}
+
+/// Runs the link of worker `worker` forever: connect, serve loads, reconnect with capped
+/// back-off (the same worker id on every reconnect, so the sidecar sees it come back).
+pub async fn run(socket: PathBuf, host: Arc<PluginHost>, worker: String) {
     let mut delay = Duration::from_millis(50);
     loop {
         match UnixStream::connect(&socket).await {
             Ok(stream) => {
                 delay = Duration::from_millis(50);
-                if let Err(e) = session(stream, &host).await {
+                if let Err(e) = session(stream, &host, &worker).await {
                     tracing::warn!(error = %e, "sidecar link dropped");
                 }
             }
@@ -43,12 +61,9 @@ pub fn health(l: &Loaded) -> String {
     )
 }
 
-async fn session(stream: UnixStream, host: &Arc<PluginHost>) -> std::io::Result<()> {
+async fn session(stream: UnixStream, host: &Arc<PluginHost>, worker: &str) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
-    wr.write_all(&encode_line(&AppMessage::Hello {
-        app: "hotload-demo-app".into(),
-    }))
-    .await?;
+    wr.write_all(&encode_line(&hello(worker))).await?;
     let mut lines = BufReader::new(rd).lines();
     while let Some(line) = lines.next_line().await? {
         let msg: SidecarMessage = match serde_json::from_str(&line) {
@@ -116,4 +131,17 @@ async fn session(stream: UnixStream, host: &Arc<PluginHost>) -> std::io::Result<
         wr.write_all(&encode_line(&reply)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_is_v2_and_names_the_worker() {
+        assert_eq!(
+            String::from_utf8(encode_line(&hello("4711"))).expect("utf8"),
+            "{\"type\":\"hello\",\"app\":\"hotload-demo-app\",\"worker\":\"4711\",\"protocol\":2}\n"
+        );
+    }
 }

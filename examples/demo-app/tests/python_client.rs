@@ -19,7 +19,7 @@ const V1: &str = include_str!("../../python/plugins/greeter_v1.py");
 const V2: &str = include_str!("../../python/plugins/greeter_v2.py");
 
 struct PyApp {
-    _child: Child,
+    child: Child,
     events: Lines<BufReader<ChildStdout>>,
 }
 
@@ -42,12 +42,17 @@ fn spawn_app(socket: &Path) -> PyApp {
         .expect("start python client");
     let stdout = child.stdout.take().expect("stdout");
     PyApp {
-        _child: child,
+        child,
         events: BufReader::new(stdout).lines(),
     }
 }
 
 impl PyApp {
+    /// Its worker id: the client's default, the process id.
+    fn worker(&self) -> String {
+        self.child.id().map(|p| p.to_string()).unwrap_or_default()
+    }
+
     /// The next loaded/failed event (connection chatter skipped).
     async fn event(&mut self) -> Value {
         loop {
@@ -107,7 +112,12 @@ async fn python_client_hot_reloads_modules_and_keeps_the_old_one_on_failure() {
         b"def handle(r):\n    return r\n\ndef self_check():\n    return False\n",
     );
     let out = assign_to(&sidecar.agent, "r3", &bad_check, Value::Null).await;
-    assert_eq!(reason(&out), "app: self_check returned False");
+    // A worker's refusal names the worker (protocol v2).
+    let worker = app.worker();
+    assert_eq!(
+        reason(&out),
+        format!("app: worker {worker}: self_check returned False")
+    );
     let ev = app.event().await;
     assert_eq!(
         (ev["event"].as_str(), ev["probe"].as_str()),
@@ -117,7 +127,7 @@ async fn python_client_hot_reloads_modules_and_keeps_the_old_one_on_failure() {
     let syntax = seed(&sidecar.state_dir, b"def handle(r)\n    return r\n");
     let out = assign_to(&sidecar.agent, "r4", &syntax, Value::Null).await;
     assert!(
-        reason(&out).starts_with("app: import failed: SyntaxError"),
+        reason(&out).starts_with(&format!("app: worker {worker}: import failed: SyntaxError")),
         "{out:?}"
     );
     assert_eq!(app.event().await["probe"], "v2:hi ping:4");

@@ -1,0 +1,129 @@
+//! One serving process: the plugin host, its sidecar link (one worker) and the HTTP server.
+//! Run on its own (`--workers 1`, the default) it is the whole app, exactly as before
+//! pre-fork mode existed. Run as a pre-fork worker it shares the port with its siblings
+//! (SO_REUSEPORT), dies with its supervisor, and drains on SIGTERM/SIGINT.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotload_host::{HostConfig, PluginHost};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::cli::Args;
+
+/// Serves until the process is stopped (single) or drained (pre-fork worker).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Some(parent) = args.prefork_parent else {
+        let router = start_app(&args)?;
+        let listener = TcpListener::bind(args.listen).await?;
+        println!("hotload-demo-app listening on {}", listener.local_addr()?);
+        axum::serve(listener, router).await?;
+        return Ok(());
+    };
+    let stop = Terminations::register()?;
+    die_with(parent)?;
+    let router = start_app(&args)?;
+    let listener = reuseport_socket(args.listen)?.listen(1024)?;
+    println!(
+        "hotload-demo-app worker {} listening on {}",
+        args.worker(),
+        listener.local_addr()?
+    );
+    serve_draining(listener, router, stop, args.drain_timeout()).await
+}
+
+/// The plugin host, its sidecar link (as worker `args.worker()`) and the router over both.
+fn start_app(args: &Args) -> anyhow::Result<axum::Router> {
+    let worker = args.worker();
+    let host = Arc::new(PluginHost::new(HostConfig {
+        cache_dir: args.cache_dir.clone(),
+        ..HostConfig::default()
+    })?);
+    tokio::spawn(crate::sidecar_link::run(
+        args.socket.clone(),
+        host.clone(),
+        worker.clone(),
+    ));
+    Ok(crate::http::router(host, &worker))
+}
+
+/// A socket bound to `addr` with SO_REUSEPORT: every pre-fork worker binds the same port and
+/// the kernel spreads new connections across their listeners.
+pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// SIGTERM and SIGINT, caught from start-up so neither kills a worker mid-request.
+pub struct Terminations {
+    term: Signal,
+    int: Signal,
+}
+
+impl Terminations {
+    /// Installs the handlers.
+    pub fn register() -> std::io::Result<Self> {
+        Ok(Terminations {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn next(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+        tokio::select! {
+            _ = self.term.recv() => SIGTERM,
+            _ = self.int.recv() => SIGINT,
+        }
+    }
+}
+
+/// Serves until a termination signal, then stops accepting and lets in-flight requests
+/// finish, for at most `drain` (a `/stream` never finishes on its own).
+async fn serve_draining(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: Terminations,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let (draining, drained) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = drained.await;
+        })
+        .into_future();
+    let deadline = async {
+        let signal = stop.next().await;
+        tracing::info!(%signal, drain_ms = drain.as_millis(), "draining");
+        let _ = draining.send(());
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!("drain timed out; open requests are cut"),
+    }
+    Ok(())
+}
+
+/// A pre-fork worker ends with its supervisor (even a SIGKILLed one), never orphaned.
+fn die_with(parent: u32) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+    // The supervisor may have died before the line above: then nothing would signal us.
+    let ppid = nix::unistd::getppid().as_raw();
+    if u32::try_from(ppid).ok() != Some(parent) {
+        anyhow::bail!("supervisor {parent} is gone (parent is now {ppid})");
+    }
+    Ok(())
+}
