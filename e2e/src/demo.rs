@@ -170,7 +170,7 @@ struct Scaled {
 
 /// Puts a Service in front of the demo pods, sends requests through it (kube-proxy routes
 /// only to Ready pods) while the Deployment scales to `replicas`, and waits until every pod
-/// is Ready and the release counts them all updated.
+/// is Ready and its acknowledgement says it runs the stable revision.
 async fn scale_under_traffic(ns: &TestNamespace, replicas: i32) -> Result<Scaled> {
     let service: Service = serde_json::from_value(json!({
         "metadata": {"name": "demo"},
@@ -184,6 +184,7 @@ async fn scale_under_traffic(ns: &TestNamespace, replicas: i32) -> Result<Scaled
         .spec
         .and_then(|s| s.cluster_ip)
         .context("Service demo has no ClusterIP")?;
+    crate::workload::wait_answering(&address).await?;
     let traffic = Traffic::start(vec![address]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
@@ -197,11 +198,22 @@ async fn scale_under_traffic(ns: &TestNamespace, replicas: i32) -> Result<Scaled
     let n = usize::try_from(replicas)?;
     ready_pods(ns, n).await?;
     let api = plugin_releases(ns);
-    eventually(&format!("{n} pods updated"), WAIT, || async {
-        let status: Value = api.get(RELEASE).await?.data["status"].clone();
-        ensure!(status["updated"] == n, "status: {status}");
-        Ok(())
-    })
+    eventually(
+        &format!("{n} pods on the stable revision"),
+        WAIT,
+        || async {
+            let status: Value = api.get(RELEASE).await?.data["status"].clone();
+            let pods = status["pods"].as_array().cloned().unwrap_or_default();
+            ensure!(
+                pods.len() == n
+                    && pods.iter().all(|p| {
+                        p["state"] == "Loaded" && p["revision"] == status["stableRevision"]
+                    }),
+                "status: {status}"
+            );
+            Ok(())
+        },
+    )
     .await?;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -46,6 +46,17 @@ pub async fn post(ip: &str, body: &str) -> Result<String> {
     Ok(text)
 }
 
+/// Waits until `address` answers a request (a new Service's ClusterIP answers once
+/// kube-proxy has programmed it, a moment after the Service is created).
+pub async fn wait_answering(address: &str) -> Result<()> {
+    crate::testing::eventually(
+        &format!("{address} to answer"),
+        Duration::from_secs(30),
+        || async { post(address, "probe").await.map(drop) },
+    )
+    .await
+}
+
 /// The version tag of a tagger response (`v01:` + body + `v01:`); `None` if the two tags
 /// differ (a response mixed from two versions) or are missing.
 pub fn tag_of(body: &str) -> Option<String> {

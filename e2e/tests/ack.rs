@@ -30,9 +30,12 @@ async fn service(demo: &Demo) -> Result<String> {
         .api::<Service>()
         .create(&PostParams::default(), &svc)
         .await?;
-    svc.spec
+    let address = svc
+        .spec
         .and_then(|s| s.cluster_ip)
-        .context("the Service has no ClusterIP")
+        .context("the Service has no ClusterIP")?;
+    hotload_e2e::workload::wait_answering(&address).await?;
+    Ok(address)
 }
 
 /// Scales the demo Deployment to `replicas`.
@@ -183,11 +186,11 @@ async fn every_worker_of_a_pre_forked_pod_serves_the_revision_status_reports() {
 async fn pods_added_during_and_after_a_rollout_take_traffic_only_once_their_plugin_serves() {
     testing::run(E2E, "ack-scale", |ns| async move {
         let demo = Demo::start(E2E, &ns, 5).await?;
-        let address = service(&demo).await?;
         let v1 = demo.publish("tagger-v1.wasm", &tagger(1)?);
         let v2 = demo.publish("tagger-v2.wasm", &tagger(2)?);
         let generation = demo.apply(&v1, json!({})).await?;
         demo.wait_ready(generation).await?;
+        let address = service(&demo).await?;
         let traffic = Traffic::start(vec![address]);
 
         // Scale 5 → 8 while v2 rolls out one pod at a time, then 8 → 10 once it is done.

@@ -21,6 +21,8 @@
 //! Imports: only `wasi_snapshot_preview1`, sandboxed (clocks and randomness; no files,
 //! environment, arguments or sockets). A module exporting `_initialize` (a WASI reactor,
 //! such as Go's `-buildmode=c-shared`) has it called once per instance before anything else.
+//! A WASI sleep counts against the call's deadline like running code does: a call that
+//! sleeps past it fails with the same timeout.
 //!
 //! A packed `(ptr, len)` is `(ptr << 32) | len` as an `i64`. The host never frees plugin
 //! memory; a plugin may reuse its buffers on every `alloc` (a bump allocator that resets per

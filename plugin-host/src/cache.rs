@@ -54,42 +54,50 @@ pub(crate) fn cache_path(dir: &Path, digest_hex: &str, fingerprint: &str) -> Pat
 /// returns to fit many times over.
 pub(crate) const KEEP: usize = 32;
 
-/// Compiles `wasm`, or loads its precompiled code from `dir`.
-pub(crate) fn load_module(
+/// The precompiled module for `digest_hex` in `dir`, if there is a usable one.
+pub(crate) fn lookup(
     engine: &Engine,
     fingerprint: &str,
-    dir: Option<&Path>,
+    dir: &Path,
     digest_hex: &str,
-    wasm: &[u8],
-) -> wasmtime::Result<(Module, CacheOutcome)> {
-    let Some(dir) = dir else {
-        return Ok((Module::new(engine, wasm)?, CacheOutcome::Uncached));
-    };
+) -> Option<Module> {
     let path = cache_path(dir, digest_hex, fingerprint);
-    if path.exists() {
-        // SAFETY: wasmtime requires that deserialized bytes were produced by `serialize` of a
-        // compatible engine. Only this module writes into the cache directory (the app owns
-        // it; it is not the sidecar's shared volume), names embed the digest of the source
-        // and the engine fingerprint, and wasmtime re-checks the version header on load.
-        match unsafe { Module::deserialize_file(engine, &path) } {
-            Ok(m) => {
-                // Used now: the last to be pruned.
-                if let Ok(file) = std::fs::File::options().append(true).open(&path) {
-                    let _ = file.set_modified(std::time::SystemTime::now());
-                }
-                return Ok((m, CacheOutcome::Hit));
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: wasmtime requires that deserialized bytes were produced by `serialize` of a
+    // compatible engine. Only this module writes into the cache directory (the app owns
+    // it; it is not the sidecar's shared volume), names embed the digest of the source
+    // and the engine fingerprint, and wasmtime re-checks the version header on load.
+    match unsafe { Module::deserialize_file(engine, &path) } {
+        Ok(m) => {
+            // Used now: the last to be pruned.
+            if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                let _ = file.set_modified(std::time::SystemTime::now());
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unusable precompiled module")
-            }
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unusable precompiled module");
+            None
         }
     }
-    let module = Module::new(engine, wasm)?;
-    match store(&module, dir, &path) {
-        Ok(()) => Ok((module, CacheOutcome::Miss)),
+}
+
+/// Stores a freshly compiled module in `dir` for next time; a failure to store is logged
+/// and the module is used anyway.
+pub(crate) fn save(
+    module: &Module,
+    fingerprint: &str,
+    dir: &Path,
+    digest_hex: &str,
+) -> CacheOutcome {
+    let path = cache_path(dir, digest_hex, fingerprint);
+    match store(module, dir, &path) {
+        Ok(()) => CacheOutcome::Miss,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot store precompiled module");
-            Ok((module, CacheOutcome::Uncached))
+            CacheOutcome::Uncached
         }
     }
 }

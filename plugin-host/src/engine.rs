@@ -3,7 +3,15 @@
 //!
 //! Epochs rather than fuel: an epoch check is a load and a compare at loop heads, fuel
 //! instruments every basic block (~10–30 % slower). A deadline of `call_timeout` is
-//! `ceil(call_timeout / epoch_tick)` ticks, so its precision is one tick.
+//! `ceil(call_timeout / epoch_tick)` ticks, so its precision is one tick. Epochs only
+//! interrupt guest code; the one host function that can block (a WASI sleep) checks the same
+//! deadline itself (`wasi_poll.rs`).
+//!
+//! What a module may declare is bounded by the pooling allocator, checked when it is compiled
+//! or instantiated (a load that breaks a bound fails with wasmtime's reason): one memory of at
+//! most [`HostConfig::max_memory_bytes`], one table of at most [`MAX_TABLE_ELEMENTS`]
+//! elements, and at most [`MAX_INSTANCE_METADATA_BYTES`] of instance metadata (functions,
+//! globals and the like). Guest stacks get wasmtime's default of 512 KiB.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +26,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub struct HostConfig {
     /// Ceiling of one instance's linear memory, in bytes.
     pub max_memory_bytes: usize,
-    /// Longest a single guest call (request, self-check, state hand-over) may run.
+    /// Longest a single guest call (request, self-check, state hand-over) may run, counting
+    /// the time it spends sleeping in WASI (`poll_oneoff`) as well as running.
     pub call_timeout: Duration,
     /// Granularity of the epoch ticker (the deadline's precision).
     pub epoch_tick: Duration,
@@ -30,7 +39,27 @@ pub struct HostConfig {
     pub max_plugins: usize,
     /// Directory of precompiled modules (`None` = compile every time).
     pub cache_dir: Option<PathBuf>,
+    /// Largest module, in bytes of binary Wasm, a load accepts; a larger one is refused
+    /// (`LoadError::ModuleTooLarge`) before it is hashed or compiled. The compiler's memory
+    /// grows with the code it is given, so this is also the bound on a compile's memory.
+    /// The default matches the sidecar's `--max-artifact-bytes`.
+    pub max_module_bytes: usize,
+    /// Longest a compile may take. The compile runs on a thread of its own; past this budget
+    /// the load fails (`LoadError::CompileTimeout`) and the old revision keeps serving, while
+    /// the abandoned compile finishes in the background (it cannot be stopped; with the
+    /// module size bounded it ends) and its result is dropped, not cached. Loading from
+    /// `cache_dir` is not a compile and is not bounded by this. The default leaves room for
+    /// unoptimized (debug) builds of the host: there, a 2 MiB Go plugin took 20–40 s to
+    /// compile on two busy cores; an optimized build is many times faster.
+    pub compile_timeout: Duration,
 }
+
+/// Most elements a plugin's table may have (declared or grown to).
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Most bytes of wasmtime's per-instance metadata, which grows with the functions, globals
+/// and tables a module declares.
+pub const MAX_INSTANCE_METADATA_BYTES: usize = 1 << 20;
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -42,6 +71,8 @@ impl Default for HostConfig {
             checkout_timeout: Duration::from_secs(2),
             max_plugins: 16,
             cache_dir: None,
+            max_module_bytes: 64 << 20,
+            compile_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -70,6 +101,8 @@ pub(crate) fn build_engine(cfg: &HostConfig) -> wasmtime::Result<Engine> {
         .total_tables(slots)
         .max_memories_per_module(1)
         .max_tables_per_module(1)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_core_instance_size(MAX_INSTANCE_METADATA_BYTES)
         .max_memory_size(cfg.max_memory_bytes);
     let mut config = Config::new();
     config

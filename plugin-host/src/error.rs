@@ -112,6 +112,42 @@ pub enum LoadError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The module is larger than `HostConfig::max_module_bytes`; refused before hashing.
+    #[error(
+        "plugin {plugin} revision {revision}: module is {size} bytes, over the limit of {limit} bytes"
+    )]
+    ModuleTooLarge {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision name.
+        revision: String,
+        /// Size of the module handed over.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Compiling took longer than `HostConfig::compile_timeout`; the compile was abandoned.
+    #[error(
+        "plugin {plugin} revision {revision}: compile did not finish within its budget of {budget_ms} ms"
+    )]
+    CompileTimeout {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision name.
+        revision: String,
+        /// The configured budget, in milliseconds.
+        budget_ms: u128,
+    },
+    /// No thread could be started to compile on.
+    #[error("plugin {plugin} revision {revision}: cannot start a compile thread: {source}")]
+    CompileThread {
+        /// Plugin slot name.
+        plugin: String,
+        /// Revision name.
+        revision: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The bytes are not a valid Wasm module for this engine.
     #[error("plugin {plugin} revision {revision}: invalid wasm: {reason}")]
     InvalidWasm {

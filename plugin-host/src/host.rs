@@ -1,7 +1,7 @@
 //! [`PluginHost`]: named plugin slots, each holding its serving revision in an `ArcSwap`.
 //!
 //! ```text
-//!  load(req) ── verify digest ─ compile/cache ─ ABI check ─ instantiate pool ─ configure
+//!  load(req) ── size, digest ─ cache or budgeted compile ─ ABI check ─ instantiate pool ─ configure
 //!      │                                                           │
 //!      │        self_check ─ state hand-over (old.save → new.restore) ─ before_unload
 //!      │                                                           │
@@ -23,11 +23,12 @@ use wasmtime::{Engine, Linker};
 
 use crate::abi;
 use crate::cache::{self, CacheOutcome};
+use crate::compile::{self, CompileError};
 use crate::digest::{parse_sha256, sha256_digest};
 use crate::engine::{EpochTicker, HostConfig, build_engine};
 use crate::error::{CallError, GuestFailure, LoadError, Phase};
 use crate::hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
-use crate::instance::{StoreState, describe_exports};
+use crate::instance::{CallLimit, StoreState, describe_exports};
 use crate::pinned::Pinned;
 use crate::revision::{InstanceError, Revision, RevisionId, RevisionLimits};
 
@@ -157,8 +158,10 @@ impl PluginHost {
         let engine = build_engine(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         let mut linker = Linker::new(&engine);
-        // The only imports plugins get: sandboxed WASI preview1 (see instance.rs).
+        // The only imports plugins get: sandboxed WASI preview1 (see instance.rs), whose
+        // sleep is bounded by the call's deadline (see wasi_poll.rs).
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
+            .and_then(|()| crate::wasi_poll::add_to_linker(&mut linker))
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(PluginHost {
             fingerprint: cache::engine_fingerprint(&engine),
@@ -251,6 +254,15 @@ impl PluginHost {
             config,
             wasm,
         } = req;
+        if wasm.len() > self.config.max_module_bytes {
+            // Before hashing: the size alone is reason enough, and cheaper to find.
+            return Err(LoadError::ModuleTooLarge {
+                plugin,
+                revision,
+                size: wasm.len(),
+                limit: self.config.max_module_bytes,
+            });
+        }
         let Some(hex) = parse_sha256(&digest) else {
             return Err(LoadError::BadDigest {
                 plugin,
@@ -268,6 +280,8 @@ impl PluginHost {
             });
         }
         let hex = hex.to_string();
+        // Shared with the compile thread, which may outlive this load.
+        let wasm = Arc::new(wasm);
         let id = RevisionId {
             plugin,
             revision,
@@ -306,7 +320,7 @@ impl PluginHost {
         slot: &Slot,
         id: RevisionId,
         hex: &str,
-        wasm: &[u8],
+        wasm: &Arc<Vec<u8>>,
         start: Instant,
     ) -> Result<Loaded, LoadError> {
         let old = slot.current.load_full();
@@ -331,17 +345,30 @@ impl PluginHost {
         };
 
         let t = Instant::now();
-        let (module, cache) = cache::load_module(
+        let (module, cache) = compile::load_module(
             &self.engine,
             &self.fingerprint,
             self.config.cache_dir.as_deref(),
             hex,
             wasm,
+            self.config.compile_timeout,
         )
-        .map_err(|e| LoadError::InvalidWasm {
-            plugin: p.clone(),
-            revision: r.clone(),
-            reason: format!("{e:#}"),
+        .map_err(|e| match e {
+            CompileError::Invalid(reason) => LoadError::InvalidWasm {
+                plugin: p.clone(),
+                revision: r.clone(),
+                reason,
+            },
+            CompileError::Timeout(budget) => LoadError::CompileTimeout {
+                plugin: p.clone(),
+                revision: r.clone(),
+                budget_ms: budget.as_millis(),
+            },
+            CompileError::Thread(source) => LoadError::CompileThread {
+                plugin: p.clone(),
+                revision: r.clone(),
+                source,
+            },
         })?;
         let compile = t.elapsed();
         let abi_err = |reason: String| LoadError::Abi {
@@ -358,7 +385,10 @@ impl PluginHost {
         let limits = RevisionLimits {
             instances: self.config.instances_per_revision,
             max_memory: self.config.max_memory_bytes,
-            deadline_ticks: self.config.deadline_ticks(),
+            call_limit: CallLimit {
+                ticks: self.config.deadline_ticks(),
+                timeout: self.config.call_timeout,
+            },
             checkout_timeout: self.config.checkout_timeout,
         };
         let new = Revision::new(id, caps, pre, limits).map_err(|e| match e {

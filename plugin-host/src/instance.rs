@@ -1,28 +1,67 @@
 //! One live plugin instance: its store, memory and typed exports, and the byte-level calls
 //! that move requests, config and state across the ABI under a deadline.
 
+use std::time::{Duration, Instant};
+
 use wasmtime::{
     ExternType, InstancePre, Memory, Module, ResourceLimiter, Store, TypedFunc, ValType,
 };
 
-use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{HostMonotonicClock, WasiCtxBuilder};
 
 use crate::abi::{self, Capabilities, ExportKind};
+use crate::engine::MAX_TABLE_ELEMENTS;
 use crate::error::{Fault, GuestFailure, MemoryLimitExceeded, classify};
 
-/// Per-store data: the memory ceiling (enforced by [`ResourceLimiter`]) and the plugin's
-/// WASI preview1 context.
+/// Per-store data: the memory ceiling (enforced by [`ResourceLimiter`]), the deadline of
+/// the guest call in progress (enforced in host code by `wasi_poll`, in guest code by the
+/// epoch) and the plugin's WASI preview1 context.
 pub(crate) struct StoreState {
     max_memory: usize,
+    deadline: Instant,
+    /// Zero of the guest's monotonic clock, so host code can read that clock as the guest
+    /// does (absolute sleeps).
+    clock_origin: Instant,
     pub(crate) wasi: WasiP1Ctx,
 }
 
+impl StoreState {
+    /// When the guest call in progress must end.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The guest's monotonic clock now, in nanoseconds.
+    pub(crate) fn monotonic_now(&self) -> u64 {
+        monotonic_nanos(self.clock_origin)
+    }
+}
+
+fn monotonic_nanos(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The guest's monotonic clock: nanoseconds since the instance was created.
+struct SandboxClock(Instant);
+
+impl HostMonotonicClock for SandboxClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        monotonic_nanos(self.0)
+    }
+}
+
 /// The WASI a plugin gets: clocks and randomness only. No preopened directories, no
-/// environment, no arguments, no sockets; stdout and stderr are discarded. Enough for the
-/// runtimes of compiled languages (Go, Rust, C via wasi-libc) to start, nothing to escape with.
-fn sandboxed_wasi() -> WasiP1Ctx {
-    WasiCtxBuilder::new().build_p1()
+/// environment, no arguments, no sockets; stdin is closed, stdout and stderr are discarded.
+/// Enough for the runtimes of compiled languages (Go, Rust, C via wasi-libc) to start,
+/// nothing to escape with; and nothing that blocks but a sleep, which `wasi_poll` bounds.
+fn sandboxed_wasi(clock_origin: Instant) -> WasiP1Ctx {
+    WasiCtxBuilder::new()
+        .monotonic_clock(SandboxClock(clock_origin))
+        .build_p1()
 }
 
 impl ResourceLimiter for StoreState {
@@ -50,7 +89,7 @@ impl ResourceLimiter for StoreState {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
 
@@ -83,17 +122,31 @@ pub(crate) fn describe_exports(module: &Module) -> Vec<(String, ExportKind)> {
         .collect()
 }
 
+/// Starts the deadline of the next guest call, for guest code and host code alike.
+fn arm(store: &mut Store<StoreState>, limit: CallLimit) {
+    store.set_epoch_deadline(limit.ticks);
+    store.data_mut().deadline = Instant::now() + limit.timeout;
+}
+
 /// A ready instance of one revision.
 pub(crate) struct PluginInstance {
     store: Store<StoreState>,
     memory: Memory,
-    deadline_ticks: u64,
+    limit: CallLimit,
     alloc: TypedFunc<i32, i32>,
     handle: TypedFunc<(i32, i32), i64>,
     configure: Option<TypedFunc<(i32, i32), i32>>,
     self_check: Option<TypedFunc<(), i32>>,
     save_state: Option<TypedFunc<(), i64>>,
     restore_state: Option<TypedFunc<(i32, i32), i32>>,
+}
+
+/// How long one guest call may run: in epoch ticks for guest code, as a duration for host
+/// code (a WASI sleep).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimit {
+    pub ticks: u64,
+    pub timeout: Duration,
 }
 
 fn fault(e: wasmtime::Error) -> GuestFailure {
@@ -106,23 +159,26 @@ impl PluginInstance {
         pre: &InstancePre<StoreState>,
         caps: Capabilities,
         max_memory: usize,
-        deadline_ticks: u64,
+        limit: CallLimit,
     ) -> Result<Self, Fault> {
+        let clock_origin = Instant::now();
         let state = StoreState {
             max_memory,
-            wasi: sandboxed_wasi(),
+            deadline: clock_origin + limit.timeout,
+            clock_origin,
+            wasi: sandboxed_wasi(clock_origin),
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.epoch_deadline_trap();
         // A start function is guest code too: it runs under the same deadline.
-        store.set_epoch_deadline(deadline_ticks);
+        arm(&mut store, limit);
         let instance = pre.instantiate(&mut store).map_err(|e| classify(&e))?;
         let other = |e: wasmtime::Error| Fault::Other(format!("{e:#}"));
         // WASI reactors (Go `-buildmode=c-shared`, wasi-libc) initialise their runtime here.
         if let Some(init) = instance.get_func(&mut store, abi::INITIALIZE) {
             let init = init.typed::<(), ()>(&store).map_err(other)?;
-            store.set_epoch_deadline(deadline_ticks);
+            arm(&mut store, limit);
             init.call(&mut store, ()).map_err(|e| classify(&e))?;
         }
         let memory = instance
@@ -162,14 +218,14 @@ impl PluginInstance {
                 .map_err(other)?,
             store,
             memory,
-            deadline_ticks,
+            limit,
             alloc,
             handle,
         })
     }
 
     fn arm(&mut self) {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        arm(&mut self.store, self.limit);
     }
 
     /// Copies `bytes` into guest memory through `alloc`.

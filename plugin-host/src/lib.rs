@@ -28,11 +28,29 @@
 //!   ```
 //! - Imports: sandboxed WASI preview1 only (clocks, randomness), so plugins compiled from
 //!   Go, Rust or C start; no files, environment or network.
-//! - Limits: a pooling allocator sized from [`HostConfig`], a per-store memory ceiling that
-//!   traps with a precise reason, and epoch deadlines on every guest call.
+//!
+//! # Limits
+//! A plugin is untrusted code; every resource it can take is bounded by [`HostConfig`]:
+//!
+//! | what | bound | when it is exceeded |
+//! |---|---|---|
+//! | module size | [`HostConfig::max_module_bytes`] (64 MiB) | load refused before hashing: [`LoadError::ModuleTooLarge`] |
+//! | compile time | [`HostConfig::compile_timeout`] (120 s), on a thread of its own | load fails, old revision serves: [`LoadError::CompileTimeout`]; the compile ends in the background, its result dropped |
+//! | declared memories, tables, metadata | one memory, one table of [`MAX_TABLE_ELEMENTS`], [`MAX_INSTANCE_METADATA_BYTES`] of instance metadata | load refused with wasmtime's reason |
+//! | linear memory | [`HostConfig::max_memory_bytes`] (64 MiB) | the guest traps: [`Fault::MemoryLimit`] |
+//! | one call (request, self-check, state hand-over, start-up) | [`HostConfig::call_timeout`] (500 ms), in guest code and in WASI sleeps alike | the guest traps: [`Fault::Timeout`], the instance is replaced |
+//! | calls in parallel per plugin | [`HostConfig::instances_per_revision`] (4) | the call waits up to [`HostConfig::checkout_timeout`], then [`CallError::Busy`] |
+//!
+//! Compile memory is bounded through the module size (the compiler's memory grows with the
+//! code it is given); the compile cannot be interrupted, only abandoned. The deadline of a
+//! call holds in host code too: guest code is interrupted by epochs, and the one WASI
+//! function that can block, `poll_oneoff` (every language's `sleep`), is replaced by one
+//! that sleeps no later than the deadline and then traps like a CPU-bound loop, so sleeping
+//! plugins cannot hold the instance pool.
 
 pub mod abi;
 mod cache;
+mod compile;
 mod digest;
 mod engine;
 mod error;
@@ -41,10 +59,11 @@ mod host;
 mod instance;
 mod pinned;
 mod revision;
+mod wasi_poll;
 
 pub use cache::CacheOutcome;
 pub use digest::{parse_sha256, sha256_digest};
-pub use engine::HostConfig;
+pub use engine::{HostConfig, MAX_INSTANCE_METADATA_BYTES, MAX_TABLE_ELEMENTS};
 pub use error::{CallError, Fault, GuestFailure, LoadError, Phase, classify};
 pub use hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 pub use host::{HostError, LoadPlan, LoadRequest, Loaded, PluginHost, StateHandover, plan_load};

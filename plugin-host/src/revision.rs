@@ -15,7 +15,7 @@ use wasmtime::InstancePre;
 
 use crate::abi::Capabilities;
 use crate::error::{CallError, Fault, GuestFailure};
-use crate::instance::{PluginInstance, StoreState};
+use crate::instance::{CallLimit, PluginInstance, StoreState};
 
 /// Identity of a revision: what a repeated `Load` is compared against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub(crate) struct Revision {
     pre: InstancePre<StoreState>,
     target: usize,
     max_memory: usize,
-    deadline_ticks: u64,
+    call_limit: CallLimit,
     checkout_timeout: Duration,
     pool: Mutex<Pool>,
     freed: Condvar,
@@ -93,7 +93,7 @@ impl Drop for Checkout<'_> {
 pub(crate) struct RevisionLimits {
     pub instances: usize,
     pub max_memory: usize,
-    pub deadline_ticks: u64,
+    pub call_limit: CallLimit,
     pub checkout_timeout: Duration,
 }
 
@@ -111,7 +111,7 @@ impl Revision {
             pre,
             target: limits.instances.max(1),
             max_memory: limits.max_memory,
-            deadline_ticks: limits.deadline_ticks,
+            call_limit: limits.call_limit,
             checkout_timeout: limits.checkout_timeout,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -137,9 +137,8 @@ impl Revision {
     }
 
     fn instantiate(&self) -> Result<PluginInstance, InstanceError> {
-        let mut inst =
-            PluginInstance::new(&self.pre, self.caps, self.max_memory, self.deadline_ticks)
-                .map_err(InstanceError::Instantiate)?;
+        let mut inst = PluginInstance::new(&self.pre, self.caps, self.max_memory, self.call_limit)
+            .map_err(InstanceError::Instantiate)?;
         inst.configure(&self.id.config)
             .map_err(InstanceError::Configure)?;
         Ok(inst)

@@ -78,6 +78,7 @@ pub fn config() -> HostConfig {
         checkout_timeout: Duration::from_secs(5),
         max_plugins: 4,
         cache_dir: None,
+        ..HostConfig::default()
     }
 }
 
