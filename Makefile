@@ -11,10 +11,11 @@ endif
 E2E := cargo run --quiet -p hotload-e2e --
 HELM = $(HOTLOAD_CACHE)/bin/current/helm
 
-.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds images
+.PHONY: test deps fmt lint unit e2e demo cluster-up cluster-down crds images sdk-go
 
-## test: everything CI runs: formatting, clippy, unit tests, e2e on the local cluster
-test: deps fmt lint unit e2e
+## test: everything CI runs: formatting, clippy, unit tests, the SDKs with the conformance
+## suite, e2e on the local cluster
+test: deps fmt lint unit sdk e2e
 
 ## deps: Debian packages and the pinned Go tools (etcd, Kubernetes, helm)
 deps:
@@ -57,6 +58,46 @@ cluster-down:
 crds:
 	cargo run --quiet -p hotload-operator --bin hotload-operator -- crd > crds/pluginreleases.hotload.dev.yaml
 	cp crds/pluginreleases.hotload.dev.yaml charts/hotload/crds/
+
+## sdk: every app SDK against the shared conformance cases and the real sidecar
+.PHONY: sdk conformance-plugins
+sdk: sdk-go
+
+## conformance-plugins: the conformance suite's plugin binaries, from their sources
+conformance-plugins:
+	sdk/conformance/build.sh
+
+## sdk-go: the Go SDK (sdk/go): gofmt, go vet, go test with the shared conformance cases
+## and, against the real sidecar built here, load / 100 swaps / faults / restart / two workers
+sdk-go: conformance-plugins
+	cargo build -p hotload-sidecar --bin hotload-sidecar
+	cd sdk/go && unformatted="$$(gofmt -l .)" && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
+	cd sdk/go && go vet ./...
+	cd sdk/go && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar go test -count=1 ./...
+
+## sdk-python: the Python SDK (sdk/python): a venv under $(HOTLOAD_CACHE)/venv with the package
+## (editable) and its test deps, ruff, pytest with the shared conformance cases and, against
+## the real sidecar built here, loads / refusals / restart / gunicorn with 3 workers
+.PHONY: sdk-python
+PY_VENV = $(HOTLOAD_CACHE)/venv
+sdk-python: conformance-plugins
+	cargo build -p hotload-sidecar --bin hotload-sidecar
+	test -x $(PY_VENV)/bin/python || python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e 'sdk/python[test]'
+	cd sdk/python && $(PY_VENV)/bin/ruff check . && $(PY_VENV)/bin/ruff format --check .
+	cd sdk/python && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar $(PY_VENV)/bin/python -m pytest -q
+
+## sdk-node: the Node SDK (sdk/node): node --check on every file, then node --test with the shared
+## conformance cases, transcripts, 100 swaps, a cluster app, JS modules and, against the real
+## sidecar built here, a 3-worker cluster app and a sidecar restart; npm runs only if the
+## package ever gains dev dependencies (it has none)
+.PHONY: sdk-node
+sdk-node: conformance-plugins
+	cargo build -p hotload-sidecar --bin hotload-sidecar
+	cd sdk/node && if grep -q '"devDependencies"' package.json; then \
+		npm ci --no-audit --no-fund --cache $(HOTLOAD_CACHE)/npm; fi
+	cd sdk/node && for f in index.js src/*.js test/*.js test/fixtures/*.js; do node --check $$f || exit 1; done
+	cd sdk/node && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar node --test test/*.test.js
 
 ## images: the three container images, with Docker (not needed for demo or test)
 IMAGE_TAG ?= 0.1.0
