@@ -1,0 +1,195 @@
+// Types of @hotload/sdk (hand-written; the package is plain ESM JavaScript).
+import { EventEmitter } from 'node:events';
+
+/** Limits and knobs of a PluginHost; every field has hotload-host's production default. */
+export interface HostConfig {
+  /** Ceiling of one instance's linear memory, in bytes (whole 64 KiB pages). Default 64 MiB. */
+  maxMemoryBytes?: number;
+  /** Longest one guest call (request, self-check, state hand-over, start-up) may run. Default 500. */
+  callTimeoutMs?: number;
+  /** Warm instances (worker threads) per revision: calls one plugin runs in parallel. Default 4. */
+  instancesPerRevision?: number;
+  /** How long a call waits for a free instance before it fails `busy`. Default 2000. */
+  checkoutTimeoutMs?: number;
+  /** Most named plugins one host holds. Default 16. */
+  maxPlugins?: number;
+  /** Largest module a load accepts, refused before hashing. Default 64 MiB. */
+  maxModuleBytes?: number;
+  /** Longest a compile may take before the load fails. Default 120000. */
+  compileTimeoutMs?: number;
+}
+
+export const DEFAULTS: Readonly<Required<HostConfig>>;
+
+/** Identity of a revision: what a repeated load is compared against. */
+export interface RevisionId {
+  plugin: string;
+  revision: string;
+  digest: string;
+  config: Uint8Array;
+}
+
+export interface LoadEvent {
+  plugin: string;
+  revision: string;
+  previous: string | null;
+  swapMs: number;
+}
+
+export interface UnloadEvent {
+  plugin: string;
+  revision: string;
+  /** The revision replacing it; null when the plugin is removed. */
+  next: string | null;
+}
+
+/** Callbacks around swaps; run on the loading path, never on a request. */
+export interface HostHooks {
+  /** Right before `revision` stops taking new calls (the swap will happen). */
+  beforeUnload?(event: UnloadEvent): void;
+  /** Right after a new revision started taking calls. */
+  afterLoad?(event: LoadEvent): void;
+  /** A load was refused; the old revision keeps serving. */
+  loadFailed?(plugin: string, revision: string, error: LoadError): void;
+}
+
+export interface LoadRequest {
+  plugin: string;
+  revision: string;
+  /** `sha256:<64 lowercase hex>` of `wasm`. */
+  digest: string;
+  /** Bytes handed to the plugin's `configure`; null is zero bytes. */
+  config?: Uint8Array | string | null;
+  wasm: Uint8Array;
+}
+
+export interface Loaded {
+  revision: string;
+  /** false when the request named the revision already serving (nothing was done). */
+  swapped: boolean;
+  /** The plugin exported a self-check and passed it. */
+  selfChecked: boolean;
+  /** Bytes of state handed over, or null when none was. */
+  stateBytes: number | null;
+  compileMs?: number;
+  totalMs: number;
+  /** Time of the swap itself. */
+  swapMs: number;
+}
+
+/** The class of a guest failure. */
+export type FaultKind = 'status' | 'bad_range' | 'timeout' | 'memory_limit' | 'trap' | 'other';
+
+/** A load that did not happen; the previous revision keeps serving. */
+export class LoadError extends Error {
+  kind:
+    | 'read' | 'module_too_large' | 'bad_digest' | 'digest_mismatch' | 'compile_timeout' | 'invalid_wasm'
+    | 'abi' | 'instantiate' | 'configure' | 'self_check' | 'save_state' | 'restore_state'
+    | 'too_many_plugins' | 'import' | 'closed';
+  plugin: string;
+  revision: string;
+  fault?: FaultKind;
+}
+
+/** A request the serving revision could not serve. */
+export class CallError extends Error {
+  kind: 'not_loaded' | 'busy' | 'handle' | 'reinstantiate';
+  plugin: string;
+  revision: string | null;
+  fault?: FaultKind;
+}
+
+/** One revision held for all the calls of one request. */
+export class Pinned {
+  readonly revision: RevisionId;
+  call(input: Uint8Array | string): Promise<Buffer>;
+  /** Lets the revision go; call it when the request ends (idempotent). */
+  release(): void;
+  [Symbol.dispose](): void;
+}
+
+/** Named Wasm plugins, each swapped atomically; the Node twin of hotload-host's PluginHost. */
+export class PluginHost {
+  constructor(config?: HostConfig, hooks?: HostHooks);
+  readonly config: Required<HostConfig>;
+  call(plugin: string, input: Uint8Array | string): Promise<Buffer>;
+  pin(plugin: string): Pinned;
+  serving(plugin: string): RevisionId | null;
+  plugins(): string[];
+  load(req: LoadRequest): Promise<Loaded>;
+  loadFile(plugin: string, revision: string, path: string, digest: string, config?: Uint8Array | string | null): Promise<Loaded>;
+  unload(plugin: string): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export interface ModuleLoadRequest {
+  plugin: string;
+  revision: string;
+  digest: string;
+  /** JSON text handed (parsed) to the module's `configure`; null for none. */
+  config?: Uint8Array | string | null;
+  /** The module's source (ESM). */
+  source: Uint8Array;
+}
+
+/** Hot-loaded JavaScript (ESM) modules: trusted code, run in-process, swapped atomically. */
+export class ModuleHost {
+  constructor(config?: { dir?: string; maxPlugins?: number }, hooks?: HostHooks);
+  /** The serving module's namespace; throws a CallError `not_loaded`. */
+  module(plugin: string): any;
+  call(plugin: string, ...args: unknown[]): Promise<any>;
+  serving(plugin: string): { plugin: string; revision: string; digest: string } | null;
+  plugins(): string[];
+  load(req: ModuleLoadRequest): Promise<Loaded>;
+  loadFile(plugin: string, revision: string, path: string, digest: string, config?: Uint8Array | string | null): Promise<Loaded>;
+  unload(plugin: string): Promise<boolean>;
+  /** Unloads every module and removes the private directory this host made. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_SOCKET: string;
+
+export interface AppClientOptions {
+  /** Wasm plugins are loaded here. */
+  host?: PluginHost;
+  /** Files that are not Wasm are imported here as JavaScript modules. */
+  modules?: ModuleHost;
+  /** Default: $HOTLOAD_APP_SOCKET, else /var/run/hotload/app.sock. */
+  socket?: string;
+  /** Default: $HOTLOAD_APP, else the script's name. */
+  app?: string;
+  /** Default: the process id. */
+  worker?: string;
+}
+
+/** The sidecar's app protocol v2: one per process (in a cluster app, one per worker). */
+export class AppClient extends EventEmitter {
+  constructor(opts: AppClientOptions);
+  readonly connected: boolean;
+  readonly worker: string;
+  start(): this;
+  close(): Promise<void>;
+}
+
+export function parseSha256(digest: string): string | null;
+export function sha256Digest(bytes: Uint8Array): string;
+
+export namespace abi {
+  const MEMORY: string;
+  const ALLOC: string;
+  const HANDLE: string;
+  const CONFIGURE: string;
+  const SELF_CHECK: string;
+  const SAVE_STATE: string;
+  const RESTORE_STATE: string;
+  const INITIALIZE: string;
+  function pack(ptr: number, len: number): bigint;
+  function unpack(packed: bigint): [number, number];
+  function checkedRange(ptr: number, len: number, memoryLen: number): [number, number] | null;
+}
+
+export namespace protocol {
+  const PROTOCOL: 2;
+  function backoffMs(attempt: number): number;
+  function configBytes(config: unknown): Uint8Array;
+}

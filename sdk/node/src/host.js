@@ -1,0 +1,326 @@
+// PluginHost: named plugin slots, each holding its serving revision; the Node counterpart
+// of hotload-host's PluginHost, held to the same conformance cases (sdk/conformance/).
+//
+//  load(req) ── size, digest (thread pool) ─ compile thread: parse, instrument, compile, ABI
+//      │        check ─ pool of instance threads ─ configure ─ self_check ─ state hand-over ─ beforeUnload
+//      └──────────────── slot.current = next   ◄── the only critical section (one assignment)
+//  call(name) ── slot.current, acquire ── check out an instance ── handle ── release
+//  pin(name)  ── slot.current, acquire ── Pinned ── call, call, … ── release()
+//
+// Everything before the assignment happens off the request path (hashing in libuv's thread
+// pool, compiling and every guest call on threads of their own); a failure anywhere leaves
+// the slot as it was. A call holds a reference on the revision it started on, so it finishes there.
+
+import { readFile } from 'node:fs/promises';
+
+import { compileModule } from './compile.js';
+import { parseSha256, sha256DigestAsync } from './digest.js';
+import { CallError, LoadError } from './errors.js';
+import { Revision } from './revision.js';
+
+/** Limits and knobs of a host; every field has a production default (hotload-host's). */
+export const DEFAULTS = Object.freeze({
+  /** Ceiling of one instance's linear memory, in bytes (a whole number of 64 KiB pages). */
+  maxMemoryBytes: 64 << 20,
+  /** Longest one guest call (request, self-check, state hand-over, start-up) may run. */
+  callTimeoutMs: 500,
+  /** Warm instances (worker threads) per revision: the most calls a plugin runs in parallel. */
+  instancesPerRevision: 4,
+  /** How long a call waits for a free instance before it fails `busy`. */
+  checkoutTimeoutMs: 2000,
+  /** Most named plugins one host holds. */
+  maxPlugins: 16,
+  /** Largest module a load accepts, refused before it is hashed. */
+  maxModuleBytes: 64 << 20,
+  /** Longest a compile may take; past it the load fails and the old revision serves. */
+  compileTimeoutMs: 120_000,
+});
+
+const RETRY = Symbol('retry');
+
+function toBytes(v) {
+  if (v == null) return new Uint8Array(0);
+  if (typeof v === 'string') return Buffer.from(v, 'utf8');
+  if (v instanceof Uint8Array) return v;
+  throw new TypeError('expected a string or a Uint8Array');
+}
+
+function sameBytes(a, b) {
+  const view = (x) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  return a.length === b.length && Buffer.compare(view(a), view(b)) === 0;
+}
+
+class Slot {
+  /** @type {Revision | null} */
+  current = null;
+  #tail = Promise.resolve();
+
+  /** Runs `fn` after every earlier `serial` of this slot: loads of one plugin are serial. */
+  serial(fn) {
+    const run = this.#tail.then(fn);
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+}
+
+/**
+ * One revision held for the length of a request: every call through it runs on that
+ * revision, whatever is loaded or unloaded meanwhile. Release it when the request ends
+ * (`release()`, or `using` with Symbol.dispose); a pin that is garbage-collected
+ * unreleased is released then, but until then it keeps the old revision's threads alive.
+ */
+export class Pinned {
+  #rev;
+  #released = false;
+  static #leaks = new FinalizationRegistry((rev) => rev.release());
+
+  constructor(rev) {
+    this.#rev = rev;
+    rev.acquire();
+    Pinned.#leaks.register(this, rev, this);
+  }
+
+  /** The pinned revision's identity (plugin, revision name, digest, config). */
+  get revision() {
+    return this.#rev.id;
+  }
+
+  /** Calls the plugin's `handle` on the pinned revision. @returns {Promise<Buffer>} */
+  call(input) {
+    if (this.#released) return Promise.reject(new Error('call on a released pin'));
+    return this.#rev.call(toBytes(input));
+  }
+
+  /** Lets the revision go (idempotent). */
+  release() {
+    if (this.#released) return;
+    this.#released = true;
+    Pinned.#leaks.unregister(this);
+    this.#rev.release();
+  }
+
+  [Symbol.dispose]() {
+    this.release();
+  }
+}
+
+export class PluginHost {
+  /** @type {Map<string, Slot>} */
+  #slots = new Map();
+  #closed = false;
+
+  /**
+   * @param {Partial<typeof DEFAULTS>} [config]
+   * @param {{beforeUnload?: Function, afterLoad?: Function, loadFailed?: Function}} [hooks]
+   */
+  constructor(config = {}, hooks = {}) {
+    this.config = { ...DEFAULTS, ...config };
+    if (this.config.maxMemoryBytes % 65536 !== 0) {
+      throw new RangeError('maxMemoryBytes must be a whole number of 64 KiB pages');
+    }
+    this.hooks = hooks;
+  }
+
+  #hook(name, ...args) {
+    try {
+      this.hooks[name]?.(...args);
+    } catch {
+      // A hook is the app's code: its failure must not fail or half-do a swap.
+    }
+  }
+
+  /** Calls `plugin`'s `handle` with `input` on the revision serving right now. @returns {Promise<Buffer>} */
+  async call(plugin, input) {
+    const rev = this.#slots.get(plugin)?.current;
+    if (!rev) throw CallError.notLoaded(plugin);
+    rev.acquire();
+    try {
+      return await rev.call(toBytes(input));
+    } finally {
+      rev.release();
+    }
+  }
+
+  /** Pins the revision serving `plugin` now, for all the calls of one request. @returns {Pinned} */
+  pin(plugin) {
+    const rev = this.#slots.get(plugin)?.current;
+    if (!rev) throw CallError.notLoaded(plugin);
+    return new Pinned(rev);
+  }
+
+  /** The revision serving `plugin`, or null. */
+  serving(plugin) {
+    return this.#slots.get(plugin)?.current?.id ?? null;
+  }
+
+  /** Names of the plugins with a serving revision, sorted. */
+  plugins() {
+    return [...this.#slots].filter(([, s]) => s.current).map(([n]) => n).sort();
+  }
+
+  /**
+   * Reads the module from `path` (the sidecar's store) and loads it.
+   * @returns {Promise<object>} see load()
+   */
+  async loadFile(plugin, revision, path, digest, config) {
+    let wasm;
+    try {
+      wasm = await readFile(path);
+    } catch (err) {
+      // Like hotload-host's LoadRequest::from_file: a read error is the caller's, no hook.
+      throw LoadError.of('read', plugin, revision, `cannot read ${path}: ${err.message}`);
+    }
+    return this.load({ plugin, revision, digest, config, wasm });
+  }
+
+  /**
+   * Loads a revision and swaps it in; on any failure the previous revision keeps serving and
+   * the promise rejects with a LoadError.
+   * @param {{plugin: string, revision: string, digest: string, config?: Uint8Array|string|null, wasm: Uint8Array}} req
+   * @returns {Promise<{revision: string, swapped: boolean, selfChecked: boolean, stateBytes: number|null,
+   *   compileMs: number, totalMs: number, swapMs: number}>}
+   */
+  async load(req) {
+    try {
+      return await this.#tryLoad(req);
+    } catch (err) {
+      if (err instanceof LoadError) this.#hook('loadFailed', req.plugin, req.revision, err);
+      throw err;
+    }
+  }
+
+  async #tryLoad(req) {
+    const start = performance.now();
+    const { plugin, revision, digest } = req;
+    const wasm = toBytes(req.wasm);
+    if (this.#closed) throw LoadError.of('closed', plugin, revision, 'host is closed');
+    if (wasm.length > this.config.maxModuleBytes) {
+      throw LoadError.of('module_too_large', plugin, revision,
+        `module is ${wasm.length} bytes, over the limit of ${this.config.maxModuleBytes} bytes`);
+    }
+    if (!parseSha256(digest)) {
+      throw LoadError.of('bad_digest', plugin, revision,
+        `malformed digest ${JSON.stringify(String(digest))}: want sha256:<64 lowercase hex>`);
+    }
+    const actual = await sha256DigestAsync(wasm);
+    if (actual !== digest) {
+      throw LoadError.of('digest_mismatch', plugin, revision, `digest mismatch: expected ${digest}, got ${actual}`);
+    }
+    const id = { plugin, revision, digest, config: Uint8Array.from(toBytes(req.config)) };
+    for (;;) {
+      const slot = this.#slotOrCreate(plugin, revision);
+      const result = await slot.serial(async () => {
+        // Unloaded (or given up after a failed first load) while this load waited.
+        if (this.#slots.get(plugin) !== slot) return RETRY;
+        try {
+          return await this.#loadInto(slot, id, wasm, start);
+        } catch (err) {
+          // A first load that failed leaves no empty slot behind to count against maxPlugins.
+          if (!slot.current && this.#slots.get(plugin) === slot) this.#slots.delete(plugin);
+          throw err;
+        }
+      });
+      if (result !== RETRY) return result;
+    }
+  }
+
+  #slotOrCreate(plugin, revision) {
+    let slot = this.#slots.get(plugin);
+    if (slot) return slot;
+    if (this.#slots.size >= this.config.maxPlugins) {
+      throw new LoadError('too_many_plugins', plugin, revision,
+        `plugin ${plugin}: cannot load more than ${this.config.maxPlugins} plugins`);
+    }
+    slot = new Slot();
+    this.#slots.set(plugin, slot);
+    return slot;
+  }
+
+  /** Compiles and checks a module on a thread of its own; rejects with a LoadError. */
+  async #compile(id, wasm) {
+    const r = await compileModule(wasm, this.config);
+    if (!r.ok) throw LoadError.of(r.kind, id.plugin, id.revision, r.detail);
+    return r;
+  }
+
+  async #loadInto(slot, id, wasm, start) {
+    const { plugin, revision } = id;
+    const old = slot.current;
+    if (old && old.id.revision === revision && old.id.digest === id.digest && sameBytes(old.id.config, id.config)) {
+      return { revision, swapped: false, selfChecked: false, stateBytes: null, compileMs: 0,
+        totalMs: performance.now() - start, swapMs: 0 };
+    }
+    const t = performance.now();
+    const { module, caps } = await this.#compile(id, wasm);
+    const compileMs = performance.now() - t;
+    const next = new Revision(id, caps, module, this.config);
+    try {
+      await next.fill();
+    } catch (err) {
+      if (err.phase === 'configure') throw LoadError.guest('configure', plugin, revision, err.failure);
+      if (err.failure?.type === 'fault') throw LoadError.instantiate(plugin, revision, err.failure.fault);
+      throw err;
+    }
+    try {
+      if (caps.selfCheck) {
+        const f = await next.forEachInstance('self_check', {});
+        if (f) throw LoadError.guest('self_check', plugin, revision, f);
+      }
+      let stateBytes = null;
+      if (old && old.caps.saveState && caps.restoreState) {
+        old.acquire();
+        let saved;
+        try {
+          saved = await old.run('save_state', {});
+        } catch (err) {
+          // The old revision had no free instance: its pool is busy, not broken.
+          throw LoadError.guest('save_state', plugin, revision, { type: 'fault', fault: { type: 'other', message: err.message } });
+        } finally {
+          old.release();
+        }
+        if (!saved.ok) throw LoadError.guest('save_state', plugin, revision, saved.failure);
+        const snapshot = saved.value ?? new Uint8Array(0);
+        const f = await next.forEachInstance('restore_state', { state: snapshot });
+        if (f) throw LoadError.guest('restore_state', plugin, revision, f);
+        stateBytes = snapshot.length;
+      }
+      if (old) this.#hook('beforeUnload', { plugin, revision: old.id.revision, next: revision });
+      const s = performance.now();
+      slot.current = next;
+      const swapMs = performance.now() - s;
+      old?.retire();
+      this.#hook('afterLoad', { plugin, revision, previous: old?.id.revision ?? null, swapMs });
+      return { revision, swapped: true, selfChecked: caps.selfCheck, stateBytes, compileMs,
+        totalMs: performance.now() - start, swapMs };
+    } catch (err) {
+      next.destroy();
+      throw err;
+    }
+  }
+
+  /**
+   * Removes a plugin; calls in flight finish on the revision they started on.
+   * @returns {Promise<boolean>} whether it was there
+   */
+  async unload(plugin) {
+    const slot = this.#slots.get(plugin);
+    if (!slot) return false;
+    this.#slots.delete(plugin);
+    await slot.serial(async () => {
+      const old = slot.current;
+      slot.current = null;
+      if (old) {
+        this.#hook('beforeUnload', { plugin, revision: old.id.revision, next: null });
+        old.retire();
+      }
+    });
+    return true;
+  }
+
+  /** Unloads everything and stops every thread once its calls are done. */
+  async close() {
+    this.#closed = true;
+    await Promise.all([...this.#slots.keys()].map((p) => this.unload(p)));
+  }
+}
+

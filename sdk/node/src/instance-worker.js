@@ -1,0 +1,116 @@
+// One plugin instance, alone in a worker thread. The main thread times every request and
+// terminates this thread when a request outlives its deadline: that is what bounds a plugin
+// that loops forever (V8 has no epoch interruption that an embedder in JavaScript can use,
+// but Worker.terminate() stops a thread in the middle of guest code).
+//
+// Requests (one at a time): {op, timeoutMs, ...}; answers {ok: true, value} or
+// {ok: false, failure} with a GuestFailure (errors.js).
+
+import { parentPort, workerData } from 'node:worker_threads';
+
+import * as abi from './abi.js';
+import { GROW_GLOBAL } from './wasm-binary.js';
+import { ExitSignal, TimeoutSignal, WASI_MODULE, sandboxedWasi } from './wasi.js';
+
+const { limitBytes, limitPages } = workerData;
+let exports = null;
+let memory;
+let deadline = 0;
+
+class BadRange extends Error {
+  constructor(ptr, len) {
+    super('bad range');
+    this.ptr = ptr;
+    this.len = len;
+  }
+}
+
+function fault(err) {
+  if (err instanceof BadRange) return { type: 'bad_range', ptr: err.ptr, len: err.len };
+  if (err instanceof TimeoutSignal) return { type: 'fault', fault: { type: 'timeout' } };
+  if (err instanceof ExitSignal) return { type: 'fault', fault: { type: 'other', message: err.message } };
+  const asked = exports?.[GROW_GLOBAL]?.value;
+  if (typeof asked === 'bigint' && asked > BigInt(limitPages)) {
+    return { type: 'fault', fault: { type: 'memory_limit', requested: Number(asked) * 65536, limit: limitBytes } };
+  }
+  if (err instanceof WebAssembly.RuntimeError) return { type: 'fault', fault: { type: 'trap', message: err.message } };
+  if (err instanceof RangeError && /call stack/i.test(err.message)) {
+    return { type: 'fault', fault: { type: 'trap', message: 'call stack exhausted' } };
+  }
+  return { type: 'fault', fault: { type: 'other', message: String(err?.message ?? err) } };
+}
+
+function write(bytes) {
+  const len = bytes.length;
+  const ptr = exports[abi.ALLOC](len) >>> 0;
+  const range = abi.checkedRange(ptr, len, memory.buffer.byteLength);
+  if (!range) throw new BadRange(ptr, len);
+  new Uint8Array(memory.buffer, ptr, len).set(bytes);
+  return [ptr, len];
+}
+
+function read(packed) {
+  const [ptr, len] = abi.unpack(packed);
+  if (!abi.checkedRange(ptr, len, memory.buffer.byteLength)) throw new BadRange(ptr, len);
+  return new Uint8Array(memory.buffer, ptr, len).slice();
+}
+
+function status(code) {
+  if (code !== 0) {
+    const err = new Error('status');
+    err.status = code;
+    throw err;
+  }
+}
+
+const ops = {
+  instantiate({ module }) {
+    const wasi = sandboxedWasi(() => memory, () => deadline);
+    const imports = {};
+    for (const imp of WebAssembly.Module.imports(module)) {
+      if (imp.module === WASI_MODULE) imports[WASI_MODULE] = wasi;
+    }
+    const instance = new WebAssembly.Instance(module, imports);
+    exports = instance.exports;
+    memory = exports[abi.MEMORY];
+  },
+  initialize() {
+    if (typeof exports[abi.INITIALIZE] === 'function') exports[abi.INITIALIZE]();
+  },
+  configure({ config }) {
+    if (typeof exports[abi.CONFIGURE] !== 'function') return;
+    const [ptr, len] = write(config);
+    status(exports[abi.CONFIGURE](ptr, len));
+  },
+  self_check() {
+    if (typeof exports[abi.SELF_CHECK] === 'function') status(exports[abi.SELF_CHECK]());
+  },
+  save_state() {
+    if (typeof exports[abi.SAVE_STATE] !== 'function') return null;
+    return read(exports[abi.SAVE_STATE]());
+  },
+  restore_state({ state }) {
+    if (typeof exports[abi.RESTORE_STATE] !== 'function') return;
+    const [ptr, len] = write(state);
+    status(exports[abi.RESTORE_STATE](ptr, len));
+  },
+  handle({ input }) {
+    const [ptr, len] = write(input);
+    return read(exports[abi.HANDLE](ptr, len));
+  },
+};
+
+parentPort.on('message', (msg) => {
+  deadline = performance.now() + msg.timeoutMs;
+  try {
+    const value = ops[msg.op](msg);
+    const transfer = value instanceof Uint8Array ? [value.buffer] : [];
+    parentPort.postMessage({ ok: true, value }, transfer);
+  } catch (err) {
+    const failure = err?.status !== undefined && err.message === 'status'
+      ? { type: 'status', code: err.status }
+      : fault(err);
+    parentPort.postMessage({ ok: false, failure });
+  }
+});
+parentPort.postMessage({ ready: true });

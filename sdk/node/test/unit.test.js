@@ -1,0 +1,99 @@
+// The pure parts: ABI packing and export check, the protocol's line handling and back-off,
+// the memory.grow rewrite.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { abi, protocol, PluginHost, sha256Digest, parseSha256 } from '../index.js';
+import { instrumentMemoryGrow, parseModule, WasmFormatError } from '../src/wasm-binary.js';
+import { pluginBytes } from './helpers.js';
+
+test('pack round-trips, including high-bit pointers', () => {
+  for (const [p, l] of [[0, 0], [1024, 5], [0xffffffff, 0xffffffff], [0x80000000, 1]]) {
+    assert.deepEqual(abi.unpack(abi.pack(p, l)), [p, l]);
+  }
+  assert.equal(abi.pack(1, 2), (1n << 32n) | 2n);
+});
+
+test('checkedRange refuses out of bounds', () => {
+  assert.deepEqual(abi.checkedRange(10, 5, 15), [10, 15]);
+  assert.equal(abi.checkedRange(10, 6, 15), null);
+  assert.equal(abi.checkedRange(0xffffffff, 0xffffffff, 1 << 20), null);
+  assert.deepEqual(abi.checkedRange(0, 0, 0), [0, 0]);
+});
+
+test('checkExports accepts the minimum and names the offending export', () => {
+  const minimal = [
+    { name: 'memory', kind: 'memory' },
+    { name: 'alloc', kind: 'func', signature: '(i32)->i32' },
+    { name: 'handle', kind: 'func', signature: '(i32,i32)->i64' },
+  ];
+  assert.deepEqual(abi.checkExports(minimal), { configure: false, selfCheck: false, saveState: false, restoreState: false });
+  assert.throws(() => abi.checkExports(minimal.filter((e) => e.name !== 'handle')), { message: 'missing export `handle` (i32,i32)->i64' });
+  assert.throws(() => abi.checkExports([...minimal, { name: 'self_check', kind: 'func', signature: '()->i64' }]),
+    { message: 'export `self_check` has signature ()->i64, want ()->i32' });
+  assert.throws(() => abi.checkExports([{ name: 'memory', kind: 'func', signature: '()->i32' }]),
+    { message: 'export `memory` must be a memory, found Func("()->i32")' });
+});
+
+test('digests are sha256:<64 lowercase hex>', () => {
+  assert.equal(sha256Digest(Buffer.alloc(0)), 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+  const ok = `sha256:${'a1'.repeat(32)}`;
+  assert.equal(parseSha256(ok), 'a1'.repeat(32));
+  assert.equal(parseSha256(ok.toUpperCase()), null);
+  assert.equal(parseSha256('sha256:abc'), null);
+});
+
+test('parseLine reads loads and unloads and ignores everything else', () => {
+  const p = (s) => protocol.parseLine(Buffer.from(s));
+  assert.equal(p('{"type":"load","plugin":"a","revision":"r1","path":"/x"}').kind, 'load');
+  assert.deepEqual(p('{"type":"unload","plugin":"a"}'), { kind: 'unload', plugin: 'a' });
+  assert.deepEqual(p('{"type":"error","reason":"line 1: …"}'), { kind: 'error', reason: 'line 1: …' });
+  for (const bad of ['hello?', '', '[]', 'null', '{"type":"reboot"}', '{"type":"load","plugin":"a"}', '{"type":"unload"}']) {
+    assert.equal(p(bad).kind, 'ignore', bad);
+  }
+  assert.equal(protocol.parseLine(Buffer.from([0xff, 0xfe])).kind, 'ignore');
+});
+
+test('LineSplitter splits across chunks and skips lines over its limit', () => {
+  const s = new protocol.LineSplitter(8);
+  assert.deepEqual(s.push(Buffer.from('ab')).map(String), []);
+  assert.deepEqual(s.push(Buffer.from('c\nde\n')).map(String), ['abc', 'de']);
+  assert.deepEqual(s.push(Buffer.from('0123456789')).map(String), []);
+  assert.deepEqual(s.push(Buffer.from('0123\nok\n')).map(String), ['ok']);
+  assert.deepEqual(s.push(Buffer.from('012345678\nok2\n')).map(String), ['ok2']);
+});
+
+test('back-off doubles from 50 ms to 2 s', () => {
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 7, 50].map(protocol.backoffMs), [50, 100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+});
+
+test('config is compact JSON text; null is zero bytes', () => {
+  assert.equal(protocol.configBytes({ threshold: 3 }).toString(), '{"threshold":3}');
+  assert.equal(protocol.configBytes(null).length, 0);
+  assert.equal(protocol.configBytes(undefined).length, 0);
+  assert.equal(protocol.configBytes(false).toString(), 'false');
+});
+
+test('the memory.grow rewrite keeps a module valid and its answers the same', async () => {
+  for (const file of ['tagger-v1.wasm', 'self-check-grow.wasm', 'go-upper.wasm']) {
+    const bytes = pluginBytes(file);
+    const info = parseModule(bytes);
+    const out = instrumentMemoryGrow(bytes, info, 256);
+    assert.ok(WebAssembly.validate(out), `${file} stays valid`);
+    const after = parseModule(out);
+    assert.deepEqual(after.exports.slice(0, info.exports.length), info.exports, `${file}: exports kept`);
+  }
+  assert.throws(() => parseModule(Buffer.from('\0asm\x01\0\0\0garbage')), WasmFormatError);
+  assert.throws(() => parseModule(Buffer.from('not wasm at all')), /magic header/);
+});
+
+test('growth up to the limit works; past it traps with the sizes', async () => {
+  const host = new PluginHost({ maxMemoryBytes: 4 << 16, instancesPerRevision: 1 });
+  const tagger = pluginBytes('tagger-v1.wasm'); // declares 2 pages: fits a 4-page limit
+  await host.load({ plugin: 't', revision: 'r1', digest: sha256Digest(tagger), wasm: tagger });
+  assert.equal((await host.call('t', 'x')).toString(), 'v01:xv01:');
+  const grow = pluginBytes('handle-grow.wasm');
+  await host.load({ plugin: 'g', revision: 'r1', digest: sha256Digest(grow), wasm: grow });
+  await assert.rejects(host.call('g', 'x'), { message: 'plugin g revision r1: handle failed: memory limit exceeded: asked for 1114112 bytes, limit is 262144 bytes' });
+  await host.close();
+});
