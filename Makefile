@@ -61,7 +61,7 @@ crds:
 
 ## sdk: every app SDK against the shared conformance cases and the real sidecar
 .PHONY: sdk conformance-plugins
-sdk: sdk-go sdk-node
+sdk: sdk-go sdk-node sdk-python
 
 ## conformance-plugins: the conformance suite's plugin binaries, from their sources
 conformance-plugins:

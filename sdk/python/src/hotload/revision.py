@@ -1,0 +1,145 @@
+"""One loaded revision of a plugin: a fixed pool of warm instances that calls check out.
+
+Instances live across calls because plugins keep state that the ABI hands over across a
+swap. An instance that faulted (trap, deadline, memory limit) is dropped, never lent again,
+and a fresh one is made on a later checkout. A call holds a reference to the revision it
+started on, which is how a swap never cuts a call off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import wasmtime
+
+from . import errors
+from .abi import Capabilities
+from .errors import CallError, Failure, GuestError
+from .instance import Limits, PluginInstance
+
+
+@dataclass(frozen=True)
+class RevisionId:
+    """Identity of a revision: what a repeated load is compared against."""
+
+    plugin: str
+    revision: str
+    digest: str
+    config: bytes
+
+
+class Revision:
+    """A loaded revision and its instances."""
+
+    def __init__(
+        self,
+        rid: RevisionId,
+        caps: Capabilities,
+        pre: wasmtime.InstancePre,
+        engine: wasmtime.Engine,
+        instances: int,
+        limits: Limits,
+        checkout_timeout: float,
+    ):
+        self.id = rid
+        self.caps = caps
+        self._pre = pre
+        self._engine = engine
+        self._limits = limits
+        self._target = max(1, instances)
+        self._checkout_timeout = checkout_timeout
+        self._cond = threading.Condition()
+        self._idle: list[PluginInstance] = []
+        self._live = 0
+        for _ in range(self._target):
+            self._idle.append(self.instantiate())
+        self._live = len(self._idle)
+
+    def instantiate(self) -> PluginInstance:
+        """A new configured instance; raises GuestError(kind in {instantiate, configure})."""
+        try:
+            inst = PluginInstance(self._pre, self._engine, self.caps, self._limits)
+        except GuestError as err:
+            err.phase = errors.INSTANTIATE
+            raise
+        try:
+            inst.configure(self.id.config)
+        except GuestError as err:
+            err.phase = errors.CONFIGURE
+            raise
+        return inst
+
+    @contextmanager
+    def checkout(self) -> Iterator[_Loan]:
+        """Borrows an instance (creating one if faults cost the pool some); returns it after."""
+        loan = _Loan(self._take())
+        try:
+            yield loan
+        finally:
+            with self._cond:
+                if loan.faulted:
+                    self._live -= 1
+                else:
+                    self._idle.append(loan.instance)
+                self._cond.notify()
+
+    def _take(self) -> PluginInstance:
+        deadline = time.monotonic() + self._checkout_timeout
+        with self._cond:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self._live < self._target:
+                    self._live += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CallError(
+                        errors.BUSY,
+                        self.id.plugin,
+                        self.id.revision,
+                        waited_ms=int(self._checkout_timeout * 1000),
+                    )
+                self._cond.wait(left)
+        try:
+            return self.instantiate()
+        except GuestError as err:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify()
+            failure = err.failure
+            if getattr(err, "phase", "") == errors.CONFIGURE and failure.kind == errors.STATUS:
+                failure = Failure(errors.OTHER, detail=f"configure: {failure}")
+            raise CallError(
+                errors.REINSTANTIATE, self.id.plugin, self.id.revision, failure=failure
+            ) from err
+
+    def for_each_instance(self, fn: Callable[[PluginInstance], None]) -> None:
+        """Runs fn on every idle instance (only before the revision is published)."""
+        with self._cond:
+            for inst in self._idle:
+                fn(inst)
+
+    def call(self, data: bytes) -> bytes:
+        """Handles one request on a pooled instance."""
+        with self.checkout() as loan:
+            try:
+                return loan.instance.handle(data)
+            except GuestError as err:
+                # Its memory may be half-updated: never hand it to another request.
+                loan.faulted = True
+                raise CallError(
+                    errors.HANDLE, self.id.plugin, self.id.revision, failure=err.failure
+                ) from None
+
+
+class _Loan:
+    __slots__ = ("faulted", "instance")
+
+    def __init__(self, instance: PluginInstance):
+        self.instance = instance
+        self.faulted = False
