@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::assignment::{AssignOutcome, Assignment};
+use crate::assignment::{AssignOutcome, Assignment, Supersedable};
 use crate::digest::Sha256Digest;
 use crate::fetch::Fetcher;
 use crate::protocol::{AppMessage, SidecarMessage};
@@ -196,7 +196,7 @@ impl Agent {
     }
 
     /// What garbage collection must keep: what `state` retains and what is being fetched.
-    fn keep(&self, state: &SidecarState) -> BTreeSet<Sha256Digest> {
+    pub(crate) fn keep(&self, state: &SidecarState) -> BTreeSet<Sha256Digest> {
         let mut keep = state.retained_digests();
         keep.extend(
             self.fetching
@@ -244,6 +244,14 @@ impl Agent {
 
     /// Fetches, verifies, stores, hands to the app and waits for its answer.
     pub async fn assign(&self, a: Assignment) -> AssignOutcome {
+        self.assign_supersedable(a, &Supersedable::default()).await
+    }
+
+    /// [`Agent::assign`], which a newer assignment may call off (`stage`) until the
+    /// revision is published: called off, it publishes nothing. Dropping the future before
+    /// then leaves nothing behind either: the download's temp file and the `fetching` mark
+    /// go with it, and a blob already verified is only cache.
+    pub async fn assign_supersedable(&self, a: Assignment, stage: &Supersedable) -> AssignOutcome {
         let _turn = self.turn(&a.plugin).await;
         let revision = a.revision_name();
         let failed = |reason: String| AssignOutcome::Failed {
@@ -280,6 +288,14 @@ impl Agent {
             }
         };
         tracing::info!(plugin = a.plugin, revision, downloaded = fetched.downloaded, attempts = fetched.attempts, path = %fetched.path.display(), "artifact verified");
+        if !stage.publish() {
+            tracing::info!(
+                plugin = a.plugin,
+                revision,
+                "superseded before it was published"
+            );
+            return failed("superseded by a newer assignment".into());
+        }
         let rec = RevisionRecord {
             revision: revision.clone(),
             artifact: a.artifact.clone(),
@@ -595,6 +611,12 @@ impl Agent {
         readiness(&state.offer(), &state.missing(), live, policy, state.synced)
     }
 
+    /// Whether the pod has a revision of `plugin` to serve (fetched, and not refused): a
+    /// failed newer one is then the rollout's to judge, not the sidecar's to retry.
+    pub fn has_fallback(&self, plugin: &str) -> bool {
+        self.lock().state.offer().iter().any(|(p, _)| p == plugin)
+    }
+
     /// The operator asked for `revision` of `plugin` (before it is fetched).
     pub fn request(&self, plugin: &str, revision: &str) {
         let mut inner = self.lock();
@@ -642,7 +664,7 @@ mod tests {
             https::build_client(&limits, None).expect("client"),
             limits.clone(),
             RetryPolicy::default(),
-            OciPuller::new(&limits, None, PullSecrets::default()),
+            OciPuller::new(PullSecrets::default()),
         );
         let store = Store::open(dir).expect("store");
         Agent::new(store, fetcher, AgentSettings::default()).expect("agent")

@@ -1,6 +1,9 @@
 //! What a source of assignments (the operator channel, or the local `load` command) asks
 //! for, and what it is told back. Owned by the sidecar: both sources speak it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -110,6 +113,44 @@ pub enum AssignOutcome {
     },
 }
 
+/// The point of no return of one assignment. Until the agent publishes the revision (stores
+/// it as assigned and tells the app), a newer assignment of the plugin may call it off;
+/// after that it runs to its end. Whichever of the two comes first wins, once.
+#[derive(Debug, Clone, Default)]
+pub struct Supersedable(Arc<AtomicU8>);
+
+const OPEN: u8 = 0;
+const PUBLISHED: u8 = 1;
+const CALLED_OFF: u8 = 2;
+
+impl Supersedable {
+    fn settle(&self, to: u8) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == to,
+        }
+    }
+
+    /// The agent is about to publish: `true` unless the assignment was called off.
+    pub fn publish(&self) -> bool {
+        self.settle(PUBLISHED)
+    }
+
+    /// Whether the agent published it (the app was told).
+    pub fn published(&self) -> bool {
+        self.0.load(Ordering::Acquire) == PUBLISHED
+    }
+
+    /// A newer assignment supersedes this one: `true` if it was not published yet (it must
+    /// then stop where it is), `false` if the app was told already.
+    pub fn call_off(&self) -> bool {
+        self.settle(CALLED_OFF)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +162,20 @@ mod tests {
         assert_ne!(a, derive_revision("sha256:1", &serde_json::json!({"k": 2})));
         assert_ne!(a, derive_revision("sha256:2", &serde_json::json!({"k": 1})));
         assert!(a.starts_with("r-") && a.len() == 14, "{a}");
+    }
+
+    #[test]
+    fn an_assignment_is_either_published_or_called_off_never_both() {
+        let open = Supersedable::default();
+        assert!(open.call_off(), "called off before it was published");
+        assert!(!open.publish(), "and then it must not publish");
+        assert!(open.call_off(), "calling off twice says the same");
+        let published = Supersedable::default();
+        assert!(published.publish());
+        assert!(
+            !published.call_off(),
+            "the app was told: it runs to its end"
+        );
+        assert!(published.publish());
     }
 }

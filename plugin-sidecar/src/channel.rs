@@ -9,9 +9,16 @@
 //!      ▲                Agent::request    Reporter::refresh ◄── app acks (Agent::subscribe_app)
 //!      └──PluginState◄── diff ◄──────────────┘
 //! ```
-//! A fetch that fails for a transient reason (connection refused, reset, timeout, 5xx) is
-//! tried again with capped back-off until it works or the operator says something newer
-//! about the plugin; meanwhile the plugin is reported `Loading` with the reason.
+//! A fetch that fails for a transient reason (connection refused, reset, timeout, 5xx) on a
+//! pod that has no revision of the plugin to serve (a new pod, a restarted one) is tried
+//! again with capped back-off until it works or the operator says something newer about the
+//! plugin; meanwhile the plugin is reported `Loading` with the reason and the pod is not
+//! Ready. A pod that serves an older revision reports the failure instead, and the rollout's
+//! failure policy decides (as Kubernetes keeps a new pod in image-pull back-off, but a
+//! rollout's failed step is the rollout's to judge).
+//! A newer assignment of a plugin whose assignment is still being fetched or verified (not
+//! yet handed to the app) stops that one and starts at once: a rollback never waits behind
+//! the download of the revision it rolls back (`Turns::offer`).
 //! What the operator is told is one pure function of the agent's state, what the app
 //! confirmed, and the assignment attempts in flight or failed ([`summarize`]). Each stream
 //! sends the whole picture in `Hello` and then only what changed, so a reconnect (operator
@@ -33,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::agent::Agent;
-use crate::assignment::{AssignOutcome, Assignment, Credentials};
+use crate::assignment::{AssignOutcome, Assignment, Credentials, Supersedable};
 use crate::fetch::RetryPolicy;
 use crate::state::SidecarState;
 use crate::workers::LiveApp;
@@ -308,30 +315,20 @@ impl Failure {
 /// failure is tried again after a back-off.
 async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<proto::Assign>) {
     let mut turns = Turns::default();
-    let mut running = tokio::task::JoinSet::new();
-    // Which plugin each task carries out, so that its end is recorded here in one place,
-    // even if it panicked: a failure is reported and its plugin's turn freed.
-    let mut carrying: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
-    let start = |running: &mut tokio::task::JoinSet<Result<(), Failure>>,
-                 carrying: &mut BTreeMap<tokio::task::Id, String>,
-                 assign: proto::Assign| {
-        let plugin = assign.plugin.clone();
-        let reporter = reporter.clone();
-        let task = running.spawn(async move { carry_out(&reporter, assign).await });
-        carrying.insert(task.id(), plugin);
-    };
+    let mut tasks = Tasks::default();
     loop {
         let retry_at = turns.next_retry();
         tokio::select! {
             received = queue.recv() => match received {
                 Some(assign) => {
                     if let Some(now) = turns.offer(assign) {
-                        start(&mut running, &mut carrying, now);
+                        let stage = turns.stage(&now.plugin);
+                        tasks.start(&reporter, now, stage);
                     }
                 }
                 None => return,
             },
-            Some(done) = running.join_next_with_id() => {
+            Some(done) = tasks.running.join_next_with_id() => {
                 let (id, outcome) = match done {
                     Ok((id, outcome)) => (id, outcome),
                     Err(e) => {
@@ -340,34 +337,84 @@ async fn worker(reporter: Arc<Reporter>, mut queue: mpsc::UnboundedReceiver<prot
                         (e.id(), Err(Failure::permanent(reason)))
                     }
                 };
-                let Some(plugin) = carrying.remove(&id) else {
+                let Some(plugin) = tasks.ended(id) else {
                     continue;
                 };
                 let jitter = 0.5 + fastrand::f64() / 2.0;
                 let now = tokio::time::Instant::now();
-                let (attempt, next) = turns.finished(&plugin, outcome, now, jitter);
+                let retry = outcome.as_ref().is_err_and(|f| f.transient)
+                    && !reporter.agent.has_fallback(&plugin);
+                let (attempt, next) = turns.finished(&plugin, outcome, retry, now, jitter);
                 if let Some(Attempt::Retrying { revision, reason }) = &attempt {
                     tracing::warn!(plugin, revision, reason, "assignment failed; trying again");
                 }
                 reporter.set_attempt(&plugin, attempt);
                 if let Some(next) = next {
-                    start(&mut running, &mut carrying, next);
+                    let stage = turns.stage(&next.plugin);
+                    tasks.start(&reporter, next, stage);
                 }
             }
             () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 for again in turns.due(tokio::time::Instant::now()) {
-                    start(&mut running, &mut carrying, again);
+                    let stage = turns.stage(&again.plugin);
+                    tasks.start(&reporter, again, stage);
                 }
             }
         }
     }
 }
 
-/// An assignment under way, how often it failed before, and the newest one waiting behind.
+/// The tasks carrying out assignments, and which plugin each one is for, so that a task's
+/// end is recorded in one place, even if it panicked (a failure is reported and its
+/// plugin's turn freed).
+#[derive(Default)]
+struct Tasks {
+    running: tokio::task::JoinSet<Result<(), Failure>>,
+    carrying: BTreeMap<tokio::task::Id, String>,
+    /// The task under way for each plugin.
+    current: BTreeMap<String, tokio::task::AbortHandle>,
+}
+
+impl Tasks {
+    /// Starts carrying out `assign`. A task of its plugin still under way was superseded
+    /// before the app was told ([`Turns::offer`]): it is stopped, and its end not reported
+    /// (neither a failure nor a retry: the newer assignment is the plugin's attempt now).
+    fn start(&mut self, reporter: &Arc<Reporter>, assign: proto::Assign, stage: Supersedable) {
+        let plugin = assign.plugin.clone();
+        if let Some(superseded) = self.current.remove(&plugin) {
+            self.carrying.remove(&superseded.id());
+            superseded.abort();
+            tracing::info!(
+                plugin,
+                revision = assign.revision,
+                "superseded the assignment not yet handed to the app"
+            );
+        }
+        let reporter = reporter.clone();
+        let task = self
+            .running
+            .spawn(async move { carry_out(&reporter, assign, stage).await });
+        self.carrying.insert(task.id(), plugin.clone());
+        self.current.insert(plugin, task);
+    }
+
+    /// Task `id` ended: the plugin it carried out, unless it was superseded.
+    fn ended(&mut self, id: tokio::task::Id) -> Option<String> {
+        let plugin = self.carrying.remove(&id)?;
+        if self.current.get(&plugin).is_some_and(|t| t.id() == id) {
+            self.current.remove(&plugin);
+        }
+        Some(plugin)
+    }
+}
+
+/// An assignment under way, how often it failed before, the newest one waiting behind, and
+/// whether the app was told of it yet.
 struct Running {
     assign: proto::Assign,
     failures: u32,
     next: Option<proto::Assign>,
+    stage: Supersedable,
 }
 
 /// An assignment that failed for a transient reason, waiting to be tried again.
@@ -391,18 +438,39 @@ struct Turns {
 impl Turns {
     /// Takes `assign`; returns it if its plugin is free (start it now), else keeps it as
     /// that plugin's next. It replaces a retry of the plugin; the same revision again (a
-    /// reconnect's re-send) is tried at once and keeps its count of failures.
+    /// reconnect's re-send) keeps the retry's schedule.
+    ///
+    /// An assignment under way that the app was not told of yet (still fetching or
+    /// verifying) is called off by a different one, which starts at once: a rollback never
+    /// waits behind the download of the revision it rolls back. The same one again leaves
+    /// it running.
     fn offer(&mut self, assign: proto::Assign) -> Option<proto::Assign> {
         if let Some(running) = self.busy.get_mut(&assign.plugin) {
+            if running.assign == assign && !running.stage.published() {
+                return None;
+            }
+            if running.stage.call_off() {
+                return Some(self.run(assign, 0));
+            }
             running.next = Some(assign);
             return None;
         }
-        let failures = self
-            .retry
-            .remove(&assign.plugin)
-            .filter(|r| r.assign.revision == assign.revision)
-            .map_or(0, |r| r.failures);
-        Some(self.run(assign, failures))
+        if let Some(retry) = self.retry.get_mut(&assign.plugin) {
+            if retry.assign.revision == assign.revision {
+                retry.assign = assign;
+                return None;
+            }
+            self.retry.remove(&assign.plugin);
+        }
+        Some(self.run(assign, 0))
+    }
+
+    /// The stage of `plugin`'s assignment under way, for the task that carries it out.
+    fn stage(&self, plugin: &str) -> Supersedable {
+        self.busy
+            .get(plugin)
+            .map(|r| r.stage.clone())
+            .unwrap_or_default()
     }
 
     fn run(&mut self, assign: proto::Assign, failures: u32) -> proto::Assign {
@@ -410,18 +478,21 @@ impl Turns {
             assign: assign.clone(),
             failures,
             next: None,
+            stage: Supersedable::default(),
         };
         self.busy.insert(assign.plugin.clone(), running);
         assign
     }
 
     /// `plugin`'s assignment ended with `outcome` at `now`. Returns what to report of it,
-    /// and its next assignment, if any (start it now). A transient failure with nothing
-    /// newer waiting is tried again after [`RETRY`]'s back-off, scaled by `jitter`.
+    /// and its next assignment, if any (start it now). A failure the caller wants `retry`d,
+    /// with nothing newer waiting, is tried again after [`RETRY`]'s back-off, scaled by
+    /// `jitter`.
     fn finished(
         &mut self,
         plugin: &str,
         outcome: Result<(), Failure>,
+        retry: bool,
         now: tokio::time::Instant,
         jitter: f64,
     ) -> (Option<Attempt>, Option<proto::Assign>) {
@@ -431,7 +502,7 @@ impl Turns {
         let revision = running.assign.revision.clone();
         let attempt = match outcome {
             Ok(()) => None,
-            Err(f) if f.transient && running.next.is_none() => {
+            Err(f) if retry && running.next.is_none() => {
                 let failures = running.failures + 1;
                 let wait = RETRY.backoff(failures, jitter);
                 let reason = format!(
@@ -479,10 +550,19 @@ impl Turns {
     }
 }
 
-/// Carries out one `Assign` (an empty revision unloads); `Err` says why it did not take.
-async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Failure> {
+/// Carries out one `Assign` (an empty revision unloads) unless `stage` calls it off before
+/// the app is told; `Err` says why it did not take.
+async fn carry_out(
+    reporter: &Reporter,
+    assign: proto::Assign,
+    stage: Supersedable,
+) -> Result<(), Failure> {
     let (plugin, revision) = (assign.plugin.clone(), assign.revision.clone());
     if revision.is_empty() {
+        // An unload tells the app at once.
+        if !stage.publish() {
+            return Ok(());
+        }
         tracing::info!(plugin, "unload asked by the operator");
         reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
         return reporter
@@ -503,7 +583,7 @@ async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Fai
         "assigned by the operator"
     );
     reporter.set_attempt(&plugin, Some(Attempt::InFlight { revision }));
-    match reporter.agent.assign(a).await {
+    match reporter.agent.assign_supersedable(a, &stage).await {
         // Assigned, and offered when the app connects: reported as waiting for the app.
         AssignOutcome::Loaded { .. } | AssignOutcome::AwaitingApp { .. } => Ok(()),
         AssignOutcome::Failed {
@@ -512,14 +592,23 @@ async fn carry_out(reporter: &Reporter, assign: proto::Assign) -> Result<(), Fai
     }
 }
 
+/// A projected service-account token is a JWT of a few KiB: a larger file is not one.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the projected token (re-read per connection: the kubelet rotates it).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = crate::bounded::read_file(path, MAX_TOKEN_FILE_BYTES)
+        .with_context(|| format!("read token {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("token {} is not UTF-8", path.display()))
+}
+
 /// One stream: connect, Hello, then forward assignments in and changes out until it ends.
 async fn session(
     settings: &ChannelSettings,
     reporter: &Reporter,
     work: &mpsc::UnboundedSender<proto::Assign>,
 ) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&settings.token_file)
-        .with_context(|| format!("read token {}", settings.token_file.display()))?;
+    let token = read_token(&settings.token_file)?;
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&settings.ca_pem));
     if let Some(name) = &settings.server_name {
         tls = tls.domain_name(name.clone());
@@ -652,7 +741,8 @@ mod tests {
         let revision = |a: Option<proto::Assign>| a.map(|a| a.revision);
         let mut turns = Turns::default();
         let now = tokio::time::Instant::now();
-        let finished = |turns: &mut Turns, plugin: &str| turns.finished(plugin, Ok(()), now, 1.0).1;
+        let finished =
+            |turns: &mut Turns, plugin: &str| turns.finished(plugin, Ok(()), false, now, 1.0).1;
         assert_eq!(
             revision(turns.offer(assign("auth", "r2"))),
             Some("r2".into())
@@ -662,6 +752,7 @@ mod tests {
             Some("g1".into()),
             "another plugin starts at once"
         );
+        assert!(turns.stage("auth").publish(), "the app is told of r2");
         assert_eq!(
             revision(turns.offer(assign("auth", "r3"))),
             None,
@@ -682,6 +773,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_newer_assignment_supersedes_one_the_app_was_not_told_of() {
+        let assign = |revision: &str| proto::Assign {
+            plugin: "auth".into(),
+            revision: revision.into(),
+            ..Default::default()
+        };
+        let revision = |a: Option<proto::Assign>| a.map(|a| a.revision);
+        let mut turns = Turns::default();
+        turns.offer(assign("r2"));
+        let r2 = turns.stage("auth");
+        assert_eq!(
+            revision(turns.offer(assign("r2"))),
+            None,
+            "the same assignment again leaves it running"
+        );
+        assert_eq!(
+            revision(turns.offer(assign("r1"))),
+            Some("r1".into()),
+            "a rollback starts at once"
+        );
+        assert!(!r2.publish(), "r2 was called off: it must not publish");
+        assert!(turns.stage("auth").publish(), "r1 is told to the app");
+        assert_eq!(
+            revision(turns.offer(assign("r3"))),
+            None,
+            "once told, it runs to its end"
+        );
+        let now = tokio::time::Instant::now();
+        let (attempt, next) = turns.finished("auth", Ok(()), false, now, 1.0);
+        assert_eq!((attempt, revision(next)), (None, Some("r3".into())));
+        assert!(
+            turns.offer(assign("")).is_some(),
+            "an unload supersedes too"
+        );
+    }
+
     fn failure(transient: bool) -> Result<(), Failure> {
         Err(Failure {
             reason: "fetch: connection refused".into(),
@@ -699,7 +827,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let mut turns = Turns::default();
         turns.offer(assign("r1"));
-        let (attempt, next) = turns.finished("auth", failure(true), t0, 1.0);
+        let (attempt, next) = turns.finished("auth", failure(true), true, t0, 1.0);
         assert!(next.is_none());
         assert!(
             matches!(&attempt, Some(Attempt::Retrying { revision, reason })
@@ -708,15 +836,20 @@ mod tests {
         );
         assert_eq!(turns.next_retry(), Some(t0 + Duration::from_secs(1)));
         assert!(turns.due(t0).is_empty(), "not before its time");
+        assert!(
+            turns.offer(assign("r1")).is_none(),
+            "a re-send of the same revision keeps the retry's schedule"
+        );
+        assert_eq!(turns.next_retry(), Some(t0 + Duration::from_secs(1)));
         let again = turns.due(t0 + Duration::from_secs(1));
         assert_eq!(again.len(), 1);
         let mut at = t0 + Duration::from_secs(1);
         for _ in 0..6 {
-            turns.finished("auth", failure(true), at, 1.0);
+            turns.finished("auth", failure(true), true, at, 1.0);
             at = turns.next_retry().expect("retried");
             turns.due(at);
         }
-        let (_, _) = turns.finished("auth", failure(true), at, 1.0);
+        let (_, _) = turns.finished("auth", failure(true), true, at, 1.0);
         assert_eq!(
             turns.next_retry(),
             Some(at + Duration::from_secs(10)),
@@ -728,9 +861,13 @@ mod tests {
             "a newer word replaces the retry"
         );
         assert_eq!(turns.next_retry(), None);
-        let (attempt, _) = turns.finished("auth", failure(false), at, 1.0);
+        let (attempt, _) = turns.finished("auth", failure(false), false, at, 1.0);
         assert!(matches!(attempt, Some(Attempt::Failed { .. })));
-        assert_eq!(turns.next_retry(), None, "a permanent cause is not retried");
+        assert_eq!(
+            turns.next_retry(),
+            None,
+            "a cause not to retry is reported as failed"
+        );
     }
 
     #[test]
@@ -742,9 +879,10 @@ mod tests {
         };
         let mut turns = Turns::default();
         turns.offer(assign("r2"));
+        turns.stage("auth").publish();
         turns.offer(assign("r1"));
         let now = tokio::time::Instant::now();
-        let (attempt, next) = turns.finished("auth", failure(true), now, 1.0);
+        let (attempt, next) = turns.finished("auth", failure(true), true, now, 1.0);
         assert!(matches!(attempt, Some(Attempt::Failed { .. })));
         assert_eq!(next.map(|a| a.revision), Some("r1".into()));
         assert_eq!(turns.next_retry(), None);
@@ -877,6 +1015,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_larger_than_a_token_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, vec![b'a'; 64 * 1024 + 1]).expect("write");
+        let err = format!("{:#}", read_token(&path).expect_err("too large"));
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("larger than 65536 bytes"), "{err}");
+        std::fs::write(&path, "eyJhbGciOi.token\n").expect("write");
+        assert_eq!(read_token(&path).expect("a token"), "eyJhbGciOi.token\n");
+    }
+
+    #[test]
     fn assign_messages_become_assignments() {
         let a = assignment(proto::Assign {
             plugin: "auth".into(),
@@ -911,3 +1061,7 @@ mod tests {
         assert!(bad.is_err_and(|e| e.contains("config is not JSON")));
     }
 }
+
+#[cfg(test)]
+#[path = "channel_supersede_tests.rs"]
+mod supersede_tests;

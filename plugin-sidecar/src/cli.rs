@@ -182,8 +182,7 @@ impl OperatorArgs {
             anyhow::anyhow!("--operator-addr {endpoint} needs {what} ({flag})")
         };
         let ca_pem = match (&self.ca, &self.ca_pem) {
-            (Some(path), _) => std::fs::read(path)
-                .with_context(|| format!("read operator CA {}", path.display()))?,
+            (Some(path), _) => read_mounted(path, "operator CA")?,
             (None, Some(pem)) => pem.clone().into_bytes(),
             (None, None) => {
                 return Err(missing(
@@ -235,9 +234,14 @@ pub struct LoadArgs {
     pub signature_key: Option<String>,
 }
 
+/// Reads a mounted file (a Secret or ConfigMap key), no larger than such a file can be.
+fn read_mounted(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    crate::bounded::read_file(path, crate::bounded::MAX_MOUNTED_FILE_BYTES)
+        .with_context(|| format!("read {what} {}", path.display()))
+}
+
 fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    path.map(|p| std::fs::read(p).with_context(|| format!("read {what} {}", p.display())))
-        .transpose()
+    path.map(|p| read_mounted(p, what)).transpose()
 }
 
 /// Builds the agent from `run` options.
@@ -259,7 +263,7 @@ pub fn build_agent(args: &RunArgs) -> anyhow::Result<Arc<Agent>> {
         ..RetryPolicy::default()
     };
     let client = https::build_client(&limits, ca.as_deref()).map_err(anyhow::Error::msg)?;
-    let oci = OciPuller::new(&limits, ca.as_deref(), secrets);
+    let oci = OciPuller::new(secrets);
     let store = Store::open(&args.paths.state_dir)?;
     let readiness = if args.always_ready || args.readiness == Readiness::Always {
         ReadinessPolicy::Always
@@ -312,8 +316,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(crate::channel::run(agent.clone(), settings))
     });
-    let admin_task =
-        tokio::spawn(async move { axum::serve(admin, crate::admin::router(agent)).await });
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin,
+        agent,
+        crate::admin::AdminLimits::default(),
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

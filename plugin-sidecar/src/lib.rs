@@ -16,6 +16,7 @@ pub mod admin;
 pub mod agent;
 pub mod app_channel;
 pub mod assignment;
+pub mod bounded;
 pub mod channel;
 pub mod cli;
 pub mod control;

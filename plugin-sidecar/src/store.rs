@@ -2,6 +2,9 @@
 //!
 //! ```text
 //!  <root>/blobs/sha256/<hex>   verified artifacts, read-only, named by their digest
+//!  <root>/signatures/sha256/<hex>.<key id>.json
+//!                              the signature of a blob that verified with a key, kept so a
+//!                              cached revision verifies again without its registry
 //!  <root>/tmp/                 downloads in progress (emptied at start)
 //!  <root>/state.json           SidecarState: assigned / loaded / history
 //! ```
@@ -107,7 +110,7 @@ impl Store {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
-        for dir in [store.blob_dir(), tmp] {
+        for dir in [store.blob_dir(), store.signature_dir(), tmp] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
         Ok(store)
@@ -120,6 +123,43 @@ impl Store {
 
     fn blob_dir(&self) -> PathBuf {
         self.root.join("blobs").join("sha256")
+    }
+
+    fn signature_dir(&self) -> PathBuf {
+        self.root.join("signatures").join("sha256")
+    }
+
+    /// Where the signature of blob `digest` that verified with the key `key_id` is kept.
+    pub fn signature_path(&self, digest: &Sha256Digest, key_id: &str) -> PathBuf {
+        self.signature_dir()
+            .join(format!("{}.{key_id}.json", digest.hex()))
+    }
+
+    /// Keeps `bytes` as that signature, replacing it whole (temp file, rename). Not fsynced:
+    /// a signature lost in a crash is fetched again.
+    pub fn save_signature(
+        &self,
+        digest: &Sha256Digest,
+        key_id: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let path = self.signature_path(digest, key_id);
+        let dir = self.tmp_dir();
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).map_err(io_err("create temp file in", &dir))?;
+        tmp.write_all(bytes).map_err(io_err("write", &path))?;
+        tmp.persist(&path).map_err(|e| StoreError::Io {
+            action: "rename into",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// The kept signature of `digest` for `key_id`, unless there is none or it is larger
+    /// than `limit` bytes (other containers can write the volume: it is checked anyway).
+    pub fn signature(&self, digest: &Sha256Digest, key_id: &str, limit: u64) -> Option<Vec<u8>> {
+        crate::bounded::read_file(&self.signature_path(digest, key_id), limit).ok()
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -258,8 +298,10 @@ impl Store {
         sync_dir(&self.root)
     }
 
-    /// Deletes every blob whose digest is not in `keep`; returns how many.
+    /// Deletes every blob whose digest is not in `keep`, and the signatures kept for them;
+    /// returns how many blobs.
     pub fn gc(&self, keep: &BTreeSet<Sha256Digest>) -> Result<usize, StoreError> {
+        self.gc_signatures(keep);
         let dir = self.blob_dir();
         let mut removed = 0;
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
@@ -278,6 +320,26 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Best effort: a signature left behind costs a few bytes and never verifies a blob
+    /// it does not sign.
+    fn gc_signatures(&self, keep: &BTreeSet<Sha256Digest>) {
+        let Ok(entries) = fs::read_dir(self.signature_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.split('.').next().unwrap_or_default();
+            let Ok(digest) = Sha256Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            if !keep.contains(&digest)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a kept signature");
+            }
+        }
     }
 }
 

@@ -34,7 +34,7 @@ fn fetcher(pki: Option<&TestPki>, attempts: u32) -> Fetcher {
         client,
         limits(),
         retry,
-        OciPuller::new(&limits(), ca, PullSecrets::default()),
+        OciPuller::new(PullSecrets::default()),
     )
 }
 
@@ -269,9 +269,16 @@ async fn a_signed_https_artifact_loads_only_with_its_key() {
         "{err}"
     );
 
-    let unsigned = f.server.put("q", PLUGIN);
+    let other: &[u8] = b"\0asm\x01\0\0\0 another plugin, never signed";
+    let unsigned = f.server.put("q", other);
     let err = fetcher
-        .fetch_with(&unsigned, &digest, &f.store, None, Some(&key))
+        .fetch_with(
+            &unsigned,
+            &Sha256Digest::of(other),
+            &f.store,
+            None,
+            Some(&key),
+        )
         .await
         .expect_err("unsigned");
     assert!(
@@ -288,4 +295,129 @@ async fn a_signed_https_artifact_loads_only_with_its_key() {
         err.to_string().contains("not a usable PEM public key"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_signature_verified_once_verifies_its_cached_revision_with_the_server_gone() {
+    use base64::Engine as _;
+    let f = fixture(false).await;
+    let (signer, key) = support::cosign_key();
+    let (_, other_key) = support::cosign_key();
+    let url = f.server.put("p", PLUGIN);
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(signer.sign(PLUGIN).expect("sign"));
+    f.server.put("p.sig", signature.as_bytes());
+    let digest = Sha256Digest::of(PLUGIN);
+    let fetcher = fetcher(Some(&f.pki), 1);
+    fetcher
+        .fetch_with(&url, &digest, &f.store, None, Some(&key))
+        .await
+        .expect("signed with the release's key");
+    let Fixture {
+        server, store, pki, ..
+    } = f;
+    drop(server);
+    // A client of its own: no connection to the old server is kept open in its pool.
+    let fetcher = self::fetcher(Some(&pki), 1);
+
+    // A rollback to the cached revision: no server needed, the kept signature verifies.
+    let again = fetcher
+        .fetch_with(&url, &digest, &store, None, Some(&key))
+        .await
+        .expect("verified from the store");
+    assert!(!again.downloaded);
+    // It proves nothing for another key: that one is looked up (and the server is gone).
+    let err = fetcher
+        .fetch_with(&url, &digest, &store, None, Some(&other_key))
+        .await
+        .expect_err("another key");
+    assert_eq!(err.label(), "connect", "{err}");
+    // A kept signature spoiled by another container is looked up again, never trusted.
+    let kept = std::fs::read_dir(store.root().join("signatures/sha256"))
+        .expect("signatures")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect::<Vec<_>>();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let spoiled = br#"{"kind":"blob","signature":"MEUCIQDxRZ0s"}"#;
+    std::fs::write(&kept[0], spoiled).expect("spoil");
+    let err = fetcher
+        .fetch_with(&url, &digest, &store, None, Some(&key))
+        .await
+        .expect_err("spoiled");
+    assert_eq!(err.label(), "connect", "{err}");
+}
+
+#[tokio::test]
+async fn an_oversized_signature_is_not_read() {
+    let f = fixture(false).await;
+    let (_, key) = support::cosign_key();
+    let url = f.server.put("p", PLUGIN);
+    f.server.put("p.sig", &vec![b'A'; 8 * 1024 + 1]);
+    let err = fetcher(Some(&f.pki), 1)
+        .fetch_with(&url, &Sha256Digest::of(PLUGIN), &f.store, None, Some(&key))
+        .await
+        .expect_err("too large");
+    // The limit held before the registry work too: a regression guard.
+    assert!(err.to_string().contains("8192 bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn credentials_do_not_follow_a_redirect_to_another_host() {
+    use support::recording::{RecordingServer, Reply};
+    let f = fixture(false).await;
+    let origin = RecordingServer::start(&f.pki).await;
+    let cdn = RecordingServer::start(&f.pki).await;
+    origin.reply("/p.wasm", Reply::redirect(&format!("{}/p.wasm", cdn.base)));
+    cdn.reply("/p.wasm", Reply::ok(PLUGIN));
+    let credentials = hotload_sidecar::assignment::Credentials {
+        username: "robot".into(),
+        password: "pw".into(),
+    };
+    fetcher(Some(&f.pki), 1)
+        .fetch_with(
+            &format!("{}/p.wasm", origin.base),
+            &Sha256Digest::of(PLUGIN),
+            &f.store,
+            Some(&credentials),
+            None,
+        )
+        .await
+        .expect("followed the redirect");
+    assert!(origin.authorizations("/p.wasm")[0].is_some());
+    assert_eq!(cdn.authorizations("/p.wasm"), vec![None]);
+}
+
+#[tokio::test]
+async fn an_abandoned_download_leaves_no_partial_file() {
+    let f = fixture(false).await;
+    f.server.put("p", PLUGIN);
+    let patient = HttpLimits {
+        read_timeout: Duration::from_secs(30),
+        total_timeout: Duration::from_secs(60),
+        ..limits()
+    };
+    let fetcher = Fetcher::new(
+        https::build_client(&patient, Some(f.pki.ca_pem.as_bytes())).expect("client"),
+        patient.clone(),
+        RetryPolicy::default(),
+        OciPuller::new(PullSecrets::default()),
+    );
+    let url = format!("{}/half-then-hang/p", f.server.base);
+    let store = f.store.clone();
+    let task =
+        tokio::spawn(async move { fetcher.fetch(&url, &Sha256Digest::of(PLUGIN), &store).await });
+    let tmp = f.store.root().join("tmp");
+    let started = Instant::now();
+    while std::fs::read_dir(&tmp).expect("tmp").count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no download began"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // What a superseded assignment's fetch goes through: its future is dropped mid-body.
+    task.abort();
+    let _ = task.await;
+    assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
 }

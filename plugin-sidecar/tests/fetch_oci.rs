@@ -138,7 +138,7 @@ impl Registry {
             https::build_client(&limits, Some(ca)).expect("client"),
             limits.clone(),
             retry,
-            OciPuller::new(&limits, Some(ca), secrets),
+            OciPuller::new(secrets),
         )
     }
 
@@ -276,11 +276,7 @@ async fn registry_failures_are_named() {
             attempts: 1,
             ..RetryPolicy::default()
         },
-        OciPuller::new(
-            &limits,
-            None,
-            PullSecrets::parse(reg.secret(PASS).as_bytes()).expect("secret"),
-        ),
+        OciPuller::new(PullSecrets::parse(reg.secret(PASS).as_bytes()).expect("secret")),
     );
     let err = untrusting
         .fetch(&artifact, &digest, &store)
@@ -340,4 +336,35 @@ async fn a_signature_policy_admits_only_artifacts_signed_with_its_key() {
         err.to_string().contains("unsigned: no cosign signature"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_signed_revision_verified_once_rolls_back_from_the_cache_with_the_registry_down() {
+    let Some(mut reg) = start_registry().await else {
+        return;
+    };
+    let (signer, key) = support::cosign_key();
+    let signed = reg.push("team/auth", "v1", PLUGIN).await;
+    reg.sign("team/auth", &signed, &signer).await;
+    let digest = Sha256Digest::of(PLUGIN);
+    let artifact = format!("oci://{}/team/auth:v1@{signed}", reg.host);
+    let (store, _) = reg.store();
+    reg.fetcher(Some(&reg.secret(PASS)))
+        .fetch_with(&artifact, &digest, &store, None, Some(&key))
+        .await
+        .expect("verified at the registry");
+
+    reg.child.kill().await.expect("registry stopped");
+    let fetcher = reg.fetcher(Some(&reg.secret(PASS)));
+    let again = fetcher
+        .fetch_with(&artifact, &digest, &store, None, Some(&key))
+        .await
+        .expect("verified from the store, the registry down");
+    assert!(!again.downloaded);
+    let (_, other_key) = support::cosign_key();
+    let err = fetcher
+        .fetch_with(&artifact, &digest, &store, None, Some(&other_key))
+        .await
+        .expect_err("another key needs the registry");
+    assert_eq!(err.label(), "connect", "{err}");
 }

@@ -90,6 +90,34 @@ pub enum FetchError {
         /// The configured limit in bytes.
         limit: u64,
     },
+    /// A response that is not the artifact (a manifest, a token, a signature) is larger
+    /// than any real one: it is not read into memory.
+    #[error("{artifact}: {what} is larger than {limit} bytes")]
+    Oversized {
+        /// The artifact reference.
+        artifact: String,
+        /// What was being read, with its URL.
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The registry's manifest cannot be used (not JSON, an image index, no layers).
+    #[error("{artifact}: unusable manifest: {reason}")]
+    BadManifest {
+        /// The artifact reference.
+        artifact: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Authorization at the registry failed for a reason a status code does not say (the
+    /// token service refused, or lives on another host and gets no credentials).
+    #[error("{artifact}: unauthorized: {reason}")]
+    Auth {
+        /// The artifact reference.
+        artifact: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// The body ended before the announced length.
     #[error("{artifact}: truncated download: got {received} of {expected} bytes")]
     Truncated {
@@ -172,7 +200,9 @@ impl FetchError {
             FetchError::Timeout { .. } => "timeout",
             FetchError::ConnectionReset { .. } => "connection_reset",
             FetchError::Connect { .. } => "connect",
-            FetchError::TooLarge { .. } => "too_large",
+            FetchError::TooLarge { .. } | FetchError::Oversized { .. } => "too_large",
+            FetchError::BadManifest { .. } => "bad_manifest",
+            FetchError::Auth { .. } => "unauthorized",
             FetchError::Truncated { .. } => "truncated",
             FetchError::DigestMismatch { .. } => "digest_mismatch",
             FetchError::NoSuchLayer { .. } => "no_such_layer",

@@ -108,28 +108,42 @@ pub(crate) async fn download(
     credentials: Option<&Credentials>,
 ) -> Result<Staging, FetchError> {
     let mut request = client.get(url);
+    // Sent to `url`'s host only: reqwest drops Authorization on a redirect to another
+    // host, port or scheme (tests/fetch_https.rs checks that it stays so).
     if let Some(c) = credentials {
         request = request.basic_auth(&c.username, Some(&c.password));
     }
-    let mut resp = request
+    let resp = request
         .send()
         .await
         .map_err(|e| map_reqwest(url, &e, limits, 0))?;
     if let Some(err) = status_failure(url, resp.status().as_u16()) {
         return Err(err);
     }
-    let expected = resp.content_length();
-    if let Some(size) = expected
-        && size > limits.max_bytes
-    {
-        return Err(FetchError::TooLarge {
-            artifact: url.into(),
-            size,
-            limit: limits.max_bytes,
-        });
+    stage_response(resp, url, store, limits, None).await
+}
+
+/// Streams the body of `resp` (an answer for `artifact`, its status checked) into a
+/// staging file, within `limits.max_bytes`; it is whole with the length the response, or
+/// else `declared`, announced.
+pub(crate) async fn stage_response(
+    mut resp: reqwest::Response,
+    artifact: &str,
+    store: &Store,
+    limits: &HttpLimits,
+    declared: Option<u64>,
+) -> Result<Staging, FetchError> {
+    let expected = resp.content_length().or(declared);
+    let too_large = |size| FetchError::TooLarge {
+        artifact: artifact.into(),
+        size,
+        limit: limits.max_bytes,
+    };
+    if let Some(size) = expected.filter(|size| *size > limits.max_bytes) {
+        return Err(too_large(size));
     }
     let store_err = |e: crate::store::StoreError| FetchError::Store {
-        artifact: url.into(),
+        artifact: artifact.into(),
         reason: e.to_string(),
     };
     let mut staging = store.stage().map_err(store_err)?;
@@ -137,31 +151,67 @@ pub(crate) async fn download(
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 let size = staging.len() + chunk.len() as u64;
+                // Chunked bodies announce no length: the limit is enforced while reading.
                 if size > limits.max_bytes {
-                    // Chunked bodies announce no length: the limit is enforced while reading.
-                    return Err(FetchError::TooLarge {
-                        artifact: url.into(),
-                        size,
-                        limit: limits.max_bytes,
-                    });
+                    return Err(too_large(size));
                 }
                 staging.write(&chunk).map_err(store_err)?;
             }
             Ok(None) => break,
-            Err(e) => {
-                let received = staging.len();
-                return Err(match (map_reqwest(url, &e, limits, received), expected) {
-                    (reset @ FetchError::ConnectionReset { .. }, _) => reset,
-                    (timeout @ FetchError::Timeout { .. }, _) => timeout,
-                    (_, Some(expected)) if received < expected => FetchError::Truncated {
-                        artifact: url.into(),
-                        received,
-                        expected,
-                    },
-                    (other, _) => other,
-                });
-            }
+            Err(e) => return Err(body_failure(artifact, &e, limits, staging.len(), expected)),
         }
     }
-    super::complete(url, staging, expected)
+    super::complete(artifact, staging, expected)
+}
+
+/// Names a failure while reading a body of which `received` of `expected` bytes came.
+fn body_failure(
+    artifact: &str,
+    e: &reqwest::Error,
+    limits: &HttpLimits,
+    received: u64,
+    expected: Option<u64>,
+) -> FetchError {
+    match (map_reqwest(artifact, e, limits, received), expected) {
+        (reset @ FetchError::ConnectionReset { .. }, _) => reset,
+        (timeout @ FetchError::Timeout { .. }, _) => timeout,
+        (_, Some(expected)) if received < expected => FetchError::Truncated {
+            artifact: artifact.into(),
+            received,
+            expected,
+        },
+        (other, _) => other,
+    }
+}
+
+/// Reads the whole body of `resp` (an answer for `artifact`: `what`, with its URL) into
+/// memory, refusing one larger than `limit` before or while reading it. For the small
+/// documents around an artifact (manifests, tokens, signatures), never the artifact.
+pub(crate) async fn read_body(
+    mut resp: reqwest::Response,
+    artifact: &str,
+    what: &str,
+    limit: usize,
+    limits: &HttpLimits,
+) -> Result<Vec<u8>, FetchError> {
+    let oversized = || FetchError::Oversized {
+        artifact: artifact.into(),
+        what: what.into(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(oversized());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| body_failure(artifact, &e, limits, body.len() as u64, None))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(oversized());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

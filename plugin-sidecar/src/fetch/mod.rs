@@ -6,6 +6,7 @@
 pub mod error;
 pub mod https;
 pub mod oci;
+pub mod registry;
 pub mod retry;
 pub mod signature;
 
@@ -110,25 +111,70 @@ impl Fetcher {
             .fetch_verified(artifact, digest, store, credentials)
             .await?;
         if let Some(key) = signature_key {
-            match ArtifactRef::parse(artifact)? {
-                ArtifactRef::Https(url) => {
-                    signature::verify_https(
-                        &self.http,
-                        &url,
-                        &fetched.path,
-                        key,
-                        credentials,
-                        &self.limits,
-                    )
-                    .await?
-                }
-                ArtifactRef::Oci(r) => {
-                    let auth = self.oci.auth(&r, credentials);
-                    signature::verify_oci(artifact, &r, digest, key, &auth, &self.oci).await?
-                }
-            }
+            self.check_signature(artifact, digest, &fetched, store, (key, credentials))
+                .await?;
         }
         Ok(fetched)
+    }
+
+    /// Verifies the signature of the fetched blob with `key`: with the one kept from its
+    /// first verification when that verifies (no registry needed), else looked up again
+    /// within the whole-download timeout, and kept.
+    async fn check_signature(
+        &self,
+        artifact: &str,
+        digest: &Sha256Digest,
+        fetched: &Fetched,
+        store: &Store,
+        (key, credentials): (&str, Option<&Credentials>),
+    ) -> Result<(), FetchError> {
+        let kept = {
+            let (store, digest, path) = (store.clone(), digest.clone(), fetched.path.clone());
+            let key = key.to_string();
+            tokio::task::spawn_blocking(move || {
+                signature::kept_verifies(&store, &digest, &path, &key)
+            })
+            .await
+            .unwrap_or(false)
+        };
+        if kept {
+            tracing::info!(artifact, %digest, "signature verified with the one kept from its first verification");
+            return Ok(());
+        }
+        let lookup = self.look_up_signature(artifact, digest, &fetched.path, key, credentials);
+        let found = tokio::time::timeout(self.limits.total_timeout, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FetchError::Timeout {
+                    artifact: artifact.into(),
+                    phase: "signature lookup",
+                    after: self.limits.total_timeout,
+                })
+            })?;
+        signature::keep(store, digest, key, &found);
+        Ok(())
+    }
+
+    async fn look_up_signature(
+        &self,
+        artifact: &str,
+        digest: &Sha256Digest,
+        blob: &std::path::Path,
+        key: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<signature::Kept, FetchError> {
+        match ArtifactRef::parse(artifact)? {
+            ArtifactRef::Https(url) => {
+                signature::verify_https(&self.http, &url, blob, key, credentials, &self.limits)
+                    .await
+            }
+            ArtifactRef::Oci(r) => {
+                let mut repository =
+                    self.oci
+                        .repository(&self.http, &self.limits, &r, artifact, credentials)?;
+                signature::verify_oci(artifact, &r, digest, key, &mut repository).await
+            }
+        }
     }
 
     async fn fetch_verified(
@@ -164,12 +210,12 @@ impl Fetcher {
                     https::download(&self.http, url, store, &self.limits, credentials).await
                 }
                 ArtifactRef::Oci(r) => {
-                    // oci-client bounds connect and read, not the whole pull (reqwest's
-                    // total timeout bounds the HTTPS download): a registry trickling bytes
-                    // must not hold the assignment past the same limit.
+                    // Each request is bounded by the client's timeouts; the pull is several
+                    // (token, manifest, blob): together they get the same limit.
+                    let client = (&self.http, &self.limits);
                     let pull = self
                         .oci
-                        .pull(r, artifact, digest, store, &self.limits, credentials);
+                        .pull(client, r, artifact, digest, store, credentials);
                     tokio::time::timeout(self.limits.total_timeout, pull)
                         .await
                         .unwrap_or_else(|_| {

@@ -1,20 +1,17 @@
-//! OCI distribution pulls via `oci-client`: resolve the manifest (pinned by digest when the
-//! reference has one), pick the plugin layer, stream it through the size limit and the hash.
-//! Credentials come from a Kubernetes pull secret (`.dockerconfigjson`) mounted as a file.
+//! OCI distribution pulls: resolve the manifest (pinned by digest when the reference has
+//! one, and then checked against it), pick the plugin layer, stream it through the size
+//! limit and the hash. The requests themselves are `registry.rs`'s. Credentials come from
+//! the assignment or from a Kubernetes pull secret (`.dockerconfigjson`) mounted as a file.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use base64::Engine as _;
-use futures::StreamExt;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use crate::assignment::Credentials;
 use crate::digest::Sha256Digest;
-use crate::fetch::error::{FetchError, TransportCause, status_failure, transport_cause};
-use crate::fetch::https::{HttpLimits, map_reqwest};
+use crate::fetch::FetchError;
+use crate::fetch::https::{self, HttpLimits};
+use crate::fetch::registry::{Descriptor, Manifest, Repository};
 use crate::store::{Staging, Store};
 
 /// A parsed `registry/repository[:tag][@sha256:…]` (the part after `oci://`).
@@ -62,29 +59,35 @@ impl OciRef {
         })
     }
 
-    pub(crate) fn reference(&self) -> Reference {
-        match (&self.tag, &self.digest) {
-            (Some(t), Some(d)) => Reference::with_tag_and_digest(
-                self.registry.clone(),
-                self.repository.clone(),
-                t.clone(),
-                d.clone(),
-            ),
-            (None, Some(d)) => {
-                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone())
-            }
-            (t, None) => Reference::with_tag(
-                self.registry.clone(),
-                self.repository.clone(),
-                t.clone().unwrap_or_else(|| "latest".into()),
-            ),
+    /// The host the registry's API answers on (Docker Hub's is not `docker.io`).
+    pub fn api_host(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" => "index.docker.io",
+            other => other,
         }
+    }
+
+    /// What names the manifest: its digest when pinned, else its tag.
+    fn manifest_reference(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 }
 
 /// Registry credentials from a `.dockerconfigjson` pull secret, by registry host.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PullSecrets(BTreeMap<String, (String, String)>);
+
+impl std::fmt::Debug for PullSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hosts only: a debug print must not carry the passwords into a log.
+        f.debug_tuple("PullSecrets")
+            .field(&self.0.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
 
 impl PullSecrets {
     /// Parses `{"auths":{"host":{"auth":"base64(user:pass)"}|{"username":…,"password":…}}}`. Pure.
@@ -132,290 +135,120 @@ impl PullSecrets {
         Ok(PullSecrets(out))
     }
 
-    /// The auth to use for `registry`.
-    pub fn auth_for(&self, registry: &str) -> RegistryAuth {
-        match self.0.get(registry) {
-            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            None => RegistryAuth::Anonymous,
-        }
-    }
-}
-
-/// The clients of an [`OciPuller`], by registry, each with the auth it was made for.
-#[derive(Default)]
-struct Clients(BTreeMap<String, (RegistryAuth, Arc<Client>)>);
-
-impl Clients {
-    /// The client for `registry` if it was made for `auth`; else `make` one and keep it in its
-    /// place.
-    fn for_auth(
-        &mut self,
-        registry: &str,
-        auth: &RegistryAuth,
-        make: impl FnOnce() -> Client,
-    ) -> Arc<Client> {
-        match self.0.get(registry) {
-            Some((made_for, client)) if made_for == auth => client.clone(),
-            _ => {
-                let client = Arc::new(make());
-                self.0
-                    .insert(registry.to_string(), (auth.clone(), client.clone()));
-                client
-            }
-        }
+    /// The credentials for `host` (`host[:port]`), if the secret has an entry for it.
+    pub fn credentials_for(&self, host: &str) -> Option<Credentials> {
+        self.0.get(host).map(|(username, password)| Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        })
     }
 }
 
 /// Pulls plugin layers from OCI registries.
-#[derive(Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OciPuller {
-    /// One client per registry, made on its first pull (a sidecar that never pulls from a
-    /// registry never pays for a second HTTPS client and its root store), with the auth it
-    /// was made for: an `oci_client::Client` keeps the first auth it is given for a registry,
-    /// and its tokens, so other credentials need a client of their own.
-    clients: Arc<std::sync::Mutex<Clients>>,
-    /// Trusted besides the platform roots (the signature client uses it too).
-    extra_ca_pem: Option<Vec<u8>>,
-    limits: HttpLimits,
     secrets: PullSecrets,
 }
 
 impl OciPuller {
-    /// A puller trusting the platform roots plus `extra_ca_pem`.
-    pub fn new(limits: &HttpLimits, extra_ca_pem: Option<&[u8]>, secrets: PullSecrets) -> Self {
-        crate::ensure_crypto_provider();
-        OciPuller {
-            clients: Arc::default(),
-            extra_ca_pem: extra_ca_pem.map(<[u8]>::to_vec),
-            limits: limits.clone(),
-            secrets,
-        }
+    /// A puller with the sidecar's pull secret (the assignment's credentials, when it has
+    /// some, take its place for the artifact's registry).
+    pub fn new(secrets: PullSecrets) -> Self {
+        OciPuller { secrets }
     }
 
-    /// The client for `registry` with `auth`: the one made for that auth, else a new one
-    /// (which replaces a client made for other credentials).
-    fn client(&self, registry: &str, auth: &RegistryAuth) -> Arc<Client> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients.for_auth(registry, auth, || Client::new(self.client_config()))
-    }
-
-    /// The extra CA bundle registries are trusted with (the signature client uses it too).
-    pub(crate) fn extra_ca_pem(&self) -> Option<&[u8]> {
-        self.extra_ca_pem.as_deref()
-    }
-
-    fn client_config(&self) -> oci_client::client::ClientConfig {
-        oci_client::client::ClientConfig {
-            extra_root_certificates: self
-                .extra_ca_pem
-                .iter()
-                .map(|pem| oci_client::client::Certificate {
-                    encoding: oci_client::client::CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            read_timeout: Some(self.limits.read_timeout),
-            connect_timeout: Some(self.limits.connect_timeout),
-            ..Default::default()
-        }
-    }
-
-    /// The auth for `r`: the assignment's credentials, else the pull secret's.
-    pub(crate) fn auth(&self, r: &OciRef, credentials: Option<&Credentials>) -> RegistryAuth {
-        match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => self.secrets.auth_for(&r.registry),
-        }
-    }
-
-    /// Resolves `r` to its manifest digest and checks that the manifest holds `layer`.
-    pub(crate) async fn manifest_holding(
-        &self,
+    /// The repository of `r`, with the credentials for its registry: the assignment's,
+    /// else the pull secret's.
+    pub(crate) fn repository<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        limits: &'a HttpLimits,
         r: &OciRef,
-        artifact: &str,
-        layer: &Sha256Digest,
-        auth: &RegistryAuth,
-    ) -> Result<String, FetchError> {
-        let (manifest, digest) = self
-            .client(&r.registry, auth)
-            .pull_image_manifest(&r.reference(), auth)
-            .await
-            .map_err(|e| map_oci(artifact, e, &self.limits))?;
-        if manifest
-            .layers
-            .iter()
-            .any(|l| l.digest == layer.to_string())
-        {
-            Ok(digest)
-        } else {
-            Err(FetchError::NoSuchLayer {
-                artifact: artifact.into(),
-                reason: format!("manifest {digest} no longer holds layer {layer}"),
-            })
-        }
+        artifact: &'a str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Repository<'a>, FetchError> {
+        let credentials = credentials.cloned().or_else(|| {
+            self.secrets
+                .credentials_for(&r.registry)
+                .or_else(|| self.secrets.credentials_for(r.api_host()))
+        });
+        let name = (r.api_host(), r.repository.as_str());
+        Repository::new(http, limits, name, artifact, credentials, &self.secrets)
     }
 
     /// Streams the plugin layer of `r` into a staging file.
     pub(crate) async fn pull(
         &self,
+        (http, limits): (&reqwest::Client, &HttpLimits),
         r: &OciRef,
         artifact: &str,
         digest: &Sha256Digest,
         store: &Store,
-        limits: &HttpLimits,
         credentials: Option<&Credentials>,
     ) -> Result<Staging, FetchError> {
-        let reference = r.reference();
-        let auth = self.auth(r, credentials);
-        let client = self.client(&r.registry, &auth);
-        let (manifest, _manifest_digest) = client
-            .pull_image_manifest(&reference, &auth)
-            .await
-            .map_err(|e| map_oci(artifact, e, limits))?;
-        let layer = match manifest.layers.as_slice() {
-            [only] => only.clone(),
-            layers => layers
-                .iter()
-                .find(|l| l.digest == digest.to_string())
-                .cloned()
-                .ok_or_else(|| {
-                    let seen: Vec<_> = layers.iter().map(|l| l.digest.as_str()).collect();
-                    FetchError::NoSuchLayer {
-                        artifact: artifact.into(),
-                        reason: format!("no layer with digest {digest} (layers: {seen:?})"),
-                    }
-                })?,
-        };
-        let declared = u64::try_from(layer.size).unwrap_or(0);
-        if declared > limits.max_bytes {
+        let mut repository = self.repository(http, limits, r, artifact, credentials)?;
+        let manifest = resolve(&mut repository, r, artifact).await?;
+        let layer = plugin_layer(&manifest, digest, artifact)?;
+        if layer.size > limits.max_bytes {
             return Err(FetchError::TooLarge {
                 artifact: artifact.into(),
-                size: declared,
+                size: layer.size,
                 limit: limits.max_bytes,
             });
         }
-        let mut stream = client
-            .pull_blob_stream(&reference, &layer)
-            .await
-            .map_err(|e| map_oci(artifact, e, limits))?;
-        let expected = stream.content_length.or(Some(declared).filter(|d| *d > 0));
-        let store_err = |e: crate::store::StoreError| FetchError::Store {
-            artifact: artifact.into(),
-            reason: e.to_string(),
-        };
-        let mut staging = store.stage().map_err(store_err)?;
-        while let Some(chunk) = stream.next().await {
-            let received = staging.len();
-            let chunk = chunk.map_err(|e| match transport_cause(&e) {
-                TransportCause::Reset => FetchError::ConnectionReset {
-                    artifact: artifact.into(),
-                    received,
-                },
-                _ => match expected {
-                    Some(expected) => FetchError::Truncated {
-                        artifact: artifact.into(),
-                        received,
-                        expected,
-                    },
-                    None => FetchError::Other {
-                        artifact: artifact.into(),
-                        reason: e.to_string(),
-                    },
-                },
-            })?;
-            let size = received + chunk.len() as u64;
-            if size > limits.max_bytes {
-                return Err(FetchError::TooLarge {
-                    artifact: artifact.into(),
-                    size,
-                    limit: limits.max_bytes,
-                });
-            }
-            staging.write(&chunk).map_err(store_err)?;
-        }
-        super::complete(artifact, staging, expected)
+        let response = repository.blob(&layer.digest).await?;
+        let declared = Some(layer.size).filter(|size| *size > 0);
+        https::stage_response(response, artifact, store, limits, declared).await
     }
 }
 
-/// Maps an `oci-client` error to a precise failure.
-fn map_oci(artifact: &str, err: OciDistributionError, limits: &HttpLimits) -> FetchError {
-    let a = || artifact.to_string();
-    match err {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => FetchError::Unauthorized {
-            artifact: a(),
-            status: 401,
-        },
-        OciDistributionError::ImageManifestNotFoundError(_) => {
-            FetchError::NotFound { artifact: a() }
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<_> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                FetchError::Unauthorized {
-                    artifact: a(),
-                    status: 401,
+/// The manifest `r` names; a pinned one must hash to its pin.
+pub(crate) async fn resolve(
+    repository: &mut Repository<'_>,
+    r: &OciRef,
+    artifact: &str,
+) -> Result<Manifest, FetchError> {
+    let manifest = repository.manifest(r.manifest_reference()).await?;
+    if let Some(pinned) = &r.digest
+        && pinned != &manifest.digest.to_string()
+    {
+        return Err(FetchError::DigestMismatch {
+            artifact: artifact.into(),
+            expected: Sha256Digest::parse(pinned).map_err(|e| FetchError::BadReference {
+                artifact: artifact.into(),
+                reason: e.to_string(),
+            })?,
+            actual: manifest.digest,
+        });
+    }
+    Ok(manifest)
+}
+
+/// The layer holding the plugin: the only one, or the one with the plugin's digest. Pure.
+fn plugin_layer(
+    manifest: &Manifest,
+    digest: &Sha256Digest,
+    artifact: &str,
+) -> Result<Descriptor, FetchError> {
+    match manifest.layers.as_slice() {
+        [only] => Ok(only.clone()),
+        layers => layers
+            .iter()
+            .find(|l| l.digest == digest.to_string())
+            .cloned()
+            .ok_or_else(|| {
+                let seen: Vec<_> = layers.iter().map(|l| l.digest.as_str()).collect();
+                FetchError::NoSuchLayer {
+                    artifact: artifact.into(),
+                    reason: format!("no layer with digest {digest} (layers: {seen:?})"),
                 }
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NameUnknown
-                )
-            }) {
-                FetchError::NotFound { artifact: a() }
-            } else {
-                FetchError::Other {
-                    artifact: a(),
-                    reason: format!("registry error: {codes:?}"),
-                }
-            }
-        }
-        OciDistributionError::ServerError { code, message, .. } => status_failure(artifact, code)
-            .unwrap_or_else(|| FetchError::Other {
-                artifact: a(),
-                reason: format!("HTTP {code}: {message}"),
             }),
-        OciDistributionError::RequestError(e) => map_reqwest(artifact, &e, limits, 0),
-        other => FetchError::Other {
-            artifact: a(),
-            reason: other.to_string(),
-        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn other_credentials_for_a_registry_get_a_client_of_their_own() {
-        let mut clients = Clients::default();
-        let basic = |user: &str| RegistryAuth::Basic(user.into(), "pw".into());
-        let a = clients.for_auth("reg:5000", &basic("a"), Client::default);
-        let again = clients.for_auth("reg:5000", &basic("a"), Client::default);
-        assert!(
-            Arc::ptr_eq(&a, &again),
-            "the same credentials reuse their client"
-        );
-        let b = clients.for_auth("reg:5000", &basic("b"), Client::default);
-        assert!(
-            !Arc::ptr_eq(&a, &b),
-            "other credentials must not reuse a's auth"
-        );
-        let anonymous = clients.for_auth("reg:5000", &RegistryAuth::Anonymous, Client::default);
-        assert!(!Arc::ptr_eq(&b, &anonymous));
-        let other = clients.for_auth("other:5000", &RegistryAuth::Anonymous, Client::default);
-        assert!(!Arc::ptr_eq(&anonymous, &other), "a client per registry");
-        assert_eq!(clients.0.len(), 2, "one client kept per registry");
-    }
 
     #[test]
     fn parses_registry_port_tag_and_digest() {
@@ -443,11 +276,13 @@ mod tests {
     fn pull_secret_accepts_auth_and_username_forms() {
         let json = br#"{"auths":{"https://reg.example:5000/v1/":{"auth":"dXNlcjpwYXNz"},"other":{"username":"a","password":"b"}}}"#;
         let s = PullSecrets::parse(json).expect("parses");
-        assert!(
-            matches!(s.auth_for("reg.example:5000"), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+        let user = |host: &str| s.credentials_for(host).map(|c| (c.username, c.password));
+        assert_eq!(
+            user("reg.example:5000"),
+            Some(("user".into(), "pass".into()))
         );
-        assert!(matches!(s.auth_for("other"), RegistryAuth::Basic(u, _) if u == "a"));
-        assert!(matches!(s.auth_for("unknown"), RegistryAuth::Anonymous));
+        assert_eq!(user("other").map(|(u, _)| u), Some("a".into()));
+        assert_eq!(user("unknown"), None);
         assert!(PullSecrets::parse(br#"{"auths":{"h":{"auth":"!!"}}}"#).is_err());
     }
 }

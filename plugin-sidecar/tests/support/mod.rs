@@ -2,6 +2,8 @@
 //! routes that fail in every way the fetcher must name. Listens on 127.0.0.1 only.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod recording;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -198,6 +200,16 @@ async fn route(
                 Some(b.len()),
                 vec![Ok(half), Err(std::io::Error::other("server cut the body"))],
             )
+        }
+        // Announces the full length, sends half, then nothing more, ever.
+        ["half-then-hang", name] => {
+            let b = blob(name).unwrap_or_default();
+            let half = b[..b.len() / 2].to_vec();
+            let never = futures::stream::once(std::future::pending());
+            let stream = futures::stream::iter([Ok(Frame::data(Bytes::from(half)))]).chain(never);
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut().insert("content-length", b.len().into());
+            r
         }
         _ => full(StatusCode::NOT_FOUND, Vec::new()),
     };
