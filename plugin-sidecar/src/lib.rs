@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod state;
 pub mod store;
+mod turns;
 pub mod workers;
 
 /// Makes ring the process's rustls provider unless one is already set. A workspace build can

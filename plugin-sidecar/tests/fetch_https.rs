@@ -331,7 +331,11 @@ async fn a_signature_verified_once_verifies_its_cached_revision_with_the_server_
         .fetch_with(&url, &digest, &store, None, Some(&other_key))
         .await
         .expect_err("another key");
-    assert_eq!(err.label(), "connect", "{err}");
+    // The server's listener may still be closing: refused or reset, it is a network error.
+    assert!(
+        matches!(err.label(), "connect" | "connection_reset"),
+        "{err}"
+    );
     // A kept signature spoiled by another container is looked up again, never trusted.
     let kept = std::fs::read_dir(store.root().join("signatures/sha256"))
         .expect("signatures")
@@ -345,7 +349,11 @@ async fn a_signature_verified_once_verifies_its_cached_revision_with_the_server_
         .fetch_with(&url, &digest, &store, None, Some(&key))
         .await
         .expect_err("spoiled");
-    assert_eq!(err.label(), "connect", "{err}");
+    // The server's listener may still be closing: refused or reset, it is a network error.
+    assert!(
+        matches!(err.label(), "connect" | "connection_reset"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
