@@ -61,7 +61,7 @@ crds:
 
 ## sdk: every app SDK against the shared conformance cases and the real sidecar
 .PHONY: sdk conformance-plugins
-sdk: sdk-go sdk-node sdk-python
+sdk: sdk-go sdk-node sdk-python sdk-java
 
 ## conformance-plugins: the conformance suite's plugin binaries, from their sources
 conformance-plugins:
@@ -98,6 +98,15 @@ sdk-node: conformance-plugins
 		npm ci --no-audit --no-fund --cache $(HOTLOAD_CACHE)/npm; fi
 	cd sdk/node && for f in index.js src/*.js test/*.js test/fixtures/*.js; do node --check $$f || exit 1; done
 	cd sdk/node && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar node --test test/*.test.js
+
+## sdk-java: the Java SDK (sdk/java, Maven, Chicory; compiled with -Xlint:all -Werror): mvn test
+## with the shared conformance cases, transcripts, 100 swaps and, against the real sidecar built
+## here, load / 100 swaps / refusals / restart / two workers; Maven's repository under
+## $(HOTLOAD_CACHE)/m2
+.PHONY: sdk-java
+sdk-java: conformance-plugins
+	cargo build -p hotload-sidecar --bin hotload-sidecar
+	cd sdk/java && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar mvn -q -B -Dmaven.repo.local=$(HOTLOAD_CACHE)/m2 test
 
 ## images: the three container images, with Docker (not needed for demo or test)
 IMAGE_TAG ?= 0.1.0
