@@ -29,7 +29,7 @@ lint:
 	$(HELM) lint --strict charts/hotload
 
 ## unit: every test that needs no cluster
-unit:
+unit: conformance-plugins
 	cargo test --workspace --exclude hotload-e2e
 	cargo test -p hotload-e2e --lib --bins
 	python3 -m unittest discover -s examples/python

@@ -54,8 +54,9 @@ pub struct PluginReleaseSpec {
     /// The artifact to load.
     pub artifact: Artifact,
 
-    /// Free-form configuration handed to the plugin with every load. A change of config is a
-    /// new revision, rolled out like a new artifact.
+    /// Free-form configuration handed to the plugin with every load: at most 128 top-level
+    /// keys and 32 KiB as JSON. A change of config is a new revision, rolled out like a new
+    /// artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub config: Option<serde_json::Value>,
@@ -119,7 +120,8 @@ pub struct Artifact {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SignaturePolicy {
-    /// The PEM-encoded public key the cosign signature must verify against.
+    /// The PEM-encoded public key the cosign signature must verify against (at most 8 KiB).
+    #[schemars(length(max = 8192))]
     pub public_key: String,
 }
 
@@ -248,12 +250,51 @@ fn int_or_percent(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Arbitrary JSON kept as written (the API server must not prune it).
+/// Arbitrary JSON kept as written (the API server must not prune it). The schema can bound
+/// only its top level; [`oversized`] bounds its serialized size.
 fn free_form(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
-        "description": "Free-form configuration handed to the plugin with every load. A change of config is a new revision, rolled out like a new artifact."
+        "maxProperties": MAX_CONFIG_KEYS,
+        "description": "Free-form configuration handed to the plugin with every load: at most 128 top-level keys and 32 KiB as JSON. A change of config is a new revision, rolled out like a new artifact."
+    })
+}
+
+/// The most top-level keys `spec.config` may have (the CRD's `maxProperties`).
+pub const MAX_CONFIG_KEYS: usize = 128;
+
+/// The largest `spec.config`, as compact JSON. It goes to every pod with each assignment
+/// and into every `status.history` record of its revision.
+pub const MAX_CONFIG_BYTES: usize = 32 * 1024;
+
+/// The largest `signature.publicKey` (the CRD's `maxLength`).
+pub const MAX_PUBLIC_KEY_BYTES: usize = 8 * 1024;
+
+/// Why `spec` is too large to roll out, naming the field and both sizes; `None` when it
+/// fits. The CRD refuses most of this at admission; this also covers what the schema
+/// cannot express (the config's serialized size) and objects stored before the limits.
+pub fn oversized(spec: &PluginReleaseSpec) -> Option<String> {
+    let config = spec
+        .config
+        .as_ref()
+        .map_or(0, |c| serde_json::to_vec(c).map_or(usize::MAX, |b| b.len()));
+    if config > MAX_CONFIG_BYTES {
+        return Some(format!(
+            "spec.config is {config} bytes as JSON, more than the {MAX_CONFIG_BYTES} a \
+             release may hand its pods; move bulky data out of the plugin's config"
+        ));
+    }
+    let key = spec
+        .artifact
+        .signature
+        .as_ref()
+        .map_or(0, |s| s.public_key.len());
+    (key > MAX_PUBLIC_KEY_BYTES).then(|| {
+        format!(
+            "spec.artifact.signature.publicKey is {key} bytes, more than the \
+             {MAX_PUBLIC_KEY_BYTES} a PEM public key needs"
+        )
     })
 }
 
@@ -456,6 +497,32 @@ pub fn crd_yaml() -> anyhow::Result<String> {
     ))
 }
 
+/// Whether `c` may not reach a terminal as it is: C0 and C1 controls (escape sequences,
+/// carriage returns, bells) and the bidirectional overrides that make text read otherwise
+/// than it is.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every [`unprintable`] character written as its Rust escape (`\n`,
+/// `\u{1b}`), for text from outside (a sidecar's reason, a status field) that ends up
+/// on a terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unprintable(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// `namespace/name` of a release, for messages and logs.
 pub fn describe(release: &PluginRelease) -> String {
     use kube::ResourceExt;
@@ -464,4 +531,61 @@ pub fn describe(release: &PluginRelease) -> String {
         release.namespace().unwrap_or_default(),
         release.name_any()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(config: serde_json::Value, key: &str) -> PluginReleaseSpec {
+        serde_json::from_value(json!({
+            "plugin": "auth", "selector": {"matchLabels": {"app": "web"}}, "config": config,
+            "artifact": {"url": "https://plugins/auth.wasm",
+                         "digest": format!("sha256:{}", "a".repeat(64)),
+                         "signature": {"publicKey": key}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_config_or_key_larger_than_a_release_may_hand_out_is_refused_by_name() {
+        assert_eq!(oversized(&spec(json!({"mode": "strict"}), "PEM")), None);
+        let big = json!({"blob": "x".repeat(MAX_CONFIG_BYTES)});
+        let why = oversized(&spec(big, "PEM")).unwrap();
+        assert!(
+            why.starts_with("spec.config is 32779 bytes as JSON, more than the 32768"),
+            "{why}"
+        );
+        let why = oversized(&spec(json!({}), &"k".repeat(MAX_PUBLIC_KEY_BYTES + 1))).unwrap();
+        assert!(
+            why.starts_with("spec.artifact.signature.publicKey is 8193 bytes"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_crd_bounds_the_config_and_the_public_key() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(PluginRelease::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["config"]["maxProperties"], MAX_CONFIG_KEYS);
+        assert_eq!(
+            spec["artifact"]["properties"]["signature"]["properties"]["publicKey"]["maxLength"],
+            MAX_PUBLIC_KEY_BYTES
+        );
+    }
+
+    #[test]
+    fn control_characters_and_direction_overrides_are_escaped() {
+        assert!(matches!(
+            escape_controls("fetch: 404 — not found"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("app: \u{1b}[2J\u{1b}]0;owned\u{7}\r\nfake line\u{202e}txt"),
+            "app: \\u{1b}[2J\\u{1b}]0;owned\\u{7}\\r\\nfake line\\u{202e}txt"
+        );
+        assert_eq!(escape_controls("C1 \u{9b}31m"), "C1 \\u{9b}31m");
+    }
 }

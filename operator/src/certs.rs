@@ -4,7 +4,12 @@
 //!
 //! The CA lasts ten years because every injected pod carries it (as the sidecar's trust
 //! anchor, like Linkerd's); the serving certificate is renewed when a third of its life is
-//! left, without a restart, so rotation never touches pods.
+//! left, without a restart, so rotation never touches pods. When the CA itself has a third
+//! of its life left it is rotated without cutting pods off: the new CA is cross-signed by
+//! the old one and that certificate is served after the leaf, so pods that trust only the
+//! old CA still verify the new chain, and the old CA stays in the trust bundle new pods and
+//! the webhook get until it expires ([`PreviousCa`]). A Secret that is deleted or spoiled
+//! is written back from what a replica serves ([`carry_on`]), not replaced by a new CA.
 
 use std::time::Duration;
 
@@ -25,10 +30,42 @@ pub struct Material {
     pub ca_cert: String,
     /// The CA key (`ca.key`); absent when cert-manager owns the Secret.
     pub ca_key: Option<String>,
-    /// The serving certificate (`tls.crt`).
+    /// The served chain (`tls.crt`): the serving certificate, then, while a previous CA is
+    /// kept, the current CA cross-signed by it.
     pub cert: String,
     /// The serving key (`tls.key`).
     pub key: String,
+    /// The CA this one replaced, while it is valid.
+    pub previous: Option<PreviousCa>,
+}
+
+/// A replaced CA, kept until it expires: pods injected before the rotation trust only it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviousCa {
+    /// Its certificate (`ca-previous.crt`), still in the trust bundle.
+    pub ca_cert: String,
+    /// The current CA's certificate signed by it (`ca-cross.crt`), served after the leaf.
+    pub cross: String,
+}
+
+impl Material {
+    /// What pods and the webhook configuration trust: the CA, and the previous one while
+    /// it is kept.
+    pub fn trust_bundle(&self) -> String {
+        match &self.previous {
+            Some(previous) => format!("{}{}", pem_line(&self.ca_cert), pem_line(&previous.ca_cert)),
+            None => self.ca_cert.clone(),
+        }
+    }
+}
+
+/// `pem` ending in a newline, so that concatenated PEM stays parseable.
+fn pem_line(pem: &str) -> String {
+    if pem.ends_with('\n') {
+        pem.to_string()
+    } else {
+        format!("{pem}\n")
+    }
 }
 
 /// What [`assess`] found to do.
@@ -38,8 +75,12 @@ pub enum Renewal {
     Keep,
     /// Issue a new serving certificate from the existing CA.
     Leaf(String),
+    /// A new CA cross-signed by the current one, which stays trusted until it expires.
+    Rotate(String),
     /// Start over with a new CA (and a serving certificate from it).
     Everything(String),
+    /// Write back the material served, as it is: the stored one is gone or unusable.
+    Restore(String),
 }
 
 /// Why material cannot be used at all.
@@ -129,7 +170,12 @@ pub fn assess(material: Option<&Material>, names: &[String], now: OffsetDateTime
         return Renewal::Everything("the CA key is missing".into());
     }
     if ca.not_after - now < (ca.not_after - ca.not_before) / 3 {
-        return Renewal::Everything("the CA expires soon".into());
+        return Renewal::Rotate("the CA expires soon".into());
+    }
+    if let Some(previous) = &material.previous
+        && facts("ca-previous.crt", &previous.ca_cert, None).is_ok_and(|p| p.not_after <= now)
+    {
+        return Renewal::Leaf("the previous CA expired".into());
     }
     let leaf = match facts("tls.crt", &material.cert, Some(&material.ca_cert)) {
         Ok(leaf) => leaf,
@@ -152,20 +198,27 @@ pub fn assess(material: Option<&Material>, names: &[String], now: OffsetDateTime
 }
 
 /// When the serving certificate should next be looked at: at the renewal point, and at
-/// least hourly (a deleted Secret or a changed Service name is noticed within the hour).
+/// least every minute (a deleted Secret is written back, and a changed Service name
+/// noticed, within the minute).
 pub fn next_check(material: &Material, now: OffsetDateTime) -> Duration {
-    const HOURLY: Duration = Duration::from_secs(3600);
+    const EVERY_MINUTE: Duration = Duration::from_secs(60);
     let Ok(leaf) = facts("tls.crt", &material.cert, None) else {
         return Duration::from_secs(1);
     };
     let renew_at = leaf.not_after - (leaf.not_after - leaf.not_before) / 3;
     let wait = (renew_at - now.unix_timestamp()).max(1);
-    Duration::from_secs(u64::try_from(wait).unwrap_or(1)).min(HOURLY)
+    Duration::from_secs(u64::try_from(wait).unwrap_or(1)).min(EVERY_MINUTE)
 }
 
 /// A fresh CA: `(cert PEM, key PEM)`.
 pub fn issue_ca(now: OffsetDateTime) -> Result<(String, String), CertError> {
     let key = KeyPair::generate()?;
+    let cert = ca_params(now)?.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What every CA the operator issues says of itself, from `now`.
+fn ca_params(now: OffsetDateTime) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
@@ -174,8 +227,28 @@ pub fn issue_ca(now: OffsetDateTime) -> Result<(String, String), CertError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + CA_VALIDITY;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(params)
+}
+
+/// A new CA to replace `old_cert` (whose key is `old_key`): `(cert PEM, key PEM, cross PEM)`,
+/// where the cross certificate is the new CA (same name, same key) signed by the old one,
+/// lasting no longer than it. A chain through it ends at the old CA, which pods injected
+/// before the rotation trust.
+fn rotate_ca(
+    old_cert: &str,
+    old_key: &str,
+    now: OffsetDateTime,
+) -> Result<(String, String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params(now)?.self_signed(&key)?;
+    let old_end = facts("ca.crt", old_cert, None)?.not_after;
+    let mut cross = ca_params(now)?;
+    cross.not_after = cross
+        .not_after
+        .min(OffsetDateTime::from_unix_timestamp(old_end).unwrap_or(cross.not_after));
+    let issuer = Issuer::from_ca_cert_pem(old_cert, KeyPair::from_pem(old_key)?)?;
+    let cross = cross.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), cross.pem()))
 }
 
 /// A serving certificate for `names`, signed by the CA: `(cert PEM, key PEM)`.
@@ -203,6 +276,32 @@ pub fn issue_leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// What to carry on from at `now`: the stored material and what [`assess`] says of it,
+/// unless it is gone or unusable (which would mean a new CA, cutting off every pod that
+/// trusts the old one) while `served`, what this replica serves, is still good: then that,
+/// to be written back. Pure.
+pub fn carry_on<'a>(
+    stored: Option<&'a Material>,
+    served: Option<&'a Material>,
+    names: &[String],
+    now: OffsetDateTime,
+) -> (Option<&'a Material>, Renewal) {
+    let renewal = assess(stored, names, now);
+    let (Renewal::Everything(why), Some(served)) = (&renewal, served) else {
+        return (stored, renewal);
+    };
+    match assess(Some(served), names, now) {
+        Renewal::Everything(_) => (stored, renewal),
+        Renewal::Keep | Renewal::Restore(_) => (
+            Some(served),
+            Renewal::Restore(format!(
+                "stored material unusable ({why}): restored what is served"
+            )),
+        ),
+        other => (Some(served), other),
+    }
+}
+
 /// Carries out `renewal` on `material`: the new material, or `None` for [`Renewal::Keep`].
 pub fn renew(
     material: Option<&Material>,
@@ -211,25 +310,44 @@ pub fn renew(
     now: OffsetDateTime,
     validity: Duration,
 ) -> Result<Option<Material>, CertError> {
-    let (ca_cert, ca_key) = match (renewal, material) {
+    let signing = material.and_then(|m| m.ca_key.as_ref().map(|key| (m, key)));
+    let (ca_cert, ca_key, previous) = match (renewal, signing) {
         (Renewal::Keep, _) => return Ok(None),
-        (
-            Renewal::Leaf(_),
-            Some(Material {
-                ca_cert,
-                ca_key: Some(ca_key),
-                ..
-            }),
-        ) => (ca_cert.clone(), ca_key.clone()),
-        _ => issue_ca(now)?,
+        (Renewal::Restore(_), _) => return Ok(material.cloned()),
+        (Renewal::Leaf(_), Some((m, key))) => {
+            let previous = m.previous.clone().filter(|p| !expired(&p.ca_cert, now));
+            (m.ca_cert.clone(), key.clone(), previous)
+        }
+        (Renewal::Rotate(_), Some((m, key))) => {
+            let (ca_cert, ca_key, cross) = rotate_ca(&m.ca_cert, key, now)?;
+            let previous = PreviousCa {
+                ca_cert: m.ca_cert.clone(),
+                cross,
+            };
+            (ca_cert, ca_key, Some(previous))
+        }
+        _ => {
+            let (ca_cert, ca_key) = issue_ca(now)?;
+            (ca_cert, ca_key, None)
+        }
     };
-    let (cert, key) = issue_leaf(&ca_cert, &ca_key, names, now, validity)?;
+    let (leaf, key) = issue_leaf(&ca_cert, &ca_key, names, now, validity)?;
+    let cert = match &previous {
+        Some(previous) => format!("{}{}", pem_line(&leaf), pem_line(&previous.cross)),
+        None => leaf,
+    };
     Ok(Some(Material {
         ca_cert,
         ca_key: Some(ca_key),
         cert,
         key,
+        previous,
     }))
+}
+
+/// Whether the certificate `pem` is unusable or past its end at `now`.
+fn expired(pem: &str, now: OffsetDateTime) -> bool {
+    facts("ca-previous.crt", pem, None).map_or(true, |f| f.not_after <= now.unix_timestamp())
 }
 
 /// The DNS names a Service is reached by from other namespaces.
@@ -347,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn checks_come_at_the_renewal_point_and_at_least_hourly() {
+    fn checks_come_at_the_renewal_point_and_at_least_every_minute() {
         let now = OffsetDateTime::now_utc();
         let short = renew(
             None,
@@ -362,6 +480,138 @@ mod tests {
         let wait = next_check(&short, now);
         assert!((56..=58).contains(&wait.as_secs()), "{wait:?}");
         let long = fresh(now);
-        assert_eq!(next_check(&long, now), Duration::from_secs(3600));
+        assert_eq!(next_check(&long, now), Duration::from_secs(60));
+    }
+
+    /// Whether a client trusting `roots` (PEM) accepts the served chain `chain` (PEM) for
+    /// the service at `at`: what the sidecar's TLS (rustls, webpki) decides.
+    fn verifies(chain: &str, roots: &str, at: OffsetDateTime) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut store = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots.as_bytes()) {
+            store.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(store.into(), provider)
+                .build()
+                .unwrap();
+        let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        let name = ServerName::try_from("hotload.hotload-system.svc").unwrap();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(at.unix_timestamp() as u64));
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], at)
+            .map(|_| ())
+    }
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    #[test]
+    fn a_ca_due_for_rotation_is_cross_signed_so_pods_that_trust_only_it_keep_verifying() {
+        let now = OffsetDateTime::now_utc();
+        let old = fresh(now);
+        let later = now + 7 * YEAR;
+        let renewal = assess(Some(&old), &names(), later);
+        assert_eq!(renewal, Renewal::Rotate("the CA expires soon".into()));
+        let rotated = renew(Some(&old), &renewal, &names(), later, 90 * DAY)
+            .unwrap()
+            .unwrap();
+        assert_ne!(rotated.ca_cert, old.ca_cert);
+        assert_eq!(
+            rotated.previous.as_ref().map(|p| &p.ca_cert),
+            Some(&old.ca_cert)
+        );
+        assert_eq!(assess(Some(&rotated), &names(), later), Renewal::Keep);
+
+        let served = &rotated.cert;
+        verifies(served, &old.ca_cert, later).expect("a pod injected before the rotation");
+        verifies(served, &rotated.ca_cert, later).expect("a pod trusting only the new CA");
+        verifies(served, &rotated.trust_bundle(), later).expect("a pod injected since");
+        let bundle = rotated.trust_bundle();
+        assert!(bundle.contains(&rotated.ca_cert) && bundle.contains(&old.ca_cert));
+
+        // The serving certificate is renewed during the overlap: still through the old CA.
+        let renewal_day = later + 61 * DAY;
+        let leaf = assess(Some(&rotated), &names(), renewal_day);
+        assert!(matches!(leaf, Renewal::Leaf(_)), "{leaf:?}");
+        let renewed = renew(Some(&rotated), &leaf, &names(), renewal_day, 90 * DAY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(renewed.previous, rotated.previous);
+        verifies(&renewed.cert, &old.ca_cert, renewal_day).expect("old pods, after a renewal");
+    }
+
+    #[test]
+    fn the_previous_ca_leaves_the_bundle_once_it_expires() {
+        let now = OffsetDateTime::now_utc();
+        let old = fresh(now);
+        let later = now + 7 * YEAR;
+        let rotated = renew(
+            Some(&old),
+            &Renewal::Rotate("t".into()),
+            &names(),
+            later,
+            90 * DAY,
+        )
+        .unwrap()
+        .unwrap();
+        let gone = now + 10 * YEAR + DAY;
+        let renewal = assess(Some(&rotated), &names(), gone);
+        assert_eq!(renewal, Renewal::Leaf("the previous CA expired".into()));
+        let renewed = renew(Some(&rotated), &renewal, &names(), gone, 90 * DAY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (&renewed.previous, &renewed.ca_cert),
+            (&None, &rotated.ca_cert)
+        );
+        assert_eq!(renewed.trust_bundle(), rotated.ca_cert);
+        verifies(&renewed.cert, &rotated.ca_cert, gone).expect("pods trusting the new CA");
+    }
+
+    #[test]
+    fn a_deleted_or_spoiled_secret_is_restored_from_what_is_served_not_replaced() {
+        let now = OffsetDateTime::now_utc();
+        let served = fresh(now);
+        let (basis, renewal) = carry_on(None, Some(&served), &names(), now);
+        assert_eq!(basis, Some(&served));
+        assert!(
+            matches!(&renewal, Renewal::Restore(why) if why.contains("no certificate yet")),
+            "{renewal:?}"
+        );
+        let restored = renew(basis, &renewal, &names(), now, 90 * DAY).unwrap();
+        assert_eq!(restored.as_ref(), Some(&served), "written back as it is");
+
+        let spoiled = Material {
+            ca_key: None,
+            ..served.clone()
+        };
+        let (basis, renewal) = carry_on(Some(&spoiled), Some(&served), &names(), now);
+        assert_eq!(basis, Some(&served));
+        assert!(matches!(renewal, Renewal::Restore(_)), "{renewal:?}");
+
+        // A served leaf that is due is renewed from the served CA.
+        let due = now + 61 * DAY;
+        let (basis, renewal) = carry_on(None, Some(&served), &names(), due);
+        assert!(matches!(renewal, Renewal::Leaf(_)), "{renewal:?}");
+        let renewed = renew(basis, &renewal, &names(), due, 90 * DAY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(renewed.ca_cert, served.ca_cert);
+
+        // What another replica stored is used as it is; only with nothing served, start over.
+        let other = fresh(now);
+        assert_eq!(
+            carry_on(Some(&other), Some(&served), &names(), now),
+            (Some(&other), Renewal::Keep)
+        );
+        assert!(matches!(
+            carry_on(None, None, &names(), now),
+            (None, Renewal::Everything(_))
+        ));
     }
 }

@@ -10,6 +10,7 @@
 //!          ◀────────────── Synced (once, after the Assigns planned from Hello) ── synced.rs
 //! ```
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,13 +28,15 @@ use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Health;
 use crate::api::AckState;
+use crate::listener::{ConnectionInfo, ConnectionLimits, InUse};
 use crate::metrics::Metrics;
 use crate::registry::{self, Directive, Outgoing, PluginReport, Registry};
+use crate::tls::CertStore;
 
 /// The pod a verified token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +94,11 @@ pub fn identity(review: &TokenReviewStatus) -> Result<PodIdentity, String> {
 /// bounded.
 const REVIEWS_IN_FLIGHT: usize = 32;
 
-/// Attaches being admitted at once (token review and Hello). More are refused with
+/// How long a token review may take, waiting for its turn included; past it the sidecar is
+/// refused with `UNAVAILABLE` and retries after its back-off.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attaches past their token review, waiting for Hello, at once. More are refused with
 /// `UNAVAILABLE` and retried by the sidecar after its jittered back-off, so a reconnect
 /// storm of 10,000 sidecars costs the memory of 512 pending streams, not of 10,000.
 const ADMITTING: usize = 512;
@@ -99,14 +106,136 @@ const ADMITTING: usize = 512;
 /// How long a sidecar has to send Hello once its token is accepted.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest message a sidecar may send. A Hello of 64 plugins with 512-byte reasons
+/// is about 40 KiB; anything larger ends the stream with `OUT_OF_RANGE`.
+pub const MAX_SIDECAR_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The largest message sent to a sidecar: an Assign carries a config of at most
+/// [`crate::api::MAX_CONFIG_BYTES`] and a key of at most
+/// [`crate::api::MAX_PUBLIC_KEY_BYTES`].
+pub const MAX_OPERATOR_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Bounds on the channel server's connections and HTTP/2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// Connections, handshakes and idleness (a connection without an attached sidecar).
+    pub connections: ConnectionLimits,
+    /// HTTP/2 streams per connection: a sidecar needs one (two while it reconnects).
+    pub streams_per_connection: u32,
+    /// HTTP/2 ping interval: a connection whose peer does not answer (a dead node) ends,
+    /// and with it its stream, so the pod counts as unreachable instead of in flight.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// The largest header block (the sidecar's token is most of it).
+    pub max_header_list_bytes: u32,
+}
+
+impl ChannelLimits {
+    /// The defaults, for at most `max_connections` sidecars.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            connections: ConnectionLimits {
+                max_connections,
+                // Pods on the host network share their node's address.
+                max_per_peer: 256,
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
+            streams_per_connection: 4,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+            max_header_list_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Serves `service` over TLS on `listener` with `limits`, until it fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: PluginChannelServer<ChannelService>,
+    certs: &Arc<CertStore>,
+    limits: ChannelLimits,
+) -> Result<(), tonic::transport::Error> {
+    let connections =
+        crate::listener::incoming(listener, certs.server_config(&[b"h2"]), limits.connections);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_pending_accept_reset_streams(Some(16))
+        .add_service(service)
+        .serve_with_incoming(connections)
+        .await
+}
+
+/// Why an attach was refused: the gate was full (the sidecar retries after a back-off), or
+/// anything else.
+#[derive(Debug)]
+enum Refusal {
+    Busy(Status),
+    Denied(Status),
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Refusal::Denied(status)
+    }
+}
+
+/// Admission's two bounds, in order: token reviews in flight, then attaches past review
+/// waiting for Hello. A slot is taken only once the token checks out, so requests without
+/// a valid token cannot crowd out sidecars.
+struct Gate {
+    reviews: Semaphore,
+    admitting: Semaphore,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self {
+            reviews: Semaphore::new(REVIEWS_IN_FLIGHT),
+            admitting: Semaphore::new(ADMITTING),
+        }
+    }
+
+    /// Runs `review` (bounded in number and time), then takes an admission slot.
+    async fn pass<F>(&self, review: F) -> Result<(PodIdentity, SemaphorePermit<'_>), Refusal>
+    where
+        F: Future<Output = Result<PodIdentity, Status>>,
+    {
+        let reviewed = tokio::time::timeout(REVIEW_TIMEOUT, async {
+            let _turn = self
+                .reviews
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            review.await
+        })
+        .await
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "the token review took longer than {}s; retry after a back-off",
+                REVIEW_TIMEOUT.as_secs()
+            ))
+        })??;
+        let slot = self.admitting.try_acquire().map_err(|_| {
+            Refusal::Busy(Status::unavailable(format!(
+                "{ADMITTING} sidecars are being admitted; retry after a back-off"
+            )))
+        })?;
+        Ok((reviewed, slot))
+    }
+}
+
 /// The gRPC service.
 pub struct ChannelService {
     client: Client,
     registry: Arc<Registry>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    reviews: Semaphore,
-    admitting: Semaphore,
+    gate: Gate,
 }
 
 impl ChannelService {
@@ -122,20 +251,16 @@ impl ChannelService {
             registry,
             health,
             metrics,
-            reviews: Semaphore::new(REVIEWS_IN_FLIGHT),
-            admitting: Semaphore::new(ADMITTING),
+            gate: Gate::new(),
         })
+        .max_decoding_message_size(MAX_SIDECAR_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_OPERATOR_MESSAGE_BYTES)
     }
 
-    async fn review(&self, token: &str) -> Result<PodIdentity, Status> {
-        let _permit = self
-            .reviews
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+    async fn review(&self, token: String) -> Result<PodIdentity, Status> {
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: token.to_string(),
+                token,
                 audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
             },
             ..Default::default()
@@ -158,19 +283,12 @@ impl PluginChannel for ChannelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let counted = |outcome: &str| self.metrics.attached(outcome);
-        let Ok(_admitting) = self.admitting.try_acquire() else {
-            counted("busy");
-            return Err(Status::unavailable(format!(
-                "{ADMITTING} sidecars are being admitted; retry after a back-off"
-            )));
+        let (outcome, attached) = match self.admit(request).await {
+            Ok(response) => ("accepted", Ok(response)),
+            Err(Refusal::Busy(status)) => ("busy", Err(status)),
+            Err(Refusal::Denied(status)) => ("refused", Err(status)),
         };
-        let attached = self.admit(request).await;
-        counted(if attached.is_ok() {
-            "accepted"
-        } else {
-            "refused"
-        });
+        self.metrics.attached(outcome);
         attached
     }
 }
@@ -180,11 +298,17 @@ impl ChannelService {
     async fn admit(
         &self,
         request: Request<Streaming<SidecarMessage>>,
-    ) -> Result<Response<Outbound>, Status> {
+    ) -> Result<Response<Outbound>, Refusal> {
+        // Whatever happens, this connection is in use while the stream is.
+        let in_use = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|c| c.usage.hold());
         if !self.health.ready() {
             return Err(Status::unavailable(
                 "this operator replica is not the leader (or is still syncing)",
-            ));
+            )
+            .into());
         }
         let token = hotload_channel::bearer_token(request.metadata())
             .ok_or_else(|| {
@@ -193,35 +317,17 @@ impl ChannelService {
                 )
             })?
             .to_string();
-        let who = self.review(&token).await?;
+        let (who, _admitting) = self.gate.pass(self.review(token)).await?;
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no Hello within {}s of attaching",
-                    HELLO_TIMEOUT.as_secs()
-                ))
-            })??;
-        let hello = match first {
-            Some(SidecarMessage {
-                kind: Some(sidecar_message::Kind::Hello(hello)),
-            }) => hello,
-            _ => return Err(Status::invalid_argument("the first message must be Hello")),
-        };
-        if hello.namespace != who.namespace || hello.pod != who.pod {
-            return Err(Status::permission_denied(format!(
-                "token belongs to pod {}/{}, but the sidecar claims {}/{}",
-                who.namespace, who.pod, hello.namespace, hello.pod
-            )));
+        let hello = hello_from(&mut inbound, &who).await?;
+        if !self.health.ready() {
+            // Stepped down while this sidecar was being admitted.
+            return Err(
+                Status::unavailable("this operator replica is no longer the leader").into(),
+            );
         }
         let (tx, rx) = registry::outbox();
-        let now = Timestamp::now();
-        let holds = hello
-            .plugins
-            .iter()
-            .map(|state| (state.plugin.clone(), report(state, now)))
-            .collect();
+        let holds = held(&who, &hello.plugins, Timestamp::now());
         let id = self
             .registry
             .connect(&who.namespace, &who.pod, &who.uid, tx, holds);
@@ -235,9 +341,61 @@ impl ChannelService {
                 metrics: self.metrics.clone(),
                 who,
                 id,
+                _in_use: in_use,
             },
         })))
     }
+}
+
+/// The sidecar's first message, which must be a Hello from the pod its token names, within
+/// [`HELLO_TIMEOUT`].
+async fn hello_from(
+    inbound: &mut Streaming<SidecarMessage>,
+    who: &PodIdentity,
+) -> Result<hotload_channel::proto::Hello, Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no Hello within {}s of attaching",
+                HELLO_TIMEOUT.as_secs()
+            ))
+        })??;
+    let Some(SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(hello)),
+    }) = first
+    else {
+        return Err(Status::invalid_argument("the first message must be Hello"));
+    };
+    if hello.namespace != who.namespace || hello.pod != who.pod {
+        return Err(Status::permission_denied(format!(
+            "token belongs to pod {}/{}, but the sidecar claims {}/{}",
+            who.namespace, who.pod, hello.namespace, hello.pod
+        )));
+    }
+    Ok(hello)
+}
+
+/// What a Hello says the pod holds, as the registry keeps it: at most
+/// [`registry::MAX_PLUGINS_PER_POD`] plugins, each report checked ([`report`]); what is
+/// left out is logged once, naming the pod.
+fn held(who: &PodIdentity, plugins: &[PluginState], now: Timestamp) -> Vec<(String, PluginReport)> {
+    let PodIdentity { namespace, pod, .. } = who;
+    if plugins.len() > registry::MAX_PLUGINS_PER_POD {
+        tracing::warn!(%namespace, %pod, plugins = plugins.len(), kept = registry::MAX_PLUGINS_PER_POD,
+            "the sidecar's Hello names more plugins than a pod may hold; the rest are ignored");
+    }
+    plugins
+        .iter()
+        .take(registry::MAX_PLUGINS_PER_POD)
+        .filter_map(|state| match report(state, now) {
+            Ok(report) => Some((state.plugin.clone(), report)),
+            Err(why) => {
+                tracing::warn!(%namespace, %pod, why, "ignored a plugin in the sidecar's Hello");
+                None
+            }
+        })
+        .collect()
 }
 
 /// State reports taken in per poll before the outbox gets its turn.
@@ -290,6 +448,8 @@ struct Attached {
     metrics: Arc<Metrics>,
     who: PodIdentity,
     id: u64,
+    /// Keeps the connection from being closed as idle.
+    _in_use: Option<InUse>,
 }
 
 impl Attached {
@@ -297,9 +457,15 @@ impl Attached {
         let Some(sidecar_message::Kind::State(state)) = message.kind else {
             return;
         };
-        let report = report(&state, Timestamp::now());
-        self.metrics.acked(report.state, report.reason.as_deref());
         let PodIdentity { namespace, pod, .. } = &self.who;
+        let report = match report(&state, Timestamp::now()) {
+            Ok(report) => report,
+            Err(why) => {
+                tracing::warn!(%namespace, %pod, why, "ignored a sidecar report");
+                return;
+            }
+        };
+        self.metrics.acked(report.state, report.reason.as_deref());
         if !self
             .registry
             .report(namespace, pod, self.id, &state.plugin, report)
@@ -319,15 +485,17 @@ impl Drop for Attached {
     }
 }
 
-/// The longest failure reason kept from a sidecar: it is copied into the release's status
-/// (message, conditions, history, the pod list), which must stay far below etcd's limit.
-const MAX_REASON_BYTES: usize = 512;
-
 /// A sidecar's PluginState as the registry keeps it, received at `now` (the operator's
-/// clock; the sidecar's `since` is for people reading its own status).
-pub fn report(state: &PluginState, now: Timestamp) -> PluginReport {
+/// clock; the sidecar's `since` is for people reading its own status). Refused, naming the
+/// field, when the plugin name or a revision is longer than any the operator gives out. The
+/// registry makes the reason safe to keep ([`registry::kept_reason`]).
+pub fn report(state: &PluginState, now: Timestamp) -> Result<PluginReport, String> {
+    registry::check_names(
+        &state.plugin,
+        [&state.assigned_revision, &state.serving_revision],
+    )?;
     let revision = |r: &str| (!r.is_empty()).then(|| r.to_string());
-    PluginReport {
+    Ok(PluginReport {
         assigned: revision(&state.assigned_revision),
         serving: revision(&state.serving_revision),
         state: match state.state() {
@@ -336,24 +504,11 @@ pub fn report(state: &PluginState, now: Timestamp) -> PluginReport {
             State::Failed => AckState::Failed,
             State::Pending | State::Unspecified => AckState::Pending,
         },
-        reason: (!state.reason.is_empty()).then(|| cut(&state.reason, MAX_REASON_BYTES)),
+        reason: (!state.reason.is_empty()).then(|| state.reason.clone()),
         since: now,
         workers: state.workers,
         workers_loaded: state.workers_loaded,
-    }
-}
-
-/// `text` cut to at most `max` bytes on a character boundary, marked with "…" when cut.
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let ellipsis = '…';
-    let mut end = max - ellipsis.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{ellipsis}", &text[..end])
+    })
 }
 
 fn message_for(message: &Outgoing) -> OperatorMessage {
@@ -515,7 +670,7 @@ mod tests {
             workers_loaded: 3,
         };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let r = report(&state, now);
+        let r = report(&state, now).unwrap();
         assert_eq!(
             (r.assigned.as_deref(), r.serving, r.state),
             (Some("abc"), None, AckState::Failed)
@@ -525,16 +680,304 @@ mod tests {
         assert_eq!(r.since, now, "the operator's clock, not the sidecar's");
     }
 
-    #[test]
-    fn a_long_reason_is_cut_on_a_character_boundary() {
-        let state = PluginState {
+    /// A TokenReview that vouches for pod shop/web-1 (uid-1) when the token is "good".
+    fn reviews() -> Client {
+        crate::listener::testing::fake_api(|_, path, body| {
+            assert!(path.ends_with("/tokenreviews"), "{path}");
+            let review: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let good = review["spec"]["token"] == "good";
+            (
+                201,
+                serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "spec": review["spec"],
+                    "status": {"authenticated": good, "audiences": [TOKEN_AUDIENCE],
+                        "user": {"username": "system:serviceaccount:shop:default",
+                            "extra": {"authentication.kubernetes.io/pod-name": ["web-1"],
+                                      "authentication.kubernetes.io/pod-uid": ["uid-1"]}}},
+                }),
+            )
+        })
+    }
+
+    fn test_limits() -> ChannelLimits {
+        let mut limits = ChannelLimits::new(16);
+        limits.keepalive_interval = Duration::from_millis(200);
+        limits.keepalive_timeout = Duration::from_secs(1);
+        limits.connections.idle_timeout = Duration::from_millis(300);
+        limits
+    }
+
+    /// A leading channel server on loopback: its address, registry and CA.
+    async fn channel_server(
+        limits: ChannelLimits,
+    ) -> (std::net::SocketAddr, Arc<Registry>, String) {
+        let (certs, ca) = crate::listener::testing::served();
+        let registry = Arc::new(Registry::default());
+        let health = Arc::new(Health::default());
+        health.set_synced();
+        health.set_leading(true);
+        let service = ChannelService::new(
+            reviews(),
+            registry.clone(),
+            health,
+            Arc::new(Metrics::default()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { serve(listener, service, &certs, limits).await });
+        (addr, registry, ca)
+    }
+
+    type Client_ = hotload_channel::proto::plugin_channel_client::PluginChannelClient<
+        tonic::transport::Channel,
+    >;
+
+    async fn dial(addr: std::net::SocketAddr, ca: &str) -> Client_ {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(crate::listener::testing::HOST);
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Client_::new(channel)
+    }
+
+    fn hello(plugins: Vec<PluginState>) -> SidecarMessage {
+        SidecarMessage {
+            kind: Some(sidecar_message::Kind::Hello(
+                hotload_channel::proto::Hello {
+                    namespace: "shop".into(),
+                    pod: "web-1".into(),
+                    plugins,
+                },
+            )),
+        }
+    }
+
+    /// Attaches as web-1 with `token`, sending `first`; the sender keeps the stream open.
+    async fn attach_with(
+        client: &mut Client_,
+        token: &str,
+        first: SidecarMessage,
+    ) -> (
+        Result<Response<Streaming<OperatorMessage>>, Status>,
+        tokio::sync::mpsc::Sender<SidecarMessage>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(first).await.unwrap();
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        hotload_channel::authorize(&mut request, token).unwrap();
+        (client.attach(request).await, tx)
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_message_larger_than_the_limit_is_refused() {
+        let (addr, registry, ca) = channel_server(test_limits()).await;
+        let mut client = dial(addr, &ca).await;
+        let huge = PluginState {
             plugin: "auth".into(),
-            reason: "é".repeat(1_000),
+            reason: "x".repeat(MAX_SIDECAR_MESSAGE_BYTES),
             ..Default::default()
         };
-        let reason = report(&state, Timestamp::UNIX_EPOCH).reason.unwrap();
-        assert!(reason.len() <= MAX_REASON_BYTES);
-        assert!(reason.ends_with("é…"), "{reason}");
-        assert_eq!(cut("short", MAX_REASON_BYTES), "short");
+        let (attached, _tx) = attach_with(&mut client, "good", hello(vec![huge])).await;
+        let status = attached.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert_eq!(registry.connected(), 0);
+        let fits = PluginState {
+            plugin: "auth".into(),
+            reason: "x".repeat(MAX_SIDECAR_MESSAGE_BYTES / 2),
+            ..Default::default()
+        };
+        let (attached, _tx) = attach_with(&mut client, "good", hello(vec![fits])).await;
+        assert!(attached.is_ok(), "a message under the limit is taken");
+        let kept = registry
+            .view("shop", "web-1", "uid-1", "auth")
+            .report
+            .unwrap();
+        assert!(kept.reason.unwrap().len() <= registry::MAX_REASON_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_dead_peers_stream_ends_by_keepalive_and_its_pod_is_disconnected() {
+        let (addr, registry, ca) = channel_server(test_limits()).await;
+        let (proxy, cut, _) = black_hole_proxy(addr).await;
+        let mut client = dial(proxy, &ca).await;
+        let (attached, _tx) = attach_with(&mut client, "good", hello(Vec::new())).await;
+        let _stream = attached.unwrap();
+        assert_eq!(registry.connected(), 1);
+        // Longer than the idle timeout: an attached sidecar keeps its connection.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            registry.connected(),
+            1,
+            "kept while attached and answering pings"
+        );
+        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        eventually("the dead peer's stream ended", || registry.connected() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_leaves_the_connection_to_be_closed_as_idle() {
+        let (addr, registry, ca) = channel_server(test_limits()).await;
+        let (proxy, _, open) = black_hole_proxy(addr).await;
+        let mut client = dial(proxy, &ca).await;
+        let (attached, _tx) = attach_with(&mut client, "bad", hello(Vec::new())).await;
+        assert_eq!(attached.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(registry.connected(), 0);
+        assert_eq!(open.load(std::sync::atomic::Ordering::SeqCst), 1);
+        eventually("the unused connection closed", || {
+            open.load(std::sync::atomic::Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+
+    /// A TCP proxy to `to` that, once cut, swallows every byte both ways without closing
+    /// anything: a node that died. Also returns how many connections the server still
+    /// holds open through it.
+    async fn black_hole_proxy(
+        to: std::net::SocketAddr,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutting = cut.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let opened = open.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                opened.fetch_add(1, SeqCst);
+                let closed = opened.clone();
+                let cut = cutting.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        if !cut.load(SeqCst) && server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let cut = cutting.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                        if !cut.load(SeqCst) && client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The server closed its side.
+                    closed.fetch_sub(1, SeqCst);
+                    up.abort();
+                });
+            }
+        });
+        (addr, cut, open)
+    }
+
+    fn who() -> PodIdentity {
+        PodIdentity {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            uid: "uid-1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admission_slot_is_taken_only_once_the_token_checks_out() {
+        let gate = Gate::new();
+        let passed = gate
+            .pass(async {
+                assert_eq!(
+                    gate.admitting.available_permits(),
+                    ADMITTING,
+                    "no slot is taken while the token is being reviewed"
+                );
+                Ok(who())
+            })
+            .await;
+        let (_, slot) = passed.unwrap();
+        assert_eq!(gate.admitting.available_permits(), ADMITTING - 1);
+        drop(slot);
+
+        // With every slot taken, a bad token is still told it is bad (and takes nothing);
+        // a good one is told to come back.
+        let _all = gate.admitting.try_acquire_many(ADMITTING as u32).unwrap();
+        let bad = gate
+            .pass(async { Err(Status::unauthenticated("token has expired")) })
+            .await;
+        assert!(matches!(bad, Err(Refusal::Denied(s)) if s.code() == tonic::Code::Unauthenticated));
+        let good = gate.pass(async { Ok(who()) }).await;
+        assert!(matches!(good, Err(Refusal::Busy(s)) if s.code() == tonic::Code::Unavailable));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_review_that_hangs_is_given_up() {
+        let gate = Gate::new();
+        let hung = gate.pass(std::future::pending()).await;
+        assert!(
+            matches!(&hung, Err(Refusal::Denied(s)) if s.code() == tonic::Code::Unavailable
+                && s.message().contains("took longer than 10s")),
+            "{hung:?}"
+        );
+        assert_eq!(
+            gate.reviews.available_permits(),
+            REVIEWS_IN_FLIGHT,
+            "its turn is given back"
+        );
+    }
+
+    #[test]
+    fn a_hello_keeps_at_most_its_share_of_plugins_and_refuses_overlong_names() {
+        let state = |plugin: String, revision: &str| PluginState {
+            plugin,
+            assigned_revision: revision.into(),
+            ..Default::default()
+        };
+        let many: Vec<PluginState> = (0..200).map(|i| state(format!("p{i}"), "r1")).collect();
+        assert_eq!(
+            held(&who(), &many, Timestamp::UNIX_EPOCH).len(),
+            registry::MAX_PLUGINS_PER_POD
+        );
+        let odd = vec![
+            state("a".repeat(64), "r1"),
+            state("auth".into(), &"r".repeat(65)),
+            state(String::new(), "r1"),
+            state("geo".into(), "r1"),
+        ];
+        let kept = held(&who(), &odd, Timestamp::UNIX_EPOCH);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, "geo");
+        let why = report(
+            &state("auth".into(), &"r".repeat(65)),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap_err();
+        assert_eq!(
+            why,
+            "plugin auth: revision of 65 bytes (at most 64 allowed)"
+        );
     }
 }

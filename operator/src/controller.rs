@@ -1,9 +1,11 @@
 //! The reconciler: the thin shell around [`planner::plan`]. It gathers the release's pods
 //! (from a cache of the few fields it reads, [`CachedPod`], so 10,000 pods stay cheap), every
-//! sidecar's report (from the [`Registry`]) and any competing release, runs the planner,
-//! sends the assignments, tells the registry which streams it has planned for (for
-//! [`crate::synced`]), and writes status with server-side apply (at most once a second per
-//! release) plus events.
+//! sidecar's report (from the [`Registry`]) and any competing release, runs the planner, and
+//! carries the plan out ([`durable::carry_out`]): a plan that decides something (a rollback,
+//! a new target, a step) is written to status with server-side apply before its
+//! assignments go out, and sends nothing if the write fails; progress is written at most
+//! once a second per release. Then it tells the registry which streams it has planned for
+//! (for [`crate::synced`]) and records events once their status is written.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,18 +24,20 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::admin::Health;
 use crate::api::{PluginRelease, PluginReleaseStatus, describe};
 use crate::metrics::Metrics;
-use crate::planner::{self, Input, PodView};
+use crate::planner::{self, Input, Plan, PodView};
 use crate::pods::{CachedPod, keep_what_is_read};
 use crate::registry::{Directive, Registry};
 use crate::views::{Source, planned_streams, pod_view};
 use crate::{revision, selector, synced};
 
+#[path = "durable.rs"]
+pub(crate) mod durable;
+use durable::{Effects, Memory};
+
 /// The field manager of every status write.
 pub const MANAGER: &str = "hotload-operator";
 /// Releases are planned again at least this often (deadlines, reconnects, lost triggers).
 const RESYNC: Duration = Duration::from_secs(60);
-/// Status writes per release are at most this frequent.
-const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,14 @@ pub enum Error {
     /// The release has no namespace (cannot happen for a namespaced kind).
     #[error("release {0} has no namespace")]
     NoNamespace(String),
+    /// The spec is larger than a release may hand its pods; nothing is sent.
+    #[error("release {release}: {reason}")]
+    Oversized {
+        /// `namespace/name`.
+        release: String,
+        /// Which field and how large.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -57,6 +69,7 @@ impl Error {
         match self {
             Error::Status { .. } => "status_write",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Oversized { .. } => "oversized",
         }
     }
 }
@@ -70,20 +83,22 @@ pub struct Context {
     pods: Store<CachedPod>,
     releases: Store<PluginRelease>,
     recorder: Recorder,
-    /// The status each release was last planned to, by uid. Writes are coalesced and the
-    /// cache lags behind them, so the next plan starts from here, never from an older cached
-    /// status (which would undo a decision such as a rollback). Empty while this replica
-    /// does not lead; a deleted release's entry goes with it.
-    planned: Arc<Mutex<HashMap<String, Planned>>>,
+    /// What each release's last plan left behind, by uid ([`Memory`]): progress writes are
+    /// coalesced and the cache lags behind writes, so the next plan starts from here. Empty
+    /// while this replica does not lead; a deleted release's entry goes with it.
+    planned: Arc<Mutex<HashMap<String, Memory>>>,
 }
 
-/// A release's last plan: its status, and the events waiting for that status to be written.
-#[derive(Clone)]
-struct Planned {
-    status: PluginReleaseStatus,
-    notes: Vec<(planner::Note, Option<String>)>,
-    /// When its status was last written (writes are at least MIN_WRITE_INTERVAL apart).
-    written: Option<Instant>,
+impl Context {
+    fn remembered(&self, uid: &str) -> Option<Memory> {
+        self.planned.lock().ok()?.get(uid).cloned()
+    }
+
+    fn remember(&self, uid: String, memory: Memory) {
+        if let Ok(mut planned) = self.planned.lock() {
+            planned.insert(uid, memory);
+        }
+    }
 }
 
 /// Runs the controller until the process is asked to stop; with `namespace`, it watches
@@ -143,7 +158,7 @@ pub async fn run(
         }
     })
     .touched_objects();
-    let planned: Arc<Mutex<HashMap<String, Planned>>> = Arc::default();
+    let planned: Arc<Mutex<HashMap<String, Memory>>> = Arc::default();
     let (releases, release_writer) = reflector::store();
     let release_events = reflector(
         release_writer,
@@ -276,169 +291,215 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     let namespace = release
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    // The schema bounds most of it; what it cannot express is refused here, before anything
+    // is planned or sent.
+    if let Some(reason) = crate::api::oversized(&release.spec) {
+        let note = planner::Note {
+            warning: true,
+            reason: "SpecTooLarge",
+            message: reason.clone(),
+        };
+        publish(&ctx.recorder, release, &note, None).await;
+        return Err(Error::Oversized {
+            release: name,
+            reason,
+        });
+    }
     let now = Timestamp::now();
+    let (views, sources) = observe(release, ctx, &namespace, now);
+    let uid = release.uid().unwrap_or_default();
+    let memory = ctx
+        .remembered(&uid)
+        .unwrap_or_else(|| Memory::of_cached(release.status.as_ref()));
+    let plan = planner::plan(&Input {
+        spec: &release.spec,
+        generation: release.metadata.generation.unwrap_or_default(),
+        annotations: release.annotations(),
+        status: &memory.status,
+        pods: &views,
+        now,
+    });
+    let requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
+    let shell = Shell {
+        ctx,
+        release,
+        namespace: &namespace,
+        views: &views,
+        sources: &sources,
+        now,
+    };
+    let carried = durable::carry_out(
+        &shell,
+        memory,
+        plan,
+        release.status.as_ref(),
+        Instant::now(),
+    )
+    .await;
+    ctx.remember(uid, carried.memory);
+    if let Some(source) = carried.error {
+        return Err(Error::Status {
+            release: name,
+            source,
+        });
+    }
+    Ok(Action::requeue(
+        carried.requeue.map_or(requeue, |r| r.min(requeue)),
+    ))
+}
+
+/// Every pod the release selects, as the planner sees it, sorted by name, with where each
+/// view came from: what is planned from a view goes out over its stream only.
+fn observe(
+    release: &PluginRelease,
+    ctx: &Context,
+    namespace: &str,
+    now: Timestamp,
+) -> (Vec<PodView>, Vec<Source>) {
     let plugin = &release.spec.plugin;
     let rivals: Vec<Arc<PluginRelease>> = ctx
         .releases
         .state()
         .into_iter()
         .filter(|r| {
-            r.namespace().as_deref() == Some(&namespace)
+            r.namespace().as_deref() == Some(namespace)
                 && r.spec.plugin == *plugin
                 && r.uid() != release.uid()
         })
         .collect();
-    // Each connected pod's view comes from one stream; what is planned from it goes out
-    // over that stream only. Sorted by name, so a pod's stream is found by binary search.
     let mut seen: Vec<(PodView, Source)> = ctx
         .pods
         .state()
         .into_iter()
         .filter(|p| {
-            p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
+            p.namespace().as_deref() == Some(namespace) && p.metadata.deletion_timestamp.is_none()
         })
         .filter(|p| selector::matches(&release.spec.selector, p.labels()))
         .map(|pod| pod_view(&ctx.registry, release, &rivals, pod, now))
         .collect();
+    // Sorted by name, so a pod's stream is found by binary search.
     seen.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let (views, sources): (Vec<PodView>, Vec<Source>) = seen.into_iter().unzip();
+    seen.into_iter().unzip()
+}
 
-    let uid = release.uid().unwrap_or_default();
-    let remembered = ctx
-        .planned
-        .lock()
-        .ok()
-        .and_then(|planned| planned.get(&uid).cloned());
-    let (status, remembered_notes, mut written) = match remembered {
-        Some(Planned {
-            status,
-            notes,
-            written,
-        }) => (status, notes, written),
-        None => (release.status.clone().unwrap_or_default(), Vec::new(), None),
-    };
-    let annotations = release.annotations().clone();
-    let plan = planner::plan(&Input {
-        spec: &release.spec,
-        generation: release.metadata.generation.unwrap_or_default(),
-        annotations: &annotations,
-        status: &status,
-        pods: &views,
-        now,
-    });
-    let credentials = if plan.assign.is_empty() {
-        None
-    } else {
-        match pull_credentials(&ctx.client, release, &namespace).await {
+/// One reconcile's hands: the API server (status, events, pull secrets) and the sidecar
+/// registry (assignments).
+struct Shell<'a> {
+    ctx: &'a Context,
+    release: &'a PluginRelease,
+    namespace: &'a str,
+    views: &'a [PodView],
+    sources: &'a [Source],
+    now: Timestamp,
+}
+
+impl Effects for Shell<'_> {
+    async fn write(&self, status: &PluginReleaseStatus) -> Result<(), kube::Error> {
+        write_status(&self.ctx.client, self.release, status).await?;
+        self.ctx.metrics.status_writes.inc();
+        Ok(())
+    }
+
+    async fn send(&self, plan: &Plan) {
+        let unsent = self.assign(plan).await;
+        let planned_for = planned_streams(self.views, self.sources, &unsent);
+        let uid = self.release.uid().unwrap_or_default();
+        self.ctx
+            .registry
+            .planned(self.namespace, &uid, &planned_for);
+    }
+
+    async fn record(&self, note: &planner::Note, revision: Option<&str>) {
+        self.ctx.metrics.rollout_event(note.reason);
+        publish(&self.ctx.recorder, self.release, note, revision).await;
+    }
+}
+
+impl Shell<'_> {
+    /// Sends each planned assignment over its pod's stream; returns the pods (in name
+    /// order) whose assignment did not go out: the release has not planned for their
+    /// streams yet, so they are not told Synced.
+    async fn assign<'p>(&self, plan: &'p Plan) -> Vec<&'p str> {
+        let credentials = self.credentials(plan).await;
+        // One directive per revision, shared by every pod it goes to.
+        let mut directives: HashMap<&Option<String>, Option<Arc<Directive>>> = HashMap::new();
+        let mut unsent: Vec<&str> = Vec::new();
+        for (pod, revision) in &plan.assign {
+            let source = self
+                .views
+                .binary_search_by(|v| v.name.as_str().cmp(pod))
+                .ok()
+                .and_then(|i| self.sources.get(i));
+            let Some((stream, cached)) = source.and_then(|s| Some((s.stream?, &s.pod))) else {
+                continue;
+            };
+            let directive = directives
+                .entry(revision)
+                .or_insert_with(|| self.directive(revision, &plan.status, &credentials))
+                .clone();
+            let Some(directive) = directive else {
+                tracing::error!(release = %describe(self.release), pod = %pod, revision = ?revision, "revision is in neither the spec nor the history; not assigned");
+                unsent.push(pod);
+                continue;
+            };
+            let restarts = cached.restart_counts();
+            if self
+                .ctx
+                .registry
+                .assign(self.namespace, pod, stream, directive, restarts, self.now)
+            {
+                tracing::info!(release = %describe(self.release), pod = %pod, revision = ?revision, "assigned");
+            } else {
+                unsent.push(pod);
+            }
+        }
+        unsent.sort_unstable();
+        unsent
+    }
+
+    /// The pull credentials of the release, when it assigns anything and names a usable
+    /// secret. An unusable one is an event; the pods are assigned anyway and the sidecar
+    /// then reports the registry's refusal per pod.
+    async fn credentials(&self, plan: &Plan) -> Option<crate::credentials::Credentials> {
+        if plan.assign.is_empty() {
+            return None;
+        }
+        match pull_credentials(&self.ctx.client, self.release, self.namespace).await {
             Ok(credentials) => credentials,
             Err(why) => {
-                // Assign anyway: the sidecar then reports the registry's refusal per pod.
                 let note = planner::Note {
                     warning: true,
                     reason: "PullSecretUnusable",
                     message: why,
                 };
-                publish(&ctx.recorder, release, &note, None).await;
+                publish(&self.ctx.recorder, self.release, &note, None).await;
                 None
             }
         }
-    };
-    // One directive per revision, shared by every pod it goes to.
-    let mut directives: HashMap<&Option<String>, Arc<Directive>> = HashMap::new();
-    // Pods whose assignment did not go out: the release has not planned for their streams
-    // yet, so they are not told Synced.
-    let mut unsent: Vec<&str> = Vec::new();
-    for (pod, revision) in &plan.assign {
-        let source = views
-            .binary_search_by(|v| v.name.as_str().cmp(pod))
-            .ok()
-            .and_then(|i| sources.get(i));
-        let Some((stream, cached)) = source.and_then(|s| Some((s.stream?, &s.pod))) else {
-            continue;
-        };
-        let directive = match directives.get(revision) {
-            Some(known) => known.clone(),
-            None => {
-                let source = match revision {
-                    Some(r) => revision::source_of(r, &release.spec, &plan.status.history),
-                    None => Some(revision::RevisionSource::default()),
-                };
-                let Some(source) = source else {
-                    tracing::error!(release = %name, pod = %pod, revision = ?revision, "revision is in neither the spec nor the history; not assigned");
-                    unsent.push(pod);
-                    continue;
-                };
-                let directive = Arc::new(Directive {
-                    plugin: plugin.clone(),
-                    revision: revision.clone(),
-                    url: source.url,
-                    digest: source.digest,
-                    config: source.config,
-                    signature_key: source.signature_key,
-                    credentials: credentials.clone(),
-                });
-                directives.insert(revision, directive.clone());
-                directive
-            }
-        };
-        let restarts = cached.restart_counts();
-        if ctx
-            .registry
-            .assign(&namespace, pod, stream, directive, restarts, now)
-        {
-            tracing::info!(release = %name, pod = %pod, revision = ?revision, "assigned");
-        } else {
-            unsent.push(pod);
-        }
     }
-    unsent.sort_unstable();
-    let planned_for = planned_streams(&views, &sources, &unsent);
-    ctx.registry.planned(&namespace, &uid, &planned_for);
 
-    let mut requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
-    // Events wait until the status that explains them is written.
-    let revision = plan.status.target_revision.clone();
-    let mut pending = remembered_notes;
-    pending.extend(plan.notes.iter().map(|n| (n.clone(), revision.clone())));
-    let durable = if release.status.as_ref() == Some(&plan.status) {
-        true
-    } else {
-        match written.map(|at| at.elapsed()) {
-            // Coalesce: plan again when the interval is over.
-            Some(elapsed) if elapsed < MIN_WRITE_INTERVAL => {
-                requeue = requeue.min(MIN_WRITE_INTERVAL - elapsed);
-                false
-            }
-            _ => {
-                write_status(&ctx.client, release, &plan.status)
-                    .await
-                    .map_err(|source| Error::Status {
-                        release: name.clone(),
-                        source,
-                    })?;
-                written = Some(Instant::now());
-                ctx.metrics.status_writes.inc();
-                true
-            }
-        }
-    };
-    if durable {
-        for (note, revision) in pending.drain(..) {
-            ctx.metrics.rollout_event(note.reason);
-            publish(&ctx.recorder, release, &note, revision.as_deref()).await;
-        }
+    /// What a pod assigned `revision` is sent (`None`: the revision is in neither the spec
+    /// nor the history).
+    fn directive(
+        &self,
+        revision: &Option<String>,
+        status: &PluginReleaseStatus,
+        credentials: &Option<crate::credentials::Credentials>,
+    ) -> Option<Arc<Directive>> {
+        let source = match revision {
+            Some(r) => revision::source_of(r, &self.release.spec, &status.history)?,
+            None => revision::RevisionSource::default(),
+        };
+        Some(Arc::new(Directive {
+            plugin: self.release.spec.plugin.clone(),
+            revision: revision.clone(),
+            url: source.url,
+            digest: source.digest,
+            config: source.config,
+            signature_key: source.signature_key,
+            credentials: credentials.clone(),
+        }))
     }
-    if let Ok(mut planned) = ctx.planned.lock() {
-        planned.insert(
-            uid,
-            Planned {
-                status: plan.status,
-                notes: pending,
-                written,
-            },
-        );
-    }
-    Ok(Action::requeue(requeue))
 }
 
 /// The credentials of the release's pull secret for its artifact (`None` when it names
@@ -512,7 +573,19 @@ async fn publish(
     }
 }
 
-fn error_policy(release: Arc<PluginRelease>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(release = %describe(&release), error = %error, kind = error.metric_label(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile: a failed status write after its back-off ([`Memory`] counts
+/// the failures in a row), anything else after 5 s.
+fn error_policy(release: Arc<PluginRelease>, error: &Error, ctx: Arc<Context>) -> Action {
+    let backoff = match error {
+        Error::Status { .. } => release
+            .uid()
+            .and_then(|uid| ctx.remembered(&uid))
+            .map(|memory| durable::write_backoff(memory.failures)),
+        Error::NoNamespace(_) => None,
+        // Nothing changes until the spec does (and a change reconciles at once).
+        Error::Oversized { .. } => Some(Duration::from_secs(300)),
+    };
+    let after = backoff.unwrap_or(Duration::from_secs(5));
+    tracing::warn!(release = %describe(&release), error = %error, kind = error.metric_label(), retry_in = ?after, "reconcile failed; retrying");
+    Action::requeue(after)
 }

@@ -51,12 +51,19 @@ pub fn host_of(url: &str) -> Option<&str> {
 /// (`host[:port]`, comma-separated) the credentials may be sent to.
 pub const HOSTS_ANNOTATION: &str = "hotload.dev/hosts";
 
+/// The longest user name sent to a pod.
+pub const MAX_USERNAME_BYTES: usize = 1024;
+
+/// The longest password or token sent to a pod (registry tokens are a few KiB).
+pub const MAX_PASSWORD_BYTES: usize = 16 * 1024;
+
 /// The credentials `secret` holds for `url`'s host: a `kubernetes.io/dockerconfigjson`
 /// entry for that registry, or plain `username`/`password` keys if the secret's
 /// [`HOSTS_ANNOTATION`] lists the host. Credentials never go to a host the secret does not
 /// name: whoever may write a release must not be able to send the operator's reading of
 /// any Secret in its namespace to a server of their choosing. `Ok(None)` when the secret
-/// has nothing for this host; `Err` names what is wrong with the secret.
+/// has nothing for this host; `Err` names the secret and what is wrong with it, and never
+/// quotes its content (the error ends up in events anyone reading the release sees).
 pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>, String> {
     let name = secret.metadata.name.as_deref().unwrap_or("?");
     let data = secret.data.clone().unwrap_or_default();
@@ -79,15 +86,18 @@ pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>
                 )
             })?;
         let listed = host.is_some_and(|host| hosts.split(',').any(|h| h.trim() == host));
-        return Ok(listed.then_some(Credentials { username, password }));
+        if !listed {
+            return Ok(None);
+        }
+        return sized(name, host.unwrap_or_default(), username, password).map(Some);
     }
     let Some(config) = text(".dockerconfigjson") else {
         return Err(format!(
             "secret {name} has neither .dockerconfigjson nor username/password keys"
         ));
     };
-    let config: DockerConfig = serde_json::from_str(&config)
-        .map_err(|e| format!("secret {name}: .dockerconfigjson is not valid JSON: {e}"))?;
+    let config: DockerConfig =
+        serde_json::from_str(&config).map_err(|e| docker_config_error(name, &e))?;
     let Some(host) = host else {
         return Ok(None);
     };
@@ -97,30 +107,64 @@ pub fn credentials_for(secret: &Secret, url: &str) -> Result<Option<Credentials>
             .trim_start_matches("http://");
         registry.split('/').next() == Some(host)
     });
-    let Some((registry, auth)) = entry else {
+    let Some((_, auth)) = entry else {
         return Ok(None);
     };
+    // Messages name the entry by the artifact's host (from the release), not by its key.
+    let entry = format!("secret {name}: the .dockerconfigjson entry for {host}");
     if let (Some(username), Some(password)) = (&auth.username, &auth.password) {
-        return Ok(Some(Credentials {
-            username: username.clone(),
-            password: password.clone(),
-        }));
+        return sized(name, host, username.clone(), password.clone()).map(Some);
     }
-    let encoded = auth.auth.as_deref().ok_or_else(|| {
-        format!("secret {name}: entry {registry} has no auth or username/password")
-    })?;
+    let encoded = auth
+        .auth
+        .as_deref()
+        .ok_or_else(|| format!("{entry} has no auth or username/password"))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|e| format!("secret {name}: entry {registry}: auth is not base64: {e}"))?;
-    let decoded = String::from_utf8(decoded)
-        .map_err(|_| format!("secret {name}: entry {registry}: auth is not UTF-8"))?;
+        .map_err(|_| format!("{entry}: auth is not base64"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| format!("{entry}: auth is not UTF-8"))?;
     let (username, password) = decoded
         .split_once(':')
-        .ok_or_else(|| format!("secret {name}: entry {registry}: auth is not user:password"))?;
-    Ok(Some(Credentials {
-        username: username.to_string(),
-        password: password.to_string(),
-    }))
+        .ok_or_else(|| format!("{entry}: auth is not user:password"))?;
+    sized(name, host, username.to_string(), password.to_string()).map(Some)
+}
+
+/// Why `.dockerconfigjson` did not parse, by class and position only: serde's own message
+/// quotes the offending value, which may be a password.
+fn docker_config_error(secret: &str, error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let problem = match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "is not valid JSON",
+        Category::Data => {
+            "is not a docker config (auths mapping registries to username/password or auth)"
+        }
+    };
+    format!(
+        "secret {secret}: .dockerconfigjson {problem} (at line {}, column {})",
+        error.line(),
+        error.column()
+    )
+}
+
+/// `username` and `password`, unless either is larger than a pod is sent.
+fn sized(
+    secret: &str,
+    host: &str,
+    username: String,
+    password: String,
+) -> Result<Credentials, String> {
+    let too_long = |what: &str, len: usize, max: usize| {
+        format!(
+            "secret {secret}: the {what} for {host} is {len} bytes, more than the {max} sent to pods"
+        )
+    };
+    if username.len() > MAX_USERNAME_BYTES {
+        return Err(too_long("user name", username.len(), MAX_USERNAME_BYTES));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(too_long("password", password.len(), MAX_PASSWORD_BYTES));
+    }
+    Ok(Credentials { username, password })
 }
 
 #[cfg(test)]
@@ -206,6 +250,48 @@ mod tests {
         let bad =
             credentials_for(&secret(&[(".dockerconfigjson", bad)]), "oci://r/p:1").unwrap_err();
         assert!(bad.contains("not base64"), "{bad}");
+    }
+
+    #[test]
+    fn errors_name_the_secret_and_the_problem_never_its_content() {
+        let leaky = [
+            r#"{"auths": "hunter2-password"}"#,
+            r#"{"auths": {"r": {"auth": "hunter2!"}}}"#,
+            r#"{"auths": {"r": {"username": ["hunter2"], "password": "x"}}}"#,
+            r#"{"auths": {"r": {"auth": "aHVudGVyMg=="}}}"#,
+            r#"{"auths": hunter2}"#,
+            "hunter2",
+        ];
+        for config in leaky {
+            let error = credentials_for(&secret(&[(".dockerconfigjson", config)]), "oci://r/p:1")
+                .unwrap_err();
+            assert!(error.starts_with("secret pull"), "{error}");
+            assert!(
+                !error.contains("hunter") && !error.contains("symbol"),
+                "{config}: {error}"
+            );
+        }
+        let shape = credentials_for(&secret(&[(".dockerconfigjson", leaky[0])]), "oci://r/p:1")
+            .unwrap_err();
+        assert_eq!(
+            shape,
+            "secret pull: .dockerconfigjson is not a docker config (auths mapping registries to \
+             username/password or auth) (at line 1, column 28)"
+        );
+    }
+
+    #[test]
+    fn credentials_larger_than_a_pod_is_sent_are_refused() {
+        let huge = "p".repeat(MAX_PASSWORD_BYTES + 1);
+        let s = secret(&[("username", "alice"), ("password", &huge)]);
+        assert_eq!(
+            credentials_for(&s, "https://files.shop/p.wasm"),
+            Err(
+                "secret pull: the password for files.shop is 16385 bytes, more than the 16384 \
+                 sent to pods"
+                    .into()
+            )
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   releases a canary pause step; retry and abort are annotations the planner acts on once
 //!   per new value.
 
+use std::borrow::Cow;
+
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -70,16 +72,22 @@ fn phase_name(phase: Option<Phase>) -> String {
 }
 
 /// Whether a watch can stop: the operator has seen the spec and the rollout has ended (or
-/// waits for a person).
+/// waits for a person). A rollback has ended only once no pod is still on its way back
+/// (kstatus `Reconciling` is no longer True).
 pub fn settled(release: &PluginRelease) -> bool {
     let Some(status) = &release.status else {
         return false;
     };
+    let reconciling = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Reconciling" && c.status == "True");
     status.observed_generation == release.metadata.generation
-        && matches!(
-            status.phase,
-            Some(Phase::Completed | Phase::RolledBack | Phase::Degraded | Phase::Paused)
-        )
+        && match status.phase {
+            Some(Phase::RolledBack) => !reconciling,
+            Some(Phase::Completed | Phase::Degraded | Phase::Paused) => true,
+            _ => false,
+        }
 }
 
 /// `[#####.....]` for `done` of `total`, `width` cells wide.
@@ -92,8 +100,15 @@ pub fn bar(done: usize, total: usize, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
-fn short(revision: &str) -> &str {
-    revision.get(..12).unwrap_or(revision)
+fn short(revision: &str) -> Cow<'_, str> {
+    safe(revision.get(..12).unwrap_or(revision))
+}
+
+/// Text from the release (written by people, sidecars, the operator) as it may reach a
+/// terminal: control characters and direction overrides escaped, so a reason cannot move
+/// the cursor, retitle the window or fake a line.
+fn safe(text: &str) -> Cow<'_, str> {
+    crate::api::escape_controls(text)
 }
 
 fn ago(since: Timestamp, now: Timestamp) -> String {
@@ -115,7 +130,10 @@ pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
     };
     let spec = &release.spec;
     let observed = status.observed_generation.unwrap_or_default();
-    out.push_str(&format!("PluginRelease {name}  plugin {}\n", spec.plugin));
+    out.push_str(&format!(
+        "PluginRelease {name}  plugin {}\n",
+        safe(&spec.plugin)
+    ));
     out.push_str(&format!(
         "Phase:     {}{}\n",
         phase_name(status.phase),
@@ -129,12 +147,16 @@ pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
     ));
     out.push_str(&format!(
         "Revision:  {} (stable {})\n",
-        status.target_revision.as_deref().map_or("-", short),
-        status.stable_revision.as_deref().map_or("none", short)
+        status.target_revision.as_deref().map_or("-".into(), short),
+        status
+            .stable_revision
+            .as_deref()
+            .map_or("none".into(), short)
     ));
     out.push_str(&format!(
         "Artifact:  {} {}\n",
-        spec.artifact.url, spec.artifact.digest
+        safe(&spec.artifact.url),
+        safe(&spec.artifact.digest)
     ));
     let matched = usize::try_from(status.matched).unwrap_or(0);
     let updated = usize::try_from(status.updated).unwrap_or(0);
@@ -168,12 +190,12 @@ pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
     {
         out.push_str(&format!(
             "Failure:   pod {}: {}\n",
-            first.pod,
-            first.reason.as_deref().unwrap_or_default()
+            safe(&first.pod),
+            safe(first.reason.as_deref().unwrap_or_default())
         ));
     }
     if let Some(message) = &status.message {
-        out.push_str(&format!("Message:   {message}\n"));
+        out.push_str(&format!("Message:   {}\n", safe(message)));
     }
     out.push('\n');
     out.push_str(&pods_view(release, now));
@@ -198,7 +220,12 @@ pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
     if pods.is_empty() {
         return "No pods reported.\n".into();
     }
-    let width = pods.iter().map(|p| p.pod.len()).max().unwrap_or(3).max(3);
+    let width = pods
+        .iter()
+        .map(|p| safe(&p.pod).len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
     let mut out = format!(
         "{:<width$}  {:<12}  {:<11}  {:>7}  {:>5}  REASON\n",
         "POD", "REVISION", "STATE", "WORKERS", "SINCE"
@@ -207,16 +234,16 @@ pub fn pods_view(release: &PluginRelease, now: Timestamp) -> String {
         out.push_str(
             format!(
                 "{:<width$}  {:<12}  {:<11}  {:>7}  {:>5}  {}",
-                pod.pod,
+                safe(&pod.pod),
                 if pod.revision.is_empty() {
-                    "(none)"
+                    "(none)".into()
                 } else {
                     short(&pod.revision)
                 },
                 format!("{:?}", pod.state),
                 workers(pod),
                 ago(pod.since.0, now),
-                pod.reason.as_deref().unwrap_or_default()
+                safe(pod.reason.as_deref().unwrap_or_default())
             )
             .trim_end(),
         );
@@ -250,11 +277,11 @@ pub fn history_view(release: &PluginRelease) -> String {
             short(&record.revision),
             started,
             format!("{:?}", record.outcome),
-            record.url,
-            record.digest.get(..19).unwrap_or(&record.digest)
+            safe(&record.url),
+            safe(record.digest.get(..19).unwrap_or(&record.digest))
         ));
         if let Some(reason) = &record.reason {
-            out.push_str(&format!("  {reason}"));
+            out.push_str(&format!("  {}", safe(reason)));
         }
         out.push('\n');
     }
@@ -428,6 +455,54 @@ mod tests {
         done["observedGeneration"] = json!(2);
         assert!(!settled(&release(done, false)));
         assert!(!settled(&release(progressing(), false)));
+        let mut rolling_back = progressing();
+        rolling_back["phase"] = json!("RolledBack");
+        let condition = |status: &str| {
+            json!([{"type": "Reconciling", "status": status, "reason": "RollingBack",
+                    "message": "", "lastTransitionTime": "2026-11-23T12:00:00Z"}])
+        };
+        rolling_back["conditions"] = condition("True");
+        assert!(
+            !settled(&release(rolling_back.clone(), false)),
+            "pods still on their way back"
+        );
+        rolling_back["conditions"] = condition("False");
+        assert!(settled(&release(rolling_back, false)));
+    }
+
+    #[test]
+    fn control_characters_from_the_status_never_reach_the_terminal() {
+        let evil = "\u{1b}[2J\u{1b}]0;pwned\u{7}\rok\nFailure:   none\u{202e}";
+        let mut status = progressing();
+        status["message"] = json!(evil);
+        status["pods"][0]["reason"] = json!(evil);
+        status["pods"][0]["pod"] = json!(format!("web-2{evil}"));
+        status["history"][0]["reason"] = json!(evil);
+        status["history"][0]["url"] = json!(format!("https://x/{evil}"));
+        let release = release(status, false);
+        for view in [
+            status_view(&release, now()),
+            pods_view(&release, now()),
+            history_view(&release),
+        ] {
+            assert!(
+                !view
+                    .chars()
+                    .any(|c| c != '\n' && c.is_control() || c == '\u{202e}'),
+                "{view:?}"
+            );
+            assert!(
+                view.contains(r"\u{1b}[2J\u{1b}]0;pwned\u{7}\rok\nFailure:"),
+                "{view}"
+            );
+            assert_eq!(
+                view.lines()
+                    .filter(|l| l.starts_with("Failure:   none"))
+                    .count(),
+                0,
+                "no line can be faked"
+            );
+        }
     }
 
     #[test]

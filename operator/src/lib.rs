@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod inject;
 pub mod kubectl;
 pub mod leader;
+pub mod listener;
 pub mod metrics;
 pub mod planner;
 pub mod pods;

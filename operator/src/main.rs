@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +34,13 @@ struct RunArgs {
     /// Where sidecars dial in (gRPC over TLS).
     #[arg(long, env = "HOTLOAD_CHANNEL_ADDR", default_value = "0.0.0.0:8443")]
     channel_addr: SocketAddr,
+    /// The most sidecar connections at once (one per pod); more wait until one closes.
+    #[arg(
+        long,
+        env = "HOTLOAD_CHANNEL_MAX_CONNECTIONS",
+        default_value_t = 20_000
+    )]
+    channel_max_connections: usize,
     /// Where /live, /ready and /metrics are served.
     #[arg(long, env = "HOTLOAD_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
@@ -115,70 +123,33 @@ fn main() -> Result<()> {
 
 async fn run(args: RunArgs) -> Result<()> {
     use hotload_operator::{admin, channel, controller, leader, metrics, registry, tls, webhook};
-    use std::sync::Arc;
-    let own_namespace = args.lease_namespace.clone();
-    let election = leader::Election {
-        // In a pod (POD_NAME, POD_NAMESPACE) the leader labels itself, so that the channel
-        // Service routes to it.
-        pod: own_namespace.clone().zip(args.identity.clone()),
-        namespace: args
-            .lease_namespace
-            .or(args.namespace.clone())
-            .context("set --lease-namespace (POD_NAMESPACE) or --namespace for the leader lease")?,
-        name: args.lease_name,
-        identity: args
-            .identity
-            .unwrap_or_else(|| format!("hotload-operator-{}", std::process::id())),
-        duration: std::time::Duration::from_secs(15),
-    };
-    let inject_config = match &args.webhook.inject_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let config: hotload_operator::inject::InjectConfig = serde_json::from_str(&text)
-                .with_context(|| format!("injection settings {}", path.display()))?;
-            Some(Arc::new(config))
-        }
-        None => None,
-    };
-    let source = match (args.tls.tls_cert, args.tls.tls_key, args.tls.tls_secret) {
-        (Some(cert), Some(key), _) => tls::CertSource::Files {
-            cert,
-            key,
-            ca: args.tls.tls_ca,
-        },
-        (_, _, Some(name)) => tls::CertSource::Secret {
-            namespace: own_namespace
-                .context("--tls-secret needs the operator's namespace (POD_NAMESPACE)")?,
-            name,
-            managed: !args.tls.tls_secret_external,
-            dns_names: args.tls.tls_dns_names,
-            validity: std::time::Duration::from_secs(args.tls.tls_validity_seconds),
-            webhook_config: args.webhook.webhook_config,
-        },
-        _ => {
-            anyhow::bail!("give the serving certificate: --tls-secret, or --tls-cert and --tls-key")
-        }
-    };
-
+    let election = election(&args)?;
+    let inject_config = inject_config(&args.webhook)?;
+    let source = cert_source(&args)?;
     let client = kube::Client::try_default().await?;
-    let certs = Arc::new(tls::CertStore::default());
-    tls::start(client.clone(), source, certs.clone()).await?;
     let registry = Arc::new(registry::Registry::default());
     let health = Arc::new(admin::Health::default());
     let metrics = Arc::new(metrics::Metrics::default());
+    // First, so /live answers while the certificate is still being loaded.
+    let mut admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        health.clone(),
+        metrics.clone(),
+    ));
+    let certs = Arc::new(tls::CertStore::default());
+    tls::start(client.clone(), source, certs.clone()).await?;
     let service = channel::ChannelService::new(
         client.clone(),
         registry.clone(),
         health.clone(),
         metrics.clone(),
     );
-    let listener = tokio::net::TcpListener::bind(args.channel_addr)
-        .await
-        .with_context(|| format!("listening on {}", args.channel_addr))?;
-    let channel = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming(tls::incoming(listener, certs.server_config(&[b"h2"])));
+    let channel = channel::serve(
+        bind(args.channel_addr).await?,
+        service,
+        &certs,
+        channel::ChannelLimits::new(args.channel_max_connections),
+    );
     let hook = inject_config.map(|config| webhook::Webhook {
         config,
         certs: certs.clone(),
@@ -186,23 +157,112 @@ async fn run(args: RunArgs) -> Result<()> {
     });
     let injection = async move {
         match hook {
-            Some(hook) => webhook::serve(args.webhook.webhook_addr, hook).await,
+            Some(hook) => {
+                let listener = bind(args.webhook.webhook_addr).await?;
+                webhook::serve(listener, hook, webhook::WebhookLimits::default()).await
+            }
             None => std::future::pending().await,
         }
     };
     tracing::info!(channel_addr = %args.channel_addr, admin_addr = %args.admin_addr, "sidecar channel and admin listening");
+    let election_runs = leader::run(
+        leader::KubeLease::new(client.clone(), election.clone()),
+        leader::Timing::for_lease(election.duration),
+        health.clone(),
+        {
+            // A replica that steps down ends its sidecar streams: they reconnect to the new
+            // leader, and what it knew of them is stale by the time it leads again.
+            let registry = registry.clone();
+            move |leading| {
+                if !leading {
+                    registry.close_all();
+                }
+            }
+        },
+    );
     tokio::select! {
         served = channel => served.context("sidecar channel server"),
         served = injection => served.context("injection webhook"),
-        served = admin::serve(args.admin_addr, health.clone(), metrics.clone()) => served.context("admin server"),
-        lost = leader::run(client.clone(), election.clone(), health.clone()) => lost,
+        served = &mut admin => served.context("admin server").and_then(|s| s.context("admin server")),
+        never = election_runs => match never {},
         ran = controller::run(client.clone(), registry, args.namespace.as_deref(), health.clone(), metrics) => ran,
         () = terminated() => {
             health.set_leading(false);
             tracing::info!("terminating: giving up the leader lease");
-            leader::release(client, &election).await
+            if let Err(error) = leader::release(client, &election).await {
+                // The lease expires on its own; a successor waits its duration.
+                tracing::warn!(error = format!("{error:#}"), "could not give up the leader lease");
+            }
+            Ok(())
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// The election's settings from the arguments.
+fn election(args: &RunArgs) -> Result<hotload_operator::leader::Election> {
+    Ok(hotload_operator::leader::Election {
+        // In a pod (POD_NAME, POD_NAMESPACE) the leader labels itself, so that the channel
+        // Service routes to it.
+        pod: args.lease_namespace.clone().zip(args.identity.clone()),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .or(args.namespace.clone())
+            .context("set --lease-namespace (POD_NAMESPACE) or --namespace for the leader lease")?,
+        name: args.lease_name.clone(),
+        identity: args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("hotload-operator-{}", std::process::id())),
+        duration: std::time::Duration::from_secs(15),
+    })
+}
+
+/// The injection settings, when the webhook is to be served.
+fn inject_config(
+    args: &WebhookArgs,
+) -> Result<Option<Arc<hotload_operator::inject::InjectConfig>>> {
+    let Some(path) = &args.inject_config else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = serde_json::from_str(&text)
+        .with_context(|| format!("injection settings {}", path.display()))?;
+    Ok(Some(Arc::new(config)))
+}
+
+/// Where the serving certificate comes from.
+fn cert_source(args: &RunArgs) -> Result<hotload_operator::tls::CertSource> {
+    use hotload_operator::tls::CertSource;
+    let tls = &args.tls;
+    Ok(match (&tls.tls_cert, &tls.tls_key, &tls.tls_secret) {
+        (Some(cert), Some(key), _) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: tls.tls_ca.clone(),
+        },
+        (_, _, Some(name)) => CertSource::Secret {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .context("--tls-secret needs the operator's namespace (POD_NAMESPACE)")?,
+            name: name.clone(),
+            managed: !tls.tls_secret_external,
+            dns_names: tls.tls_dns_names.clone(),
+            validity: std::time::Duration::from_secs(tls.tls_validity_seconds),
+            webhook_config: args.webhook.webhook_config.clone(),
+        },
+        _ => {
+            anyhow::bail!("give the serving certificate: --tls-secret, or --tls-cert and --tls-key")
+        }
+    })
 }
 
 /// SIGTERM (the kubelet stopping the pod) or Ctrl-C.

@@ -9,19 +9,30 @@
 //!                   └─(failures > maxFailures)─▶ RolledBack (action Rollback: touched pods → stable)
 //!                                               Degraded   (action Pause: hold where it is)
 //! ```
+//!
+//! A rollback is finished only once every touched pod runs the stable revision again: until
+//! then the release stays RolledBack with `Reconciling=True` (reason `RollingBack`) and its
+//! message counts the pods still on their way; a pod that fails to load the stable revision
+//! is sent it again after [`ROLLBACK_RESEND_AFTER`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    AckState, FailureAction, Outcome, Phase, PluginReleaseSpec, PluginReleaseStatus, PodAck,
+    AckState, FailureAction, Outcome, Pause, Phase, PluginReleaseSpec, PluginReleaseStatus,
     RevisionRecord,
 };
 use crate::revision::revision_of;
+
+#[path = "planner_report.rs"]
+mod report;
+#[cfg(test)]
+use report::decision_message;
+use report::{Judgement, conditions, fill_counts, report_rollback};
 
 /// Annotation whose change retries a failed revision (`kubectl hotload retry`).
 pub const RETRY_ANNOTATION: &str = "hotload.dev/retry";
@@ -34,6 +45,10 @@ pub const ABORT_ANNOTATION: &str = "hotload.dev/abort";
 pub const POD_LIST_CAP: usize = 256;
 /// The resume token that records "spec.paused was set while holding at a pause step".
 const PAUSED_DURING_HOLD: &str = "spec.paused";
+/// A touched pod that failed to load the stable revision during a rollback is sent it again
+/// once its failure is this old: a rollback finishes once the fault passes, and a lasting
+/// fault is not hammered.
+pub const ROLLBACK_RESEND_AFTER: Duration = Duration::from_secs(30);
 
 /// What the operator knows about one selected pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,20 +169,26 @@ pub fn max_failures(value: &IntOrString, matched: usize) -> usize {
     }
 }
 
+/// `25%` → 25; above 100 (the CRD refuses it) counts as 100, so no product overflows.
 fn percent(value: &str) -> Option<usize> {
-    value.strip_suffix('%')?.parse().ok()
+    value
+        .strip_suffix('%')?
+        .parse::<usize>()
+        .ok()
+        .map(|p| p.min(100))
 }
 
 /// `30s`, `5m`, `1h` → a duration.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let unit = value.chars().last()?;
     let n: u64 = value[..value.len() - unit.len_utf8()].parse().ok()?;
-    match unit {
-        's' => Some(Duration::from_secs(n)),
-        'm' => Some(Duration::from_secs(n * 60)),
-        'h' => Some(Duration::from_secs(n * 3600)),
+    let seconds = match unit {
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
         _ => None,
-    }
+    };
+    seconds.map(Duration::from_secs)
 }
 
 /// The pods one step wants on the target: its percentage (the last percentage given at or
@@ -192,279 +213,444 @@ pub fn owner<'a>(claims: &[(Timestamp, &'a str)]) -> Option<&'a str> {
     claims.iter().min().map(|(_, name)| *name)
 }
 
-/// Plans the next move of one release.
+/// Plans the next move of one release: each step below is one decision, taken in this order.
 pub fn plan(input: &Input<'_>) -> Plan {
-    let Input {
-        spec,
-        status: prev,
-        pods,
-        now,
-        ..
-    } = input;
-    let now = *now;
-    let target = revision_of(spec);
+    let target = revision_of(input.spec);
     let min_ready =
-        Duration::from_secs(u64::try_from(spec.strategy.min_ready_seconds).unwrap_or(0));
-    let mut status = PluginReleaseStatus::clone(prev);
+        Duration::from_secs(u64::try_from(input.spec.strategy.min_ready_seconds).unwrap_or(0));
+    let mut status = PluginReleaseStatus::clone(input.status);
     let mut notes = Vec::new();
     status.observed_generation = Some(input.generation);
 
-    // A new target starts a new rollout; going back to the stable revision is one too.
-    let fresh = prev.target_revision.as_deref() != Some(target.as_str());
-    if fresh {
-        for record in status
-            .history
-            .iter_mut()
-            .filter(|r| r.outcome == Outcome::Progressing)
-        {
-            record.outcome = Outcome::Superseded;
-        }
-        status.target_revision = Some(target.clone());
-        status.current_step = (!spec.strategy.steps.is_empty()).then_some(0);
-        status.step_started_at = Some(Time(now));
-        status.last_progress_at = Some(Time(now));
-        status.phase = Some(Phase::Progressing);
-        status.message = None;
-        start_history(&mut status, spec, &target, now);
-        notes.push(Note {
-            warning: false,
-            reason: "RolloutStarted",
-            message: format!("rolling out revision {target} ({})", spec.artifact.url),
-        });
+    let fresh = start_if_new_target(input, &mut status, &target, &mut notes);
+    if !fresh {
+        retry_if_asked(input, &mut status, &target, &mut notes);
     }
-    let retry = input.annotations.get(RETRY_ANNOTATION);
-    if !fresh && retry.is_some() && retry != prev.retry_token.as_ref() {
-        status.retry_token = retry.cloned();
-        if matches!(prev.phase, Some(Phase::RolledBack | Phase::Degraded)) {
-            status.phase = Some(Phase::Progressing);
-            status.current_step = (!spec.strategy.steps.is_empty()).then_some(0);
-            status.step_started_at = Some(Time(now));
-            status.last_progress_at = Some(Time(now));
-            status.message = None;
-            start_history(&mut status, spec, &target, now);
-            notes.push(Note {
-                warning: false,
-                reason: "RolloutRetried",
-                message: format!("retrying revision {target}"),
-            });
-        }
-    }
+    abort_if_asked(input, &mut status, &target, &mut notes);
 
-    let stable = status.stable_revision.clone();
-    let abort = input.annotations.get(ABORT_ANNOTATION);
-    if abort.is_some() && abort != prev.abort_token.as_ref() {
-        status.abort_token = abort.cloned();
-        // Only a rollout under way can be aborted (paused on failure included); a finished
-        // or rolled-back one has nothing to undo.
-        let under_way = matches!(
-            status.phase,
-            Some(Phase::Progressing | Phase::Paused | Phase::Degraded)
-        );
-        if under_way {
-            let message = format!(
-                "rollout of revision {target} aborted by the user; rolling back to {}",
-                stable.as_deref().unwrap_or("no plugin")
-            );
-            status.phase = Some(Phase::RolledBack);
-            status.message = Some(message.clone());
-            set_outcome(
-                &mut status,
-                &target,
-                Outcome::RolledBack,
-                Some("aborted".into()),
-            );
-            notes.push(Note {
-                warning: true,
-                reason: "RolloutAborted",
-                message,
-            });
-        }
+    let tally = Tally::of(input.pods, &status, &target, min_ready, input.now);
+    if fresh || tally.updated > usize::try_from(input.status.updated).unwrap_or(0) {
+        status.last_progress_at = Some(Time(input.now));
     }
-    let eligible: Vec<&PodView> = pods.iter().filter(|p| p.conflict.is_none()).collect();
-    let count = |f: &dyn Fn(&PodView) -> bool| eligible.iter().filter(|p| f(p)).count();
-    let n_updated = count(&|p| updated(p, &target, min_ready, now));
-    let n_flight = count(&|p| in_flight(p, &target, min_ready, now));
-    let attempt = status
-        .history
-        .iter()
-        .find(|r| r.revision == target)
-        .map(|r| r.started_at.0);
-    let failures: Vec<&&PodView> = eligible
-        .iter()
-        .filter(|p| failed(p, &target, attempt))
-        .collect();
-    if n_updated > usize::try_from(prev.updated).unwrap_or(0) || fresh {
-        status.last_progress_at = Some(Time(now));
-    }
-
-    let mut desired: BTreeMap<&str, Option<String>> = BTreeMap::new();
-    let limit = max_failures(&spec.failure_policy.max_failures, eligible.len());
-    let mut requeue: Option<Duration> = None;
-
-    // The failure policy guards a rollout. Once the target is the stable revision there is
-    // nothing to roll back to: a pod failing it (say, a new pod) is reported in the pod list.
-    let rolling_out = stable.as_deref() != Some(target.as_str());
-    if rolling_out && !given_up(&status, &target) && !failures.is_empty() && failures.len() > limit
-    {
-        let first = failures[0];
-        let cause = format!(
-            "pod {} failed to load revision {target}: {}",
-            first.name,
-            first.reason.as_deref().unwrap_or("no reason given")
-        );
-        let (phase, outcome, reason) = match spec.failure_policy.action {
-            FailureAction::Rollback => (Phase::RolledBack, Outcome::RolledBack, "RolledBack"),
-            FailureAction::Pause => (Phase::Degraded, Outcome::Failed, "RolloutFailed"),
-        };
-        status.phase = Some(phase);
-        status.message = Some(match spec.failure_policy.action {
-            FailureAction::Rollback => format!(
-                "{cause}; {} of {} pods failed (maxFailures {limit}); rolling back to {}",
-                failures.len(),
-                eligible.len(),
-                stable.as_deref().unwrap_or("no plugin")
-            ),
-            FailureAction::Pause => format!(
-                "{cause}; {} of {} pods failed (maxFailures {limit}); paused",
-                failures.len(),
-                eligible.len()
-            ),
-        });
-        set_outcome(&mut status, &target, outcome, Some(cause.clone()));
-        notes.push(Note {
-            warning: true,
-            reason,
-            message: status.message.clone().unwrap_or_default(),
-        });
-    }
-    if given_up(&status, &target) {
-        let rolled_back = status.phase == Some(Phase::RolledBack);
-        for pod in &eligible {
-            // Rolled back: every pod the rollout touched goes back to the stable revision
-            // (cached on disk). Held on failure: touched pods stay for a person to look at.
-            // Either way a pod that appears meanwhile starts on the stable revision, so it
-            // does not turn Ready with nothing loaded.
-            let touched = pod.assigned.as_deref() == Some(target.as_str())
-                || pod.serving.as_deref() == Some(target.as_str());
-            if (rolled_back && touched) || (pod.assigned.is_none() && stable.is_some()) {
-                desired.insert(&pod.name, stable.clone());
-            }
-        }
+    apply_failure_policy(input, &mut status, &target, &tally, &mut notes);
+    let wanted = if given_up(&status, &target) {
+        roll_back_or_hold(input, &status, &target, &tally)
     } else {
-        let Steps {
-            step,
-            holding,
-            requeue: wait,
-        } = advance_steps(
-            input,
-            &mut status,
-            &target,
-            eligible.len(),
-            n_updated,
-            &mut notes,
-        );
-        requeue = wait;
-        let goal = step_goal(spec, step, eligible.len());
-        let budget = max_unavailable(&spec.strategy.max_unavailable, eligible.len());
-        let paused = spec.paused || holding;
-        let mut room = if paused {
-            0
-        } else {
-            goal.saturating_sub(n_updated + n_flight)
-                .min(budget.saturating_sub(n_flight))
-        };
-        for pod in &eligible {
-            let on_target = pod.assigned.as_deref() == Some(target.as_str());
-            if on_target && !stale_failure(pod, &target, attempt) {
-                continue;
-            }
-            if room > 0 && pod.connected {
-                desired.insert(&pod.name, Some(target.clone()));
-                room -= 1;
-            } else if pod.assigned.is_none() && stable.is_some() {
-                // A pod that appeared mid-rollout starts on the stable revision.
-                desired.insert(&pod.name, stable.clone());
-            }
-        }
-        if !paused && n_updated == eligible.len() && step >= spec.strategy.steps.len() {
-            if status.phase != Some(Phase::Completed) {
-                notes.push(Note {
-                    warning: false,
-                    reason: "RolloutCompleted",
-                    message: format!("revision {target} runs on all {} pods", eligible.len()),
-                });
-            }
-            status.phase = Some(Phase::Completed);
-            status.stable_revision = Some(target.clone());
-            status.message = None;
-            set_outcome(&mut status, &target, Outcome::Stable, None);
-        } else if paused {
-            status.phase = Some(Phase::Paused);
-        } else {
-            if prev.phase == Some(Phase::Paused) {
-                // Time spent paused is not time without progress (as in Argo Rollouts).
-                status.last_progress_at = Some(Time(now));
-            }
-            status.phase = Some(Phase::Progressing);
-        }
-    }
-
-    // Deadline: Degraded (like a Deployment), the rollout itself goes on.
-    let deadline =
-        Duration::from_secs(u64::try_from(spec.progress_deadline_seconds).unwrap_or(600));
-    let stalled_for = status
-        .last_progress_at
-        .as_ref()
-        .map_or(Duration::ZERO, |t| elapsed(t.0, now));
-    let exceeded = status.phase == Some(Phase::Progressing) && stalled_for > deadline;
-    if exceeded {
-        status.phase = Some(Phase::Degraded);
-        let message = format!(
-            "revision {target} made no progress for {}s (progressDeadlineSeconds {}): {n_updated} of {} pods updated",
-            stalled_for.as_secs(),
-            spec.progress_deadline_seconds,
-            eligible.len()
-        );
-        if prev.message.as_deref() != Some(message.as_str()) && prev.phase != Some(Phase::Degraded)
-        {
-            notes.push(Note {
-                warning: true,
-                reason: "ProgressDeadlineExceeded",
-                message: message.clone(),
-            });
-        }
-        status.message = Some(message);
-    } else if status.phase == Some(Phase::Progressing) {
-        requeue = min_some(requeue, Some(deadline.saturating_sub(stalled_for)));
-    }
-    if min_ready > Duration::ZERO && n_flight > 0 {
+        roll_forward(input, &mut status, &target, &tally, &mut notes)
+    };
+    let (exceeded, deadline_requeue) =
+        check_deadline(input, &mut status, &target, &tally, &mut notes);
+    let mut requeue = min_some(wanted.requeue, deadline_requeue);
+    if min_ready > Duration::ZERO && tally.in_flight > 0 {
         requeue = min_some(requeue, Some(Duration::from_secs(1)));
     }
+    let rolling_back = report_rollback(input, &mut status, &target, &tally, &mut notes);
+    let assign = wanted.assignments();
 
-    let assign = desired
-        .into_iter()
-        .filter(|(name, revision)| {
-            let pod = eligible.iter().find(|p| p.name == *name);
-            // Sent when it changes what the pod runs, or to try a stale failure again; and only
-            // to a connected sidecar. What is known of a disconnected pod may be nothing at all
-            // (an operator that just started), and its sidecar's Hello says what it runs before
-            // anything is planned for it.
-            pod.is_some_and(|p| {
-                p.connected && (p.assigned != *revision || stale_failure(p, &target, attempt))
-            })
-        })
-        .map(|(name, revision)| (name.to_string(), revision))
-        .collect();
-
-    fill_counts(&mut status, pods, &eligible, &target, min_ready, now);
-    status.conditions = conditions(&status, prev, pods, input.generation, exceeded, now);
-    trim_history(&mut status, spec.revision_history_limit);
+    fill_counts(
+        &mut status,
+        input.pods,
+        &tally.eligible,
+        &target,
+        min_ready,
+        input.now,
+    );
+    status.conditions = conditions(
+        &status,
+        input.status,
+        input.pods,
+        input.generation,
+        Judgement {
+            deadline_exceeded: exceeded,
+            rolling_back,
+        },
+        input.now,
+    );
+    trim_history(&mut status, input.spec.revision_history_limit);
     Plan {
         assign,
         status,
         notes,
         requeue_after: requeue,
     }
+}
+
+/// A new target starts a new rollout (going back to the stable revision is one too): the
+/// rollout under way is superseded. Returns whether the target is new.
+fn start_if_new_target(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    notes: &mut Vec<Note>,
+) -> bool {
+    if input.status.target_revision.as_deref() == Some(target) {
+        return false;
+    }
+    let (spec, now) = (input.spec, input.now);
+    for record in status
+        .history
+        .iter_mut()
+        .filter(|r| r.outcome == Outcome::Progressing)
+    {
+        record.outcome = Outcome::Superseded;
+    }
+    status.target_revision = Some(target.to_string());
+    status.current_step = (!spec.strategy.steps.is_empty()).then_some(0);
+    status.step_started_at = Some(Time(now));
+    status.last_progress_at = Some(Time(now));
+    status.phase = Some(Phase::Progressing);
+    status.message = None;
+    start_history(status, spec, target, now);
+    notes.push(Note {
+        warning: false,
+        reason: "RolloutStarted",
+        message: format!("rolling out revision {target} ({})", spec.artifact.url),
+    });
+    true
+}
+
+/// A new value of the retry annotation tries a rolled-back or failed target again, from
+/// its first step; a failure from before the retry is not held against it.
+fn retry_if_asked(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    notes: &mut Vec<Note>,
+) {
+    let retry = input.annotations.get(RETRY_ANNOTATION);
+    if retry.is_none() || retry == input.status.retry_token.as_ref() {
+        return;
+    }
+    status.retry_token = retry.cloned();
+    if !matches!(
+        input.status.phase,
+        Some(Phase::RolledBack | Phase::Degraded)
+    ) {
+        return;
+    }
+    let (spec, now) = (input.spec, input.now);
+    status.phase = Some(Phase::Progressing);
+    status.current_step = (!spec.strategy.steps.is_empty()).then_some(0);
+    status.step_started_at = Some(Time(now));
+    status.last_progress_at = Some(Time(now));
+    status.message = None;
+    start_history(status, spec, target, now);
+    notes.push(Note {
+        warning: false,
+        reason: "RolloutRetried",
+        message: format!("retrying revision {target}"),
+    });
+}
+
+/// A new value of the abort annotation rolls a rollout under way back, as a failure would.
+fn abort_if_asked(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    notes: &mut Vec<Note>,
+) {
+    let abort = input.annotations.get(ABORT_ANNOTATION);
+    if abort.is_none() || abort == input.status.abort_token.as_ref() {
+        return;
+    }
+    status.abort_token = abort.cloned();
+    // Only a rollout under way can be aborted (paused on failure included); a finished or
+    // rolled-back one has nothing to undo.
+    let under_way = matches!(
+        status.phase,
+        Some(Phase::Progressing | Phase::Paused | Phase::Degraded)
+    );
+    if !under_way {
+        return;
+    }
+    let message = format!(
+        "rollout of revision {target} aborted by the user; rolling back to {}",
+        status.stable_revision.as_deref().unwrap_or("no plugin")
+    );
+    status.phase = Some(Phase::RolledBack);
+    status.message = Some(message.clone());
+    set_outcome(status, target, Outcome::RolledBack, Some("aborted".into()));
+    notes.push(Note {
+        warning: true,
+        reason: "RolloutAborted",
+        message,
+    });
+}
+
+/// Where the fleet stands against the target.
+struct Tally<'p> {
+    /// The pods this release manages (another release owns the plugin on the rest).
+    eligible: Vec<&'p PodView>,
+    /// How many run the target (for minReadySeconds).
+    updated: usize,
+    /// How many are on their way to it: they count against maxUnavailable.
+    in_flight: usize,
+    /// Those that failed it during the current attempt.
+    failures: Vec<&'p PodView>,
+    /// When the current attempt at the target began.
+    attempt: Option<Timestamp>,
+}
+
+impl<'p> Tally<'p> {
+    fn of(
+        pods: &'p [PodView],
+        status: &PluginReleaseStatus,
+        target: &str,
+        min_ready: Duration,
+        now: Timestamp,
+    ) -> Self {
+        let eligible: Vec<&PodView> = pods.iter().filter(|p| p.conflict.is_none()).collect();
+        let attempt = status
+            .history
+            .iter()
+            .find(|r| r.revision == target)
+            .map(|r| r.started_at.0);
+        Tally {
+            updated: eligible
+                .iter()
+                .filter(|p| updated(p, target, min_ready, now))
+                .count(),
+            in_flight: eligible
+                .iter()
+                .filter(|p| in_flight(p, target, min_ready, now))
+                .count(),
+            failures: eligible
+                .iter()
+                .copied()
+                .filter(|p| failed(p, target, attempt))
+                .collect(),
+            eligible,
+            attempt,
+        }
+    }
+}
+
+/// More failures than maxFailures: roll back or hold, as the failure policy says. The
+/// failure policy guards a rollout: once the target is the stable revision there is
+/// nothing to roll back to, and a pod failing it (say, a new pod) is reported in the pod
+/// list.
+fn apply_failure_policy(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    tally: &Tally<'_>,
+    notes: &mut Vec<Note>,
+) {
+    let spec = input.spec;
+    let stable = status.stable_revision.clone();
+    let rolling_out = stable.as_deref() != Some(target);
+    let limit = max_failures(&spec.failure_policy.max_failures, tally.eligible.len());
+    let Some(first) = tally.failures.first() else {
+        return;
+    };
+    if !rolling_out || given_up(status, target) || tally.failures.len() <= limit {
+        return;
+    }
+    let cause = format!(
+        "pod {} failed to load revision {target}: {}",
+        first.name,
+        first.reason.as_deref().unwrap_or("no reason given")
+    );
+    let failed = format!(
+        "{cause}; {} of {} pods failed (maxFailures {limit})",
+        tally.failures.len(),
+        tally.eligible.len()
+    );
+    let (phase, outcome, reason, message) = match spec.failure_policy.action {
+        FailureAction::Rollback => (
+            Phase::RolledBack,
+            Outcome::RolledBack,
+            "RolledBack",
+            format!(
+                "{failed}; rolling back to {}",
+                stable.as_deref().unwrap_or("no plugin")
+            ),
+        ),
+        FailureAction::Pause => (
+            Phase::Degraded,
+            Outcome::Failed,
+            "RolloutFailed",
+            format!("{failed}; paused"),
+        ),
+    };
+    status.phase = Some(phase);
+    status.message = Some(message.clone());
+    set_outcome(status, target, outcome, Some(cause));
+    notes.push(Note {
+        warning: true,
+        reason,
+        message,
+    });
+}
+
+/// A pod the rollout reached: it was assigned the target, or runs it.
+pub fn touched(pod: &PodView, target: &str) -> bool {
+    pod.assigned.as_deref() == Some(target) || pod.serving.as_deref() == Some(target)
+}
+
+/// The revisions pods are to be sent, and when to plan again.
+#[derive(Default)]
+struct Wanted<'p> {
+    /// Per pod (by name): the revision it must run, and whether to send it even though the
+    /// pod was assigned it already (a failure to be tried again).
+    desired: BTreeMap<&'p str, (&'p PodView, Option<String>, bool)>,
+    /// Plan again after this long.
+    requeue: Option<Duration>,
+}
+
+impl<'p> Wanted<'p> {
+    fn want(&mut self, pod: &'p PodView, revision: Option<String>, again: bool) {
+        self.desired.insert(&pod.name, (pod, revision, again));
+    }
+
+    /// What goes out: an assignment that changes what the pod runs, or one to be tried
+    /// again; and only to a connected sidecar. What is known of a disconnected pod may be
+    /// nothing at all (an operator that just started), and its sidecar's Hello says what it
+    /// runs before anything is planned for it.
+    fn assignments(self) -> Vec<(String, Option<String>)> {
+        self.desired
+            .into_values()
+            .filter(|(pod, revision, again)| pod.connected && (pod.assigned != *revision || *again))
+            .map(|(pod, revision, _)| (pod.name.clone(), revision))
+            .collect()
+    }
+}
+
+/// The target failed and the policy acted. Rolled back: every touched pod goes back to the
+/// stable revision (cached on disk), and one that failed to load it is sent it again once
+/// its failure is [`ROLLBACK_RESEND_AFTER`] old, until it runs it. Held on failure: touched
+/// pods stay for a person to look at. Either way a pod that appears meanwhile starts on the
+/// stable revision, so it does not turn Ready with nothing loaded.
+fn roll_back_or_hold<'p>(
+    input: &Input<'_>,
+    status: &PluginReleaseStatus,
+    target: &str,
+    tally: &Tally<'p>,
+) -> Wanted<'p> {
+    let stable = status.stable_revision.clone();
+    let rolled_back = status.phase == Some(Phase::RolledBack);
+    let mut wanted = Wanted::default();
+    for pod in tally.eligible.iter().copied() {
+        if rolled_back && touched(pod, target) {
+            let failed_rollback = pod.assigned == stable && pod.state == AckState::Failed;
+            let wait = ROLLBACK_RESEND_AFTER.saturating_sub(elapsed(pod.since, input.now));
+            let again = failed_rollback && wait.is_zero();
+            if failed_rollback && !again && pod.connected {
+                wanted.requeue = min_some(wanted.requeue, Some(wait));
+            }
+            wanted.want(pod, stable.clone(), again);
+        } else if pod.assigned.is_none() && stable.is_some() {
+            wanted.want(pod, stable.clone(), false);
+        }
+    }
+    wanted
+}
+
+/// The rollout goes on: through its steps, as many pods at a time as the step's goal and
+/// maxUnavailable allow, to Completed (the target becomes the stable revision).
+fn roll_forward<'p>(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    tally: &Tally<'p>,
+    notes: &mut Vec<Note>,
+) -> Wanted<'p> {
+    let spec = input.spec;
+    let stable = status.stable_revision.clone();
+    let eligible = tally.eligible.len();
+    let steps = advance_steps(input, status, target, eligible, tally.updated, notes);
+    let goal = step_goal(spec, steps.step, eligible);
+    let budget = max_unavailable(&spec.strategy.max_unavailable, eligible);
+    let paused = spec.paused || steps.holding;
+    let mut room = if paused {
+        0
+    } else {
+        goal.saturating_sub(tally.updated + tally.in_flight)
+            .min(budget.saturating_sub(tally.in_flight))
+    };
+    let mut wanted = Wanted {
+        requeue: steps.requeue,
+        ..Wanted::default()
+    };
+    for pod in tally.eligible.iter().copied() {
+        let on_target = pod.assigned.as_deref() == Some(target);
+        let again = stale_failure(pod, target, tally.attempt);
+        if on_target && !again {
+            continue;
+        }
+        if room > 0 && pod.connected {
+            wanted.want(pod, Some(target.to_string()), again);
+            room -= 1;
+        } else if pod.assigned.is_none() && stable.is_some() {
+            // A pod that appeared mid-rollout starts on the stable revision.
+            wanted.want(pod, stable.clone(), false);
+        }
+    }
+    let done = !paused && tally.updated == eligible && steps.step >= spec.strategy.steps.len();
+    if done {
+        if status.phase != Some(Phase::Completed) {
+            notes.push(Note {
+                warning: false,
+                reason: "RolloutCompleted",
+                message: format!("revision {target} runs on all {eligible} pods"),
+            });
+        }
+        status.phase = Some(Phase::Completed);
+        status.stable_revision = Some(target.to_string());
+        status.message = None;
+        set_outcome(status, target, Outcome::Stable, None);
+    } else if paused {
+        status.phase = Some(Phase::Paused);
+    } else {
+        if input.status.phase == Some(Phase::Paused) {
+            // Time spent paused is not time without progress (as in Argo Rollouts).
+            status.last_progress_at = Some(Time(input.now));
+        }
+        status.phase = Some(Phase::Progressing);
+    }
+    wanted
+}
+
+/// progressDeadlineSeconds without progress: Degraded (like a Deployment), while the
+/// rollout itself goes on. Returns whether the deadline passed, and otherwise when it will.
+fn check_deadline(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    tally: &Tally<'_>,
+    notes: &mut Vec<Note>,
+) -> (bool, Option<Duration>) {
+    let spec = input.spec;
+    let deadline =
+        Duration::from_secs(u64::try_from(spec.progress_deadline_seconds).unwrap_or(600));
+    let stalled_for = status
+        .last_progress_at
+        .as_ref()
+        .map_or(Duration::ZERO, |t| elapsed(t.0, input.now));
+    if status.phase != Some(Phase::Progressing) {
+        return (false, None);
+    }
+    if stalled_for <= deadline {
+        return (false, Some(deadline.saturating_sub(stalled_for)));
+    }
+    status.phase = Some(Phase::Degraded);
+    let message = format!(
+        "revision {target} made no progress for {}s (progressDeadlineSeconds {}): {} of {} pods updated",
+        stalled_for.as_secs(),
+        spec.progress_deadline_seconds,
+        tally.updated,
+        tally.eligible.len()
+    );
+    let prev = input.status;
+    if prev.message.as_deref() != Some(message.as_str()) && prev.phase != Some(Phase::Degraded) {
+        notes.push(Note {
+            warning: true,
+            reason: "ProgressDeadlineExceeded",
+            message: message.clone(),
+        });
+    }
+    status.message = Some(message);
+    (true, None)
 }
 
 /// Where a rollout's steps stand after [`advance_steps`].
@@ -492,78 +678,93 @@ fn advance_steps(
     let mut step = status
         .current_step
         .map_or(0, |s| usize::try_from(s).unwrap_or(0));
-    let now = input.now;
-    let resume = input.annotations.get(RESUME_ANNOTATION);
-    let moving = |step| Steps {
+    while step < steps.len() {
+        if n_updated < step_goal(spec, step, eligible) {
+            break;
+        }
+        if let Some(pause) = &steps[step].pause {
+            match hold(input, status, target, step, pause, notes) {
+                Hold::Released => status.phase = Some(Phase::Progressing),
+                Hold::Holding { requeue } => {
+                    return Steps {
+                        step,
+                        holding: true,
+                        requeue,
+                    };
+                }
+            }
+        }
+        step += 1;
+        enter_step(status, step, input.now, notes, target);
+    }
+    Steps {
         step,
         holding: false,
         requeue: None,
-    };
-    while step < steps.len() {
-        if n_updated < step_goal(spec, step, eligible) {
-            return moving(step);
-        }
-        let Some(pause) = &steps[step].pause else {
-            step += 1;
-            enter_step(status, step, now, notes, target);
-            continue;
-        };
-        if status.phase != Some(Phase::Paused) {
-            status.phase = Some(Phase::Paused);
-            status.step_started_at = Some(Time(now));
-            notes.push(Note {
-                warning: false,
-                reason: "RolloutPaused",
-                message: match &pause.duration {
-                    Some(d) => format!("revision {target} paused at step {} for {d}", step + 1),
-                    None => format!(
-                        "revision {target} paused at step {} until resumed",
-                        step + 1
-                    ),
-                },
-            });
-        }
-        let held = status
-            .step_started_at
-            .as_ref()
-            .map_or(Duration::ZERO, |t| elapsed(t.0, now));
-        let released = match pause.duration.as_deref().and_then(parse_duration) {
-            Some(duration) if held >= duration => true,
-            Some(duration) => {
-                return Steps {
-                    step,
-                    holding: true,
-                    requeue: Some(duration - held),
-                };
-            }
-            None => {
-                if spec.paused {
-                    status.resume_token = Some(PAUSED_DURING_HOLD.into());
-                    false
-                } else {
-                    // Released by spec.paused going true → false during the hold, or by a new
-                    // value of the resume annotation.
-                    let toggled = status.resume_token.as_deref() == Some(PAUSED_DURING_HOLD);
-                    let requested = resume.is_some() && resume != status.resume_token.as_ref();
-                    if toggled || requested {
-                        status.resume_token = resume.cloned();
-                    }
-                    toggled || requested
-                }
-            }
-        };
-        if !released {
-            return Steps {
-                step,
-                holding: true,
-                requeue: None,
-            };
-        }
-        status.phase = Some(Phase::Progressing);
-        step += 1;
-        enter_step(status, step, now, notes, target);
     }
-    moving(step)
+}
+
+/// Whether a step's pause still holds.
+enum Hold {
+    /// The pause is over: on to the next step.
+    Released,
+    /// Still held; a timed pause ends after `requeue`.
+    Holding { requeue: Option<Duration> },
+}
+
+/// The pause of a step whose goal is met: it begins (phase Paused), and ends when its
+/// duration is over, or (without one) when spec.paused goes true → false during the hold or
+/// the resume annotation takes a new value.
+fn hold(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    step: usize,
+    pause: &Pause,
+    notes: &mut Vec<Note>,
+) -> Hold {
+    let now = input.now;
+    if status.phase != Some(Phase::Paused) {
+        status.phase = Some(Phase::Paused);
+        status.step_started_at = Some(Time(now));
+        notes.push(Note {
+            warning: false,
+            reason: "RolloutPaused",
+            message: match &pause.duration {
+                Some(d) => format!("revision {target} paused at step {} for {d}", step + 1),
+                None => format!(
+                    "revision {target} paused at step {} until resumed",
+                    step + 1
+                ),
+            },
+        });
+    }
+    let held = status
+        .step_started_at
+        .as_ref()
+        .map_or(Duration::ZERO, |t| elapsed(t.0, now));
+    if let Some(duration) = pause.duration.as_deref().and_then(parse_duration) {
+        return if held >= duration {
+            Hold::Released
+        } else {
+            Hold::Holding {
+                requeue: Some(duration - held),
+            }
+        };
+    }
+    if input.spec.paused {
+        status.resume_token = Some(PAUSED_DURING_HOLD.into());
+        return Hold::Holding { requeue: None };
+    }
+    let resume = input.annotations.get(RESUME_ANNOTATION);
+    let toggled = status.resume_token.as_deref() == Some(PAUSED_DURING_HOLD);
+    let requested = resume.is_some() && resume != status.resume_token.as_ref();
+    if toggled || requested {
+        status.resume_token = resume.cloned();
+        Hold::Released
+    } else {
+        Hold::Holding { requeue: None }
+    }
 }
 
 fn enter_step(
@@ -652,154 +853,10 @@ fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
-fn fill_counts(
-    status: &mut PluginReleaseStatus,
-    pods: &[PodView],
-    eligible: &[&PodView],
-    target: &str,
-    min_ready: Duration,
-    now: Timestamp,
-) {
-    // Every count is of the pods this release manages: a pod whose plugin another release
-    // owns is in the Conflict condition, not in these.
-    let count = |f: &dyn Fn(&PodView) -> bool| {
-        i32::try_from(eligible.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
-    };
-    status.matched = count(&|_| true);
-    status.updated = count(&|p| updated(p, target, min_ready, now));
-    status.ready = count(&|p| p.serving.is_some() && p.state != AckState::Failed);
-    status.failed = count(&|p| p.state == AckState::Failed);
-    status.unreachable = count(&|p| !p.connected);
-    status.progress = Some(format!("{}/{}", status.updated, eligible.len()));
-
-    let ack = |p: &PodView| PodAck {
-        pod: p.name.clone(),
-        revision: p.assigned.clone().unwrap_or_default(),
-        state: if p.connected {
-            p.state
-        } else {
-            AckState::Unreachable
-        },
-        reason: if p.connected {
-            p.reason.clone().or_else(|| {
-                p.conflict
-                    .as_ref()
-                    .map(|c| format!("plugin is owned by release {c}"))
-            })
-        } else {
-            Some("sidecar not connected".into())
-        },
-        since: Time(p.since),
-        workers: (p.connected && p.workers > 0).then(|| count_of(p.workers)),
-        workers_loaded: (p.connected && p.workers > 0).then(|| count_of(p.workers_loaded)),
-    };
-    let mut listed: Vec<&PodView> = if pods.len() <= POD_LIST_CAP {
-        pods.iter().collect()
-    } else {
-        pods.iter()
-            .filter(|p| !updated(p, target, min_ready, now))
-            .collect()
-    };
-    // Failures first: they are what a person opens the status for.
-    listed.sort_by_key(|p| (p.state != AckState::Failed, p.name.clone()));
-    listed.truncate(POD_LIST_CAP);
-    status.pods = listed.into_iter().map(ack).collect();
-}
-
-fn count_of(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// kstatus conditions: Ready, Progressing, Degraded (and Conflict when pods are contested).
-fn conditions(
-    status: &PluginReleaseStatus,
-    prev: &PluginReleaseStatus,
-    pods: &[PodView],
-    generation: i64,
-    deadline_exceeded: bool,
-    now: Timestamp,
-) -> Vec<Condition> {
-    let phase = status.phase;
-    let message = status.message.clone().unwrap_or_default();
-    let progress = format!(
-        "{} of {} pods run revision {}",
-        status.updated,
-        status.matched,
-        status.target_revision.as_deref().unwrap_or("-")
-    );
-    // Why a Degraded release is degraded.
-    let degraded = if deadline_exceeded {
-        "ProgressDeadlineExceeded"
-    } else {
-        "RolloutFailed"
-    };
-    let mut out = vec![
-        match phase {
-            Some(Phase::Completed) => cond("Ready", true, "RolloutCompleted", &progress),
-            Some(Phase::RolledBack) => cond("Ready", false, "RolledBack", &message),
-            Some(Phase::Degraded) => cond("Ready", false, degraded, &message),
-            Some(Phase::Paused) => cond("Ready", false, "RolloutPaused", &progress),
-            _ => cond("Ready", false, "RolloutInProgress", &progress),
-        },
-        match phase {
-            Some(Phase::Progressing) => cond("Progressing", true, "RolloutInProgress", &progress),
-            Some(Phase::Paused) => cond("Progressing", false, "RolloutPaused", &progress),
-            Some(Phase::Degraded) => cond("Progressing", false, degraded, &message),
-            Some(Phase::RolledBack) => cond("Progressing", false, "RolledBack", &message),
-            _ => cond("Progressing", false, "RolloutCompleted", &progress),
-        },
-        match phase {
-            Some(Phase::Degraded) => cond("Degraded", true, degraded, &message),
-            Some(Phase::RolledBack) => cond("Degraded", true, "RolledBack", &message),
-            _ => cond("Degraded", false, "AsExpected", ""),
-        },
-        // kstatus's own pair (what Flux and `kpt live status` read): Reconciling while the
-        // fleet is on its way, Stalled when it will not get there without a person.
-        match phase {
-            Some(Phase::Progressing) => cond("Reconciling", true, "RolloutInProgress", &progress),
-            Some(Phase::Paused) => cond("Reconciling", true, "RolloutPaused", &progress),
-            _ => cond("Reconciling", false, "AsExpected", ""),
-        },
-        match phase {
-            Some(Phase::Degraded) => cond("Stalled", true, degraded, &message),
-            Some(Phase::RolledBack) => cond("Stalled", true, "RolledBack", &message),
-            _ => cond("Stalled", false, "AsExpected", ""),
-        },
-    ];
-    let contested: Vec<&str> = pods.iter().filter_map(|p| p.conflict.as_deref()).collect();
-    if let Some(other) = contested.first() {
-        out.push(cond(
-            "Conflict",
-            true,
-            "PluginOwnedElsewhere",
-            &format!(
-                "{} pods are skipped: release {other} already owns this plugin on them",
-                contested.len()
-            ),
-        ));
-    }
-    for c in &mut out {
-        c.observed_generation = Some(generation);
-        let same = prev
-            .conditions
-            .iter()
-            .find(|p| p.type_ == c.type_ && p.status == c.status);
-        c.last_transition_time = same.map_or(Time(now), |p| p.last_transition_time.clone());
-    }
-    out
-}
-
-fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Time(Timestamp::UNIX_EPOCH),
-        observed_generation: None,
-    }
-}
-
 #[cfg(test)]
 #[path = "planner_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "planner_props.rs"]
+mod props;

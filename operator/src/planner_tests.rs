@@ -331,6 +331,9 @@ fn a_failed_load_rolls_every_touched_pod_back_and_names_the_cause() {
         message.contains(&batch[1].0) && message.contains("self-check trapped"),
         "{message}"
     );
+    let decision = message
+        .strip_suffix("; 2 pods still rolling back")
+        .expect("the message counts the pods still rolling back");
     assert_eq!(
         plan.assign.len(),
         2,
@@ -354,12 +357,17 @@ fn a_failed_load_rolls_every_touched_pod_back_and_names_the_cause() {
     assert_eq!(fleet.condition("Ready").0, "False");
     assert_eq!(
         fleet.condition("Stalled"),
-        ("True".into(), "RolledBack".into())
+        ("False".into(), "RollingBack".into()),
+        "not finished while the touched pods are on their way back"
+    );
+    assert_eq!(
+        fleet.condition("Reconciling"),
+        ("True".into(), "RollingBack".into())
     );
     assert_eq!(fleet.status.history[0].outcome, Outcome::RolledBack);
 
     fleet.load_all();
-    fleet.converge(5);
+    let notes = fleet.converge(5);
     assert_eq!(
         fleet.status.phase,
         Some(Phase::RolledBack),
@@ -367,6 +375,14 @@ fn a_failed_load_rolls_every_touched_pod_back_and_names_the_cause() {
     );
     assert_eq!(fleet.on(&old), 5);
     assert_eq!(fleet.status.stable_revision.as_deref(), Some(old.as_str()));
+    assert_eq!(
+        fleet.condition("Stalled"),
+        ("True".into(), "RolledBack".into()),
+        "finished: it waits for a person"
+    );
+    assert_eq!(fleet.condition("Reconciling").0, "False");
+    assert_eq!(fleet.status.message.as_deref(), Some(decision));
+    assert!(notes.iter().any(|n| n.reason == "RollbackCompleted"));
 }
 
 #[test]
@@ -892,4 +908,161 @@ fn retry_after_a_pause_on_failure_assigns_the_failed_pods_again() {
     fleet.converge(10);
     assert_eq!(fleet.status.phase, Some(Phase::Completed));
     assert_eq!(fleet.on(&rev(NEW)), 2);
+}
+
+/// Three pods on OLD, two at a time to NEW: pod-1 loads NEW, pod-0 fails it, and the
+/// release rolls both back. Returns the fleet right after the rollback was planned.
+fn rolling_back() -> Fleet {
+    let strategy = json!({"maxUnavailable": 2});
+    let mut fleet = Fleet::stable(3, spec(OLD, strategy.clone()));
+    fleet.apply(spec(NEW, strategy));
+    let batch = fleet.plan().assign;
+    assert_eq!(batch.len(), 2);
+    fleet.now += 1;
+    let pod = fleet.pods.iter_mut().find(|p| p.name == "pod-1").unwrap();
+    pod.serving = pod.assigned.clone();
+    pod.state = AckState::Loaded;
+    fleet.fail("pod-0", "self-check trapped");
+    let rollback = fleet.plan();
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    assert_eq!(
+        rollback.assign,
+        vec![
+            ("pod-0".to_string(), Some(rev(OLD))),
+            ("pod-1".to_string(), Some(rev(OLD)))
+        ]
+    );
+    fleet
+}
+
+#[test]
+fn a_pod_that_fails_to_load_the_stable_revision_is_sent_it_again_until_the_rollback_finishes() {
+    let mut fleet = rolling_back();
+    let (old, new) = (rev(OLD), rev(NEW));
+    fleet.now += 1;
+    fleet.fail("pod-1", "fetch: connection refused");
+    fleet.load_all();
+    let failed_at = fleet.now;
+    let plan = fleet.plan();
+    assert_eq!(
+        plan.assign,
+        vec![],
+        "not at once: a lasting fault is not hammered"
+    );
+    assert_eq!(
+        plan.requeue_after,
+        Some(Duration::from_secs(30)),
+        "planned again when the back-off is over"
+    );
+    assert_eq!(fleet.pods[1].serving.as_deref(), Some(new.as_str()));
+    assert_eq!(fleet.status.phase, Some(Phase::RolledBack));
+    let message = fleet.status.message.clone().unwrap();
+    assert!(
+        message.ends_with(&format!("rolling back to {old}; 1 pod still rolling back")),
+        "{message}"
+    );
+    assert_eq!(
+        fleet.condition("Reconciling"),
+        ("True".into(), "RollingBack".into()),
+        "not finished while pod-1 runs the broken revision"
+    );
+    assert_eq!(fleet.condition("Stalled").0, "False");
+    assert_eq!(fleet.condition("Progressing").0, "True");
+    assert_eq!(
+        fleet.condition("Degraded"),
+        ("True".into(), "RolledBack".into())
+    );
+
+    fleet.now = failed_at + 29;
+    assert_eq!(fleet.plan().assign, vec![]);
+    fleet.now = failed_at + 30;
+    let again = fleet.plan();
+    assert_eq!(again.assign, vec![("pod-1".to_string(), Some(old.clone()))]);
+    // Failing again waits again; the fault passes and the rollback finishes.
+    fleet.fail("pod-1", "fetch: connection refused");
+    assert_eq!(fleet.plan().assign, vec![]);
+    fleet.now += 30;
+    assert_eq!(fleet.plan().assign.len(), 1);
+    fleet.load_all();
+    let done = fleet.plan();
+    assert_eq!(fleet.on(&old), 3);
+    assert!(done.notes.iter().any(|n| n.reason == "RollbackCompleted"));
+    assert_eq!(
+        fleet.condition("Stalled"),
+        ("True".into(), "RolledBack".into())
+    );
+    assert_eq!(fleet.condition("Reconciling").0, "False");
+    assert!(
+        !fleet
+            .status
+            .message
+            .clone()
+            .unwrap()
+            .contains("still rolling back")
+    );
+    assert_eq!(fleet.plan().assign, vec![], "nothing more to send");
+}
+
+#[test]
+fn a_rollback_is_not_finished_while_a_touched_pod_is_unreachable() {
+    let mut fleet = rolling_back();
+    let old = rev(OLD);
+    // pod-1's stream broke before the rollback reached it: it still runs NEW.
+    let pod = fleet.pods.iter_mut().find(|p| p.name == "pod-1").unwrap();
+    pod.assigned = Some(rev(NEW));
+    pod.state = AckState::Loaded;
+    pod.connected = false;
+    fleet.now += 1;
+    fleet.load_all();
+    let plan = fleet.plan();
+    assert_eq!(plan.assign, vec![]);
+    assert_eq!(
+        fleet.condition("Stalled"),
+        ("False".into(), "RollingBack".into())
+    );
+    assert!(
+        fleet
+            .status
+            .message
+            .clone()
+            .unwrap()
+            .ends_with("; 1 pod still rolling back")
+    );
+
+    fleet.pods[1].connected = true;
+    let reconnected = fleet.plan();
+    assert_eq!(
+        reconnected.assign,
+        vec![("pod-1".to_string(), Some(old.clone()))]
+    );
+    fleet.load_all();
+    fleet.plan();
+    assert_eq!(fleet.on(&old), 3);
+    assert_eq!(
+        fleet.condition("Stalled"),
+        ("True".into(), "RolledBack".into())
+    );
+}
+
+#[test]
+fn the_count_of_pods_still_rolling_back_never_piles_up_in_the_message() {
+    let mut fleet = rolling_back();
+    let first = fleet.status.message.clone().unwrap();
+    let decision = first
+        .strip_suffix("; 2 pods still rolling back")
+        .unwrap_or_else(|| panic!("{first}"));
+    // pod-0 never ran NEW and is on its way back: only pod-1 runs it.
+    for _ in 0..3 {
+        fleet.plan();
+        assert_eq!(
+            fleet.status.message,
+            Some(format!("{decision}; 1 pod still rolling back"))
+        );
+    }
+    // A failure reason that mimics the tail is kept as the sidecar wrote it.
+    assert_eq!(
+        decision_message("pod a failed: 3 pods still rolling back"),
+        "pod a failed: 3 pods still rolling back"
+    );
+    assert_eq!(decision_message("x; 1 pod still rolling back"), "x");
 }

@@ -109,7 +109,67 @@ impl PodEntry {
 }
 
 /// The most plugins kept per pod: what a sidecar reports is bounded, whatever it sends.
-const MAX_PLUGINS_PER_POD: usize = 64;
+pub const MAX_PLUGINS_PER_POD: usize = 64;
+
+/// The longest plugin name a sidecar may report: a DNS label, as `spec.plugin` is.
+pub const MAX_PLUGIN_NAME_BYTES: usize = 63;
+
+/// The longest revision a sidecar may report (the operator's are 10 hex digits).
+pub const MAX_REVISION_BYTES: usize = 64;
+
+/// The longest failure reason kept from a sidecar: it is copied into the release's status
+/// (message, conditions, history, the pod list), which must stay far below etcd's limit.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Refuses a report whose plugin name or revisions are longer than any the operator gives
+/// out (nothing could match them; kept, they would cost memory and status space), naming
+/// the field and its length.
+pub fn check_names<'a>(
+    plugin: &str,
+    revisions: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    if plugin.is_empty() || plugin.len() > MAX_PLUGIN_NAME_BYTES {
+        return Err(format!(
+            "plugin name of {} bytes (1 to {MAX_PLUGIN_NAME_BYTES} allowed)",
+            plugin.len()
+        ));
+    }
+    match revisions.into_iter().find(|r| r.len() > MAX_REVISION_BYTES) {
+        Some(long) => Err(format!(
+            "plugin {}: revision of {} bytes (at most {MAX_REVISION_BYTES} allowed)",
+            crate::api::escape_controls(plugin),
+            long.len()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A sidecar's failure reason as kept: control characters escaped (it reaches terminals
+/// through `kubectl hotload` and events), cut to [`MAX_REASON_BYTES`].
+pub fn kept_reason(reason: &str) -> String {
+    cut(&crate::api::escape_controls(reason), MAX_REASON_BYTES)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with "…" when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let ellipsis = '…';
+    let mut end = max - ellipsis.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end])
+}
+
+/// `report` with its reason made safe to keep ([`kept_reason`]).
+fn keepable(mut report: PluginReport) -> PluginReport {
+    if let Some(reason) = &report.reason {
+        report.reason = Some(kept_reason(reason));
+    }
+    report
+}
 
 /// One pod's reports by plugin. A pod runs a plugin or a few, so this is a vector searched
 /// in order and grown one entry at a time: a map's smallest node (a B-tree leaf holds 11
@@ -341,7 +401,7 @@ impl Registry {
             }
             entry.plugins = Reports::default();
             for (plugin, report) in hello {
-                entry.plugins.insert(&plugin, report);
+                entry.plugins.insert(&plugin, keepable(report));
             }
             inner.waiting.insert(
                 key(namespace, pod),
@@ -407,10 +467,23 @@ impl Registry {
         if settled && entry.baseline(plugin).map(|b| &b.revision) == Some(&report.assigned) {
             entry.baselines.retain(|(p, _)| p != plugin);
         }
-        entry.plugins.insert(plugin, report);
+        entry.plugins.insert(plugin, keepable(report));
         drop(inner);
         let _ = self.changed.send(namespace.to_string());
         true
+    }
+
+    /// Ends every sidecar stream and forgets every pod: this replica stopped leading. Each
+    /// stream's session sees its queue closed and ends, so the sidecar reconnects (to the
+    /// new leader); what it said here is stale by the time this replica leads again.
+    pub fn close_all(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let closed = inner.pods.values().filter(|e| e.outbox.is_some()).count();
+            inner.pods.clear();
+            inner.waiting.clear();
+            self.connected
+                .fetch_sub(closed, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Forgets a deleted pod object: only the entry of that uid. A pod recreated under the
@@ -645,6 +718,81 @@ mod tests {
             registry.connected(),
             0,
             "forgetting a connected pod counts it gone"
+        );
+    }
+
+    #[test]
+    fn reasons_are_kept_escaped_and_cut_whichever_way_they_come_in() {
+        let registry = Registry::default();
+        let failed = |reason: String| PluginReport {
+            reason: Some(reason),
+            ..report("r1", None, AckState::Failed, Timestamp::UNIX_EPOCH)
+        };
+        let (tx, _rx) = outbox();
+        let hello = vec![(
+            "auth".to_string(),
+            failed("app: \u{1b}[31mred\u{1b}[0m\r\n".into()),
+        )];
+        let id = registry.connect("shop", "a", "u1", tx, hello);
+        let kept = registry.view("shop", "a", "u1", "auth").report.unwrap();
+        assert_eq!(
+            kept.reason.as_deref(),
+            Some(r"app: \u{1b}[31mred\u{1b}[0m\r\n")
+        );
+
+        registry.report("shop", "a", id, "auth", failed("é\u{7}".repeat(1_000)));
+        let kept = registry
+            .view("shop", "a", "u1", "auth")
+            .report
+            .unwrap()
+            .reason
+            .unwrap();
+        assert!(kept.len() <= MAX_REASON_BYTES, "{}", kept.len());
+        assert!(kept.ends_with('…') && !kept.contains('\u{7}'), "{kept}");
+        assert_eq!(cut("short", MAX_REASON_BYTES), "short");
+        assert_eq!(cut("ééé", 5), "é…", "cut on a character boundary");
+    }
+
+    #[test]
+    fn plugin_names_and_revisions_longer_than_any_the_operator_gives_out_are_refused() {
+        let ok = "r1".to_string();
+        assert_eq!(check_names("auth", [&ok, &ok]), Ok(()));
+        assert_eq!(
+            check_names(&"p".repeat(64), [&ok]),
+            Err("plugin name of 64 bytes (1 to 63 allowed)".into())
+        );
+        assert!(check_names("", [&ok]).is_err());
+        let long = "r".repeat(65);
+        assert_eq!(
+            check_names("a\u{1b}", [&ok, &long]),
+            Err(r"plugin a\u{1b}: revision of 65 bytes (at most 64 allowed)".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_steps_down_ends_every_stream_and_forgets_every_pod() {
+        let registry = Registry::default();
+        let (tx, mut rx) = outbox();
+        let id = registry.connect("shop", "a", "u1", tx, Vec::new());
+        let (tx, _rx_b) = outbox();
+        registry.connect("shop", "b", "u2", tx, Vec::new());
+        registry.close_all();
+        assert_eq!(
+            rx.next().await,
+            None,
+            "the session's queue is closed: it ends"
+        );
+        assert_eq!(registry.connected(), 0);
+        assert!(registry.waiting().is_empty());
+        assert_eq!(
+            registry.view("shop", "a", "u1", "auth"),
+            Sighting::default()
+        );
+        registry.disconnect("shop", "a", id);
+        assert_eq!(
+            registry.connected(),
+            0,
+            "the session's own end counts nothing twice"
         );
     }
 

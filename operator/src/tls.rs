@@ -3,7 +3,7 @@
 //! ```text
 //!  Secret <name> ◀──create/replace── keep() ──▶ MutatingWebhookConfiguration caBundle
 //!        │                             │
-//!        └────────── read ─────────────┴──▶ CertStore ──▶ channel (h2) + webhook (h1/h2)
+//!        └────────── read ─────────────┴──▶ CertStore ──▶ listener::incoming ──▶ channel + webhook
 //! ```
 //!
 //! [`keep`] looks after the Secret: every replica reads it, whoever finds it missing or due
@@ -16,7 +16,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::Stream;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
@@ -28,11 +27,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
-use crate::certs::{self, Material, Renewal};
+use crate::certs::{self, Material, PreviousCa};
 
 /// The material currently served, swapped in place on rotation.
 #[derive(Debug, Default)]
@@ -86,43 +82,6 @@ fn certified_key(material: &Material) -> anyhow::Result<CertifiedKey> {
     Ok(CertifiedKey::new(chain, signing))
 }
 
-/// Accepted TLS connections on `listener`. Handshakes run in their own tasks, so a slow or
-/// silent client never holds up the next one.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
-    let acceptor = TlsAcceptor::from(config);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                return;
-            }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
-                match handshake.await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
 pub enum CertSource {
@@ -153,7 +112,8 @@ pub enum CertSource {
 }
 
 /// Loads the first certificate (so nothing listens before there is one), then keeps it
-/// current for as long as the process runs.
+/// current for as long as the process runs. Reading the Secret is retried (capped back-off)
+/// until it works: an API server that is briefly away does not end the process.
 pub async fn start(
     client: Client,
     source: CertSource,
@@ -169,10 +129,26 @@ pub async fn start(
                 ca_key: None,
                 cert: read(&cert)?,
                 key: read(&key)?,
+                previous: None,
             })?;
         }
         CertSource::Secret { .. } => {
-            let wait = sync_secret(&client, &source, &store).await?;
+            let mut backoff = Duration::from_secs(1);
+            let wait = loop {
+                match sync_secret(&client, &source, &store).await {
+                    Ok(wait) => break wait,
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        tracing::warn!(
+                            error,
+                            retry_in_s = backoff.as_secs(),
+                            "loading the serving certificate"
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
             tokio::spawn(keep(client, source, store, wait));
         }
     }
@@ -195,8 +171,8 @@ async fn keep(client: Client, source: CertSource, store: Arc<CertStore>, mut wai
     }
 }
 
-/// One pass: read the Secret, renew it if due and ours to renew, serve what it holds,
-/// publish the CA to the webhook configuration. Returns when to look again.
+/// One pass: read the Secret, renew or restore it if due and ours to, serve what it holds,
+/// publish the trust bundle to the webhook configuration. Returns when to look again.
 async fn sync_secret(
     client: &Client,
     source: &CertSource,
@@ -215,112 +191,143 @@ async fn sync_secret(
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let object = format!("Secret {namespace}/{name}");
-    let material = loop {
+    let (material, next) = if *managed {
+        let served = store.material();
+        let material = keep_secret(&secrets, name, served.as_deref(), dns_names, *validity)
+            .await
+            .with_context(|| object.clone())?;
+        let next = certs::next_check(&material, OffsetDateTime::now_utc());
+        (material, next)
+    } else {
         let existing = secrets
             .get_opt(name)
             .await
             .with_context(|| format!("reading {object}"))?;
-        let stored = existing.as_ref().and_then(material_of);
-        if !managed {
-            break stored.with_context(|| {
-                format!("{object} has no ca.crt, tls.crt and tls.key (is cert-manager issuing it?)")
-            })?;
-        }
-        let now = OffsetDateTime::now_utc();
-        let renewal = certs::assess(stored.as_ref(), dns_names, now);
-        let Some(renewed) = certs::renew(stored.as_ref(), &renewal, dns_names, now, *validity)?
-        else {
-            break stored.context("assessed as current")?;
-        };
-        let why = match &renewal {
-            Renewal::Leaf(why) | Renewal::Everything(why) => why.as_str(),
-            Renewal::Keep => "",
-        };
-        let written = match existing {
-            Some(mut secret) => {
-                secret.data = Some(secret_data(&renewed));
-                secrets.replace(name, &PostParams::default(), &secret).await
-            }
-            None => {
-                let secret = Secret {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([(
-                            "app.kubernetes.io/managed-by".to_string(),
-                            "hotload-operator".to_string(),
-                        )])),
-                        ..Default::default()
-                    },
-                    type_: Some("kubernetes.io/tls".into()),
-                    data: Some(secret_data(&renewed)),
-                    ..Default::default()
-                };
-                secrets.create(&PostParams::default(), &secret).await
-            }
-        };
-        match written {
-            Ok(_) => {
-                tracing::info!(secret = %object, reason = %why, "issued a serving certificate");
-                break renewed;
-            }
-            // Another replica wrote first: use what it wrote.
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(e).with_context(|| format!("writing {object}")),
-        }
+        let material = existing.as_ref().and_then(material_of).with_context(|| {
+            format!("{object} has no ca.crt, tls.crt and tls.key (is cert-manager issuing it?)")
+        })?;
+        (material, Duration::from_secs(60))
     };
-    let next = if *managed {
-        certs::next_check(&material, OffsetDateTime::now_utc())
-    } else {
-        Duration::from_secs(60)
-    };
-    let changed = store.material().is_none_or(|m| *m != material);
-    if changed {
+    if store.material().is_none_or(|m| *m != material) {
         store
             .set(material.clone())
             .with_context(|| format!("serving {object}"))?;
     }
     if let (true, Some(config)) = (*managed, webhook_config) {
-        publish_ca_bundle(client, config, &material.ca_cert).await?;
+        publish_ca_bundle(client, config, &material.trust_bundle()).await?;
     }
     Ok(next)
 }
 
+/// Reads the operator's own Secret and renews, rotates or restores it as [`certs::carry_on`]
+/// decides (from it and from `served`), with optimistic concurrency: another replica's
+/// write wins, and is what is used. Returns what the Secret holds now.
+async fn keep_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    served: Option<&Material>,
+    names: &[String],
+    validity: Duration,
+) -> anyhow::Result<Material> {
+    loop {
+        let existing = secrets.get_opt(name).await.context("reading")?;
+        let stored = existing.as_ref().and_then(material_of);
+        let now = OffsetDateTime::now_utc();
+        let (basis, renewal) = certs::carry_on(stored.as_ref(), served, names, now);
+        let Some(renewed) = certs::renew(basis, &renewal, names, now, validity)? else {
+            return basis.cloned().context("assessed as current");
+        };
+        match write_secret(secrets, name, existing, &renewed).await {
+            Ok(()) => {
+                tracing::info!(secret = name, reason = ?renewal, "wrote the serving certificate");
+                return Ok(renewed);
+            }
+            // Another replica wrote first: use what it wrote.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e).context("writing"),
+        }
+    }
+}
+
+/// Replaces `existing` (its resourceVersion guards the write) or creates the Secret.
+async fn write_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    existing: Option<Secret>,
+    material: &Material,
+) -> Result<(), kube::Error> {
+    match existing {
+        Some(mut secret) => {
+            secret.data = Some(secret_data(material));
+            secrets
+                .replace(name, &PostParams::default(), &secret)
+                .await?;
+        }
+        None => {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_string()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "hotload-operator".to_string(),
+                    )])),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(secret_data(material)),
+                ..Default::default()
+            };
+            secrets.create(&PostParams::default(), &secret).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The material a Secret holds: `ca.crt`, `tls.crt` and `tls.key`, with `ca.key` when the
+/// operator issued it, and the previous CA (`ca-previous.crt`, `ca-cross.crt`) during a
+/// rotation.
 fn material_of(secret: &Secret) -> Option<Material> {
     let data = secret.data.as_ref()?;
     let text = |key: &str| {
         data.get(key)
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
     };
+    let previous = text(PREVIOUS_CA)
+        .zip(text(CROSS_CERT))
+        .map(|(ca_cert, cross)| PreviousCa { ca_cert, cross });
     Some(Material {
         ca_cert: text("ca.crt")?,
         ca_key: text("ca.key"),
         cert: text("tls.crt")?,
         key: text("tls.key")?,
+        previous,
     })
 }
 
+/// The Secret key of the CA a rotation replaced.
+const PREVIOUS_CA: &str = "ca-previous.crt";
+
+/// The Secret key of the current CA cross-signed by the previous one.
+const CROSS_CERT: &str = "ca-cross.crt";
+
 fn secret_data(material: &Material) -> BTreeMap<String, ByteString> {
+    let bytes = |text: &String| ByteString(text.clone().into_bytes());
     let mut data = BTreeMap::from([
-        (
-            "ca.crt".to_string(),
-            ByteString(material.ca_cert.clone().into_bytes()),
-        ),
-        (
-            "tls.crt".to_string(),
-            ByteString(material.cert.clone().into_bytes()),
-        ),
-        (
-            "tls.key".to_string(),
-            ByteString(material.key.clone().into_bytes()),
-        ),
+        ("ca.crt".to_string(), bytes(&material.ca_cert)),
+        ("tls.crt".to_string(), bytes(&material.cert)),
+        ("tls.key".to_string(), bytes(&material.key)),
     ]);
     if let Some(key) = &material.ca_key {
-        data.insert("ca.key".into(), ByteString(key.clone().into_bytes()));
+        data.insert("ca.key".into(), bytes(key));
+    }
+    if let Some(previous) = &material.previous {
+        data.insert(PREVIOUS_CA.into(), bytes(&previous.ca_cert));
+        data.insert(CROSS_CERT.into(), bytes(&previous.cross));
     }
     data
 }
 
-/// Sets every webhook's caBundle in `config` to `ca_pem`. A JSON patch that tests each
+/// Sets every webhook's caBundle in `config` to `ca_pem` (the trust bundle). A JSON patch that tests each
 /// entry's name first, so a concurrent edit of the list fails the patch instead of putting
 /// a bundle on the wrong webhook; Helm never sets caBundle, so upgrades leave it alone.
 async fn publish_ca_bundle(client: &Client, config: &str, ca_pem: &str) -> anyhow::Result<()> {
