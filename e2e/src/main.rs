@@ -53,6 +53,20 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hotload against a rolling restart on the same N real pods (real sidecars, operator,
+    /// processes): v1 → v2 both ways, maxUnavailable 25% then 100%, under traffic.
+    VersusRestart {
+        /// Demo pods in each fleet.
+        #[arg(long, default_value_t = 10)]
+        pods: usize,
+        /// Run this demo-app binary in both fleets' app containers instead of the image's
+        /// (e.g. a release build; the sidecar and operator stay the cluster's).
+        #[arg(long)]
+        app_binary: Option<std::path::PathBuf>,
+        /// Print one JSON object (otherwise pretty-printed JSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// The data plane with real processes: swaps under load, sidecar footprint, load time.
     Swap {
         /// Seconds of load per phase.
@@ -130,6 +144,18 @@ fn main() -> Result<()> {
                 let report =
                     hotload_e2e::bench::rollout(&layout, pods, streams_per_connection as usize)
                         .await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+            }
+            Command::Bench(BenchCommand::VersusRestart {
+                pods,
+                app_binary,
+                json,
+            }) => {
+                let report = hotload_e2e::bench::versus::run(&layout, pods, app_binary).await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {

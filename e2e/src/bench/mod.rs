@@ -1,6 +1,8 @@
 //! Benchmarks: `bench rollout --pods N` (the operator at fleet scale, on the real control
 //! plane, with simulated sidecars: [`sim`]) and `bench swap` (the data plane, with real
-//! processes). Each prints one JSON object with `--json`; docs/benchmarks.md has the numbers.
+//! processes), and `bench versus-restart --pods N` (Hotload against a rolling restart on the
+//! same real pods: [`versus`]). Each prints one JSON object with `--json`; docs/benchmarks.md
+//! has the numbers.
 //!
 //! A rollout run: N pods bound to a virtual Node (registered by the node agent, see
 //! [`crate::node::virtual_node`]), the chart-installed operator, one simulated sidecar
@@ -12,6 +14,7 @@
 pub mod apiserver;
 pub mod sim;
 pub mod swap;
+pub mod versus;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -24,6 +24,12 @@ pub struct Args {
     /// Directory for precompiled modules (app-private, not the shared volume).
     #[arg(long, env = "HOTLOAD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// A Wasm plugin baked into the app: loaded into the `handler` slot before the port
+    /// opens (so `/healthz` answers only once it serves), without a sidecar. What a team
+    /// does without Hotload, changing the file means a new rollout of the pods. A sidecar,
+    /// if there is one, can still replace it.
+    #[arg(long, env = "DEMO_PLUGIN_FILE")]
+    pub plugin_file: Option<PathBuf>,
     /// Worker processes. 1 serves from this process; more starts a supervisor that runs
     /// that many worker processes on the same port (SO_REUSEPORT), each its own sidecar worker.
     #[arg(long, env = "DEMO_WORKERS", default_value_t = 1,
@@ -80,6 +86,9 @@ impl Args {
         if let Some(dir) = &self.cache_dir {
             args.extend(["--cache-dir".into(), dir.clone().into()]);
         }
+        if let Some(file) = &self.plugin_file {
+            args.extend(["--plugin-file".into(), file.clone().into()]);
+        }
         args
     }
 }
@@ -122,6 +131,8 @@ mod tests {
             "0.0.0.0:0",
             "--cache-dir",
             "/c",
+            "--plugin-file",
+            "/p/tagger.wasm",
         ]);
         assert!(a.supervises());
         let addr: SocketAddr = "0.0.0.0:8123".parse().expect("addr");
@@ -131,6 +142,7 @@ mod tests {
         assert_eq!(w.listen, addr);
         assert_eq!(w.prefork_parent, Some(42));
         assert_eq!(w.cache_dir, Some(PathBuf::from("/c")));
+        assert_eq!(w.plugin_file, Some(PathBuf::from("/p/tagger.wasm")));
         assert!(!w.supervises());
     }
 

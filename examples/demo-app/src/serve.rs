@@ -42,12 +42,42 @@ fn start_app(args: &Args) -> anyhow::Result<axum::Router> {
         cache_dir: args.cache_dir.clone(),
         ..HostConfig::default()
     })?);
+    if let Some(file) = &args.plugin_file {
+        load_baked(&host, file)?;
+    }
     tokio::spawn(crate::sidecar_link::run(
         args.socket.clone(),
         host.clone(),
         worker.clone(),
     ));
     Ok(crate::http::router(host, &worker))
+}
+
+/// Loads the plugin file named by `--plugin-file` into the `handler` slot, or fails the
+/// start: an app whose baked-in plugin does not load must not open its port (nor turn Ready).
+/// The revision is `file:` and the first 10 hex digits of the file's digest.
+pub fn load_baked(host: &PluginHost, file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let digest = hotload_host::sha256_digest(&wasm);
+    let short = digest.trim_start_matches("sha256:").get(..10).unwrap_or("");
+    let revision = format!("file:{short}");
+    let loaded = host
+        .load(hotload_host::LoadRequest {
+            plugin: crate::http::HANDLER.into(),
+            revision: revision.clone(),
+            digest,
+            config: Vec::new(),
+            wasm,
+        })
+        .with_context(|| format!("loading plugin file {}", file.display()))?;
+    tracing::info!(
+        file = %file.display(),
+        revision,
+        load_ms = loaded.total.as_secs_f64() * 1e3,
+        "loaded the plugin file"
+    );
+    Ok(())
 }
 
 /// A socket bound to `addr` with SO_REUSEPORT: every pre-fork worker binds the same port and
