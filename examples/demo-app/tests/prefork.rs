@@ -75,12 +75,25 @@ fn client() -> reqwest::Client {
 }
 
 async fn post(client: &reqwest::Client, addr: SocketAddr, body: &str) -> Answer {
-    let resp = client
+    let resp = send(client, addr, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {addr}: {e}"));
+    answer(resp).await
+}
+
+async fn send(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    body: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client
         .post(format!("http://{addr}/"))
         .body(body.to_string())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("POST {addr}: {e}"));
+}
+
+async fn answer(resp: reqwest::Response) -> Answer {
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -102,7 +115,9 @@ async fn post(client: &reqwest::Client, addr: SocketAddr, body: &str) -> Answer 
 }
 
 /// Sends requests until `n` distinct workers have answered; returns every answer. Fails
-/// after 30 s.
+/// after 30 s. A request that finds no listener (workers still starting) or is reset (it
+/// waited in a killed worker's queue: SO_REUSEPORT gives each worker its own) is sent
+/// again; every answer that comes is returned for the caller to check.
 async fn until_workers(addr: SocketAddr, n: usize, what: &str) -> Vec<Answer> {
     let (client, started) = (client(), Instant::now());
     let mut answers: Vec<Answer> = Vec::new();
@@ -115,7 +130,13 @@ async fn until_workers(addr: SocketAddr, n: usize, what: &str) -> Vec<Answer> {
             started.elapsed() < Duration::from_secs(30),
             "{what}: only workers {seen:?} answered"
         );
-        answers.push(post(&client, addr, &format!("req{}", answers.len())).await);
+        match send(&client, addr, &format!("req{}", answers.len())).await {
+            Ok(resp) => answers.push(answer(resp).await),
+            Err(e) if e.is_connect() || e.is_request() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("POST {addr}: {e}"),
+        }
     }
 }
 
