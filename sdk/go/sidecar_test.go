@@ -443,11 +443,17 @@ func TestSidecarTwoWorkersAreBothAcknowledged(t *testing.T) {
 	}
 	// A worker that connects later is offered the set at once and counts once it loaded.
 	w2 := startWorker(t, e.socket(), "w2", Config{CallTimeout: 2 * time.Second})
-	e.car.waitReady(t, 200)
-	_, status := e.car.get(t, "/status")
-	if !strings.Contains(status, "r1 loaded by 2/2 workers") {
-		t.Fatalf("status: %s", status)
+	// Ready may still be the one-worker verdict until w2 has connected: wait for 2/2.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, status := e.car.get(t, "/status")
+		if strings.Contains(status, "r1 loaded by 2/2 workers") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %s", status)
+		}
 	}
+	e.car.waitReady(t, 200)
 	for _, w := range []*worker{w1, w2} {
 		if out, err := w.host.Call(ctx, "auth", []byte("x")); err != nil || string(out) != "v01:xv01:" {
 			t.Fatalf("worker %s: %q, %v", w.client.Worker(), out, err)
