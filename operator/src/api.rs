@@ -84,6 +84,203 @@ pub struct PluginReleaseSpec {
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 100))]
     pub revision_history_limit: i32,
+
+    /// Judge the new revision by how it runs, window by window, while it rolls out: a
+    /// failing window applies the failure policy, and a step advances (or the rollout
+    /// completes) only after passing windows. Without it only load failures count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+
+    /// When progressDeadlineSeconds passes without progress, roll back as a failure with
+    /// action Rollback would, instead of only marking the release Degraded (Argo Rollouts'
+    /// progressDeadlineAbort). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress_deadline_abort: bool,
+}
+
+/// How the new revision is judged while it rolls out. Windows follow one another from the
+/// first pod on the target; each is judged by every check: Pass, Fail, or Inconclusive when
+/// there is too little data to say (never taken for a pass: the rollout holds, Paused with
+/// the reason, and progressDeadlineSeconds still applies).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// The length of one window, like `10s` or `1m` (at most 10m). Default 10s.
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(s|m)$')")
+        .message("analysis.interval must be a whole number of seconds or minutes, like 10s or 1m"))]
+    #[schemars(length(max = 8))]
+    pub interval: String,
+
+    /// Calls the target revision must make in a window for the built-in checks to judge it
+    /// (and on the stable revision's pods, for a latency ratio); fewer is inconclusive.
+    /// Default 20.
+    #[serde(default = "default_min_calls")]
+    #[schemars(range(min = 1))]
+    pub min_calls: i64,
+
+    /// Failing windows tolerated during one attempt at a revision; one more applies the
+    /// failure policy. Default 0: the first failing window acts.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub failure_limit: i32,
+
+    /// Passing windows in a row a step needs once its pods run the target, before it
+    /// advances; the last step (or a rollout without steps) needs them before it completes.
+    /// Default 1.
+    #[serde(default = "default_passing_windows")]
+    #[schemars(range(min = 1, max = 100))]
+    pub passing_windows: i32,
+
+    /// What each window measures; it passes only when every check passes.
+    #[schemars(length(min = 1, max = 8))]
+    pub checks: Vec<Check>,
+}
+
+/// One check: exactly one of errorRate, latency, prometheus or webhook.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.errorRate) ? 1 : 0) + (has(self.latency) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + (has(self.webhook) ? 1 : 0) == 1")
+    .message("a check needs exactly one of errorRate, latency, prometheus or webhook"))]
+pub struct Check {
+    /// The check's name in status, events and messages.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("check name must be a DNS label: lowercase letters, digits and '-'"))]
+    #[schemars(length(max = 63))]
+    pub name: String,
+
+    /// Failed calls (traps, timeouts, memory limits, and calls the app marked failed) over
+    /// all calls of the target revision, from the hosts' own counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateCheck>,
+
+    /// A latency percentile of the target revision's calls, from the hosts' own histograms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyCheck>,
+
+    /// A Prometheus query whose result must stay within bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusCheck>,
+
+    /// An HTTP endpoint that answers pass, fail or inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookCheck>,
+}
+
+/// An error-rate limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRateCheck {
+    /// The highest error rate that passes, as a percentage like `1%` or `0.5%`.
+    #[x_kube(validation = Rule::new("self.matches('^(100|[0-9]{1,2})(\\\\.[0-9]{1,3})?%$')")
+        .message("errorRate.max must be a percentage from 0% to 100%, like 1% or 0.5%"))]
+    #[schemars(length(max = 8))]
+    pub max: String,
+}
+
+/// A latency limit, absolute or relative to the stable revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.max) != has(self.maxRatio)")
+    .message("latency needs exactly one of max or maxRatio"))]
+pub struct LatencyCheck {
+    /// Which percentile of the calls' latency, 1 to 99. Default 99.
+    #[serde(default = "default_percentile")]
+    #[schemars(range(min = 1, max = 99))]
+    pub percentile: i32,
+
+    /// The highest latency that passes, like `50ms`, `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s)$')")
+        .message("latency.max must be a whole number of milliseconds or seconds, like 50ms or 2s"))]
+    #[schemars(length(max = 12))]
+    pub max: Option<String>,
+
+    /// The highest ratio to the same percentile on the stable revision's pods in the same
+    /// window, like `2` or `1.5`. Inconclusive while those pods make fewer than minCalls
+    /// calls; once no pod runs the stable revision, the last ratio measured stands for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,3}(\\\\.[0-9]{1,3})?$')")
+        .message("latency.maxRatio must be a decimal number, like 2 or 1.5"))]
+    #[schemars(length(max = 8))]
+    pub max_ratio: Option<String>,
+}
+
+/// A Prometheus instant query and the bounds its result must stay within.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.max) || has(self.min)")
+    .message("prometheus needs max, min, or both"))]
+pub struct PrometheusCheck {
+    /// The Prometheus server, like `http://prometheus.monitoring:9090`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("prometheus.address must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub address: String,
+
+    /// A PromQL query returning one number (a scalar, or a vector of one sample). Before it
+    /// is sent, `{{revision}}`, `{{stableRevision}}`, `{{plugin}}`, `{{namespace}}`,
+    /// `{{release}}` and `{{interval}}` (like `10s`) are replaced. No sample, or NaN, is
+    /// inconclusive.
+    #[schemars(length(max = 4096))]
+    pub query: String,
+
+    /// The highest result that passes, a decimal number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^-?[0-9]{1,15}(\\\\.[0-9]{1,9})?$')")
+        .message("prometheus.max must be a decimal number, like 0.01"))]
+    #[schemars(length(max = 26))]
+    pub max: Option<String>,
+
+    /// The lowest result that passes, a decimal number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^-?[0-9]{1,15}(\\\\.[0-9]{1,9})?$')")
+        .message("prometheus.min must be a decimal number, like 0.99"))]
+    #[schemars(length(max = 26))]
+    pub min: Option<String>,
+
+    /// Seconds to wait for the answer; no answer in time is inconclusive. Default 10.
+    #[serde(default = "default_check_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+}
+
+/// An HTTP gate: the operator POSTs the window (release, revision, step, pods) as JSON and
+/// the answer `{"verdict": "pass" | "fail" | "inconclusive", "reason": "…"}` judges it. No
+/// answer in time, an HTTP error or an answer of another shape is inconclusive.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCheck {
+    /// Where to POST, `http://` or `https://`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("webhook.url must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub url: String,
+
+    /// Seconds to wait for the answer. Default 10.
+    #[serde(default = "default_check_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+}
+
+fn default_interval() -> String {
+    "10s".into()
+}
+
+fn default_min_calls() -> i64 {
+    20
+}
+
+fn default_passing_windows() -> i32 {
+    1
+}
+
+fn default_percentile() -> i32 {
+    99
+}
+
+fn default_check_timeout() -> i32 {
+    10
 }
 
 /// Where the plugin comes from and what it must hash to.
@@ -388,6 +585,104 @@ pub struct PluginReleaseStatus {
     /// When the rollout last made progress (for progressDeadlineSeconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_at: Option<Time>,
+
+    /// How the analysis of the target revision stands (spec.analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// The analysis of one revision's rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// The revision judged.
+    pub revision: String,
+    /// Running (no verdict yet, or the last window passed), Inconclusive, Failed, or
+    /// Passed (the rollout completed with its windows passing).
+    pub phase: AnalysisPhase,
+    /// The step whose goal the passing windows count toward (the last step, or none
+    /// without steps, is the completion gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// Passing windows in a row since that step's pods ran the target.
+    #[serde(default)]
+    pub passing: i32,
+    /// Failing windows during this attempt at the revision.
+    #[serde(default)]
+    pub failing: i32,
+    /// When the window in progress began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_started_at: Option<Time>,
+    /// The last latency ratio's stable-side value per check (`name=value`), which stands in
+    /// once no pod runs the stable revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<String>,
+    /// The last windows judged, newest first (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<AnalysisWindow>,
+}
+
+/// Where an analysis stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AnalysisPhase {
+    /// Measuring; no window failed beyond failureLimit and the last was not inconclusive.
+    #[default]
+    Running,
+    /// The last window had too little data to judge; the rollout holds.
+    Inconclusive,
+    /// More windows failed than failureLimit; the failure policy acted.
+    Failed,
+    /// The rollout completed with passing windows.
+    Passed,
+}
+
+/// One judged window.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisWindow {
+    /// When the window began.
+    pub start: Time,
+    /// When it ended.
+    pub end: Time,
+    /// Fail if any check failed, else Inconclusive if any was, else Pass.
+    pub verdict: Verdict,
+    /// Each check's measurement.
+    pub checks: Vec<CheckResult>,
+}
+
+/// One check's measurement in one window.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// Pass, Fail or Inconclusive.
+    pub verdict: Verdict,
+    /// What was measured, like `19.8%`, `41.2ms` or `0.004`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The limit it was held to, like `<= 1%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Calls of the target revision in the window (built-in checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<i64>,
+    /// Pods of the target revision that made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i32>,
+    /// The verdict in words, with its numbers.
+    pub message: String,
+}
+
+/// A window's or a check's verdict.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within its limits.
+    Pass,
+    /// Beyond its limits.
+    Fail,
+    /// Too little data (or no answer) to judge.
+    Inconclusive,
 }
 
 /// Where a release is in its life.

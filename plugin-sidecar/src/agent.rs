@@ -567,6 +567,8 @@ impl Agent {
                 self.restore(&inner, &plugin, &revision);
                 replaced
             }
+            // Health reports are counted by the health path, not the load state machine.
+            AppMessage::Health { .. } => Vec::new(),
         };
         self.forget_replaced(&mut inner, &replaced);
     }

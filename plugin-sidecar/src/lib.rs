@@ -22,7 +22,7 @@ pub mod cli;
 pub mod control;
 pub mod digest;
 pub mod fetch;
-pub mod protocol;
+pub use hotload_protocol as protocol;
 pub mod readiness;
 pub mod state;
 pub mod store;

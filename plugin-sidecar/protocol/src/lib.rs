@@ -1,6 +1,7 @@
 //! The app channel's wire types: newline-delimited JSON over a Unix socket on the shared
-//! volume. The sidecar serves this protocol, so it owns these types; docs/protocol.md is
-//! the language-neutral description of the same thing.
+//! volume. The sidecar serves this protocol, so it owns these types (this crate lives beside
+//! it, with no network or crypto dependencies, for apps and hosts to use too);
+//! docs/protocol.md is the language-neutral description of the same thing.
 //!
 //! ```text
 //!  app ──► sidecar   {"type":"hello","app":"checkout","worker":"4711","protocol":2}
@@ -10,9 +11,17 @@
 //!  sidecar ──► app   {"type":"unload","plugin":"auth"}
 //!  app ──► sidecar   {"type":"unloaded","plugin":"auth"}
 //!  sidecar ──► app   {"type":"error","reason":"…"}   (the app sent something unusable)
+//!  app ──► sidecar   {"type":"health","plugins":[{"plugin":"auth","revision":"r2","calls":412,…}]}
 //! ```
 
 use serde::{Deserialize, Serialize};
+
+pub mod health;
+
+pub use health::{Counts, ErrorKind, Errors, PluginHealth};
+
+/// How often a worker sends `health` while calls happen (at most; none while idle).
+pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest line the sidecar reads from the app; a longer one is refused, not buffered.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -87,6 +96,12 @@ pub enum AppMessage {
     Unloaded {
         /// Plugin slot name.
         plugin: String,
+    },
+    /// How the worker's plugins ran since its previous `health` on this connection, per
+    /// revision: counts to add, never totals (see [`health`]).
+    Health {
+        /// One entry per plugin revision that was called.
+        plugins: Vec<PluginHealth>,
     },
 }
 
@@ -170,6 +185,17 @@ mod tests {
                 plugin: "auth".into()
             })
         );
+    }
+
+    #[test]
+    fn health_reports_parse() {
+        let line = br#"{"type":"health","plugins":[{"plugin":"auth","revision":"r2","calls":5,"errors":{"trap":1},"latency_us":[0,5]}]}"#;
+        let Ok(AppMessage::Health { plugins }) = parse_app_line(line) else {
+            panic!("not a health message");
+        };
+        assert_eq!(plugins[0].counts.calls, 5);
+        assert_eq!(plugins[0].counts.errors.trap, 1);
+        assert_eq!(plugins[0].counts.latency_us, vec![0, 5]);
     }
 
     #[test]
