@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -21,7 +22,8 @@ import (
 //
 //	connect ─ hello ─┬─ load ─── Host.Load (off the request path) ─── loaded | failed
 //	                 ├─ unload ─ Host.Unload ───────────────────────── unloaded
-//	                 └─ error, garbage: logged, connection kept
+//	                 ├─ error, garbage: logged, connection kept
+//	                 └─ every HealthInterval: Host.TakeHealth ─ health (only when calls happened)
 //	drop ─ wait 50 ms, 100 ms, … 2 s ─ connect again (same worker id)
 type Client struct {
 	host *Host
@@ -41,6 +43,9 @@ type ClientConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between connection attempts (default 50 ms
 	// doubling to 2 s).
 	MinBackoff, MaxBackoff time.Duration
+	// HealthInterval is how often the host's call counts (Host.TakeHealth) go to the
+	// sidecar in a `health` message while calls happen (default HealthInterval, 1 s).
+	HealthInterval time.Duration
 	// Logger receives the client's structured logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -67,6 +72,9 @@ func NewClient(host *Host, cfg ClientConfig) *Client {
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(2*time.Second, cfg.MinBackoff)
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = HealthInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -114,6 +122,17 @@ func (c *Client) session(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("send hello: %w", err)
 	}
 	c.cfg.Logger.Info("connected to the sidecar", "socket", c.cfg.Socket)
+	// Answers and health reports share the connection: one line at a time.
+	var writeMu sync.Mutex
+	send := func(msg any) error {
+		writeMu.Lock()
+		defer writeMu.Unlock()
+		_, err := conn.Write(encodeLine(msg))
+		return err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go c.reportHealth(done, send)
 	rd := bufio.NewReaderSize(conn, 64<<10)
 	for n := 1; ; n++ {
 		line, err := readLine(rd, maxSidecarLine)
@@ -136,8 +155,31 @@ func (c *Client) session(ctx context.Context, conn net.Conn) error {
 		if reply == nil {
 			continue
 		}
-		if _, err := conn.Write(encodeLine(reply)); err != nil {
+		if err := send(reply); err != nil {
 			return fmt.Errorf("send answer: %w", err)
+		}
+	}
+}
+
+// reportHealth sends the host's counts every HealthInterval until done, and nothing while no
+// call happened. Counts taken for a report that could not be sent are lost, as the protocol
+// says (a dropped connection loses its last report, never more).
+func (c *Client) reportHealth(done <-chan struct{}, send func(any) error) {
+	tick := time.NewTicker(c.cfg.HealthInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		plugins := c.host.TakeHealth()
+		if len(plugins) == 0 {
+			continue
+		}
+		if err := send(healthMessage{Type: "health", Plugins: plugins}); err != nil {
+			c.cfg.Logger.Warn("could not send a health report", "error", err)
+			return
 		}
 	}
 }

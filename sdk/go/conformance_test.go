@@ -106,6 +106,11 @@ type step struct {
 	Release *struct {
 		Pin string `json:"pin"`
 	} `json:"release"`
+	MarkFailed *struct {
+		Plugin string `json:"plugin"`
+		Pin    string `json:"pin"`
+	} `json:"mark_failed"`
+	Health  *struct{}   `json:"health"`
 	Unload  *pluginRef  `json:"unload"`
 	Serving *pluginRef  `json:"serving"`
 	Plugins *struct{}   `json:"plugins"`
@@ -151,6 +156,19 @@ type expectation struct {
 	Names       *[]string       `json:"names"`
 	WasLoaded   *bool           `json:"was_loaded"`
 	Events      *[]string       `json:"events"`
+	Reports     *[]healthReport `json:"reports"`
+}
+
+// healthReport is what a `health` step expects of one revision's drained counts.
+type healthReport struct {
+	Plugin         string       `json:"plugin"`
+	Revision       string       `json:"revision"`
+	Calls          uint64       `json:"calls"`
+	Errors         HealthErrors `json:"errors"`
+	LatencyAtLeast *struct {
+		Ms    int    `json:"ms"`
+		Calls uint64 `json:"calls"`
+	} `json:"latency_at_least"`
 }
 
 type expectedError struct {
@@ -334,6 +352,18 @@ func runStep(t *testing.T, ctx context.Context, h *Host, rec *recorder, pins map
 		if x.Names != nil && !slices.Equal(got, *x.Names) && !(len(got) == 0 && len(*x.Names) == 0) {
 			t.Errorf("%s: plugins %q, want %q", where, got, *x.Names)
 		}
+	case s.MarkFailed != nil:
+		if s.MarkFailed.Pin != "" {
+			p := pins[s.MarkFailed.Pin]
+			if p == nil {
+				t.Fatalf("%s: no pin %q", where, s.MarkFailed.Pin)
+			}
+			p.MarkFailed()
+		} else if !h.MarkFailed(s.MarkFailed.Plugin) {
+			t.Errorf("%s: mark_failed: %s serves nothing", where, s.MarkFailed.Plugin)
+		}
+	case s.Health != nil:
+		checkHealth(t, where, h.TakeHealth(), x.Reports)
 	case s.Events != nil:
 		got := rec.take()
 		if x.Events != nil && !slices.Equal(got, *x.Events) {
@@ -435,4 +465,44 @@ func errorKind(err error) (kind, fault string) {
 		return string(ce.Kind), fault
 	}
 	return "unclassified", ""
+}
+
+// checkHealth compares drained counts with a `health` step's reports: the same revisions in
+// order, exact calls and errors, 20 latency buckets that add up to the calls, and at least
+// latency_at_least.calls of them in the buckets of latency_at_least.ms or slower.
+func checkHealth(t *testing.T, where string, got []PluginHealth, want *[]healthReport) {
+	t.Helper()
+	if want == nil {
+		return
+	}
+	if len(got) != len(*want) {
+		t.Errorf("%s: health has %d reports, want %d: %+v", where, len(got), len(*want), got)
+		return
+	}
+	for i, w := range *want {
+		g := got[i]
+		if g.Plugin != w.Plugin || g.Revision != w.Revision {
+			t.Errorf("%s: report %d is %s %s, want %s %s", where, i, g.Plugin, g.Revision, w.Plugin, w.Revision)
+			continue
+		}
+		if g.Calls != w.Calls || g.Errors != w.Errors {
+			t.Errorf("%s: %s %s: calls %d errors %+v, want calls %d errors %+v", where, g.Plugin, g.Revision, g.Calls, g.Errors, w.Calls, w.Errors)
+		}
+		var timed uint64
+		for _, n := range g.LatencyMicros {
+			timed += n
+		}
+		if timed != g.Calls {
+			t.Errorf("%s: %s %s: latency buckets hold %d calls of %d: %v", where, g.Plugin, g.Revision, timed, g.Calls, g.LatencyMicros)
+		}
+		if a := w.LatencyAtLeast; a != nil {
+			var slow uint64
+			for _, n := range g.LatencyMicros[LatencyBucket(time.Duration(a.Ms)*time.Millisecond):] {
+				slow += n
+			}
+			if slow < a.Calls {
+				t.Errorf("%s: %s %s: %d calls at %d ms or slower, want at least %d: %v", where, g.Plugin, g.Revision, slow, a.Ms, a.Calls, g.LatencyMicros)
+			}
+		}
+	}
 }

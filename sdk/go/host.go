@@ -43,6 +43,8 @@ type Host struct {
 	// slots is replaced whole (copy on write) under mu, so a call reads it without a lock.
 	slots atomic.Pointer[map[string]*slot]
 	mu    sync.Mutex
+	// health counts calls per plugin revision until TakeHealth drains them.
+	health healthTable
 }
 
 type slot struct {
@@ -432,6 +434,7 @@ func (h *Host) loadInto(ctx context.Context, s *slot, id RevisionID, wasm []byte
 	if old != nil {
 		h.cfg.Hooks.BeforeUnload(UnloadEvent{Plugin: id.Plugin, Revision: old.id.Revision, Next: id.Revision})
 	}
+	rev.health = h.health.join(id.Plugin, id.Revision)
 	t = time.Now()
 	s.current.Store(rev)
 	swap := time.Since(t)

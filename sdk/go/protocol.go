@@ -16,6 +16,7 @@ import (
 //	sidecar ──► app   {"type":"unload","plugin":"auth"}
 //	app ──► sidecar   {"type":"unloaded","plugin":"auth"}
 //	sidecar ──► app   {"type":"error","reason":"…"}   (the app sent something unusable)
+//	app ──► sidecar   {"type":"health","plugins":[{"plugin":"auth","revision":"r2","calls":…,"errors":{…},"latency_us":[…]}]}
 
 // ProtocolVersion is the app protocol version this SDK speaks.
 const ProtocolVersion = 2
@@ -53,6 +54,11 @@ type failedMessage struct {
 	Plugin   string `json:"plugin"`
 	Revision string `json:"revision"`
 	Reason   string `json:"reason"`
+}
+
+type healthMessage struct {
+	Type    string         `json:"type"`
+	Plugins []PluginHealth `json:"plugins"`
 }
 
 type unloadedMessage struct {

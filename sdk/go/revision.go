@@ -62,6 +62,9 @@ type revision struct {
 	idle   chan *instance
 	tokens chan struct{}
 	refs   atomic.Int64
+	// health counts the calls; set when the revision starts serving (a revision that never
+	// served has made no calls).
+	health *revisionHealth
 }
 
 // instantiateError says which step of making an instance ready failed.
@@ -122,6 +125,9 @@ func (r *revision) acquire() bool {
 func (r *revision) release() {
 	if r.refs.Add(-1) != 0 {
 		return
+	}
+	if r.health != nil {
+		r.health.users.Add(-1)
 	}
 	// Nothing is lent out any more: every holder checked its instance in before releasing.
 	for {
@@ -188,8 +194,24 @@ func (r *revision) forEachInstance(f func(*instance) *Failure) *Failure {
 	return failure
 }
 
-// call handles one request on a pooled instance.
+// call handles one request on a pooled instance, and counts it.
 func (r *revision) call(ctx context.Context, input []byte) ([]byte, error) {
+	start := time.Now()
+	out, err := r.handle(ctx, input)
+	if r.health != nil {
+		r.health.record(time.Since(start), healthKindOf(err))
+	}
+	return out, err
+}
+
+// markFailed counts a returned call the app found failed.
+func (r *revision) markFailed() {
+	if r.health != nil {
+		r.health.markFailed()
+	}
+}
+
+func (r *revision) handle(ctx context.Context, input []byte) ([]byte, error) {
 	inst, err := r.checkout(ctx)
 	if err != nil {
 		return nil, err

@@ -496,3 +496,135 @@ func TestSidecarTwoWorkersAreBothAcknowledged(t *testing.T) {
 		t.Fatalf("w1 serves %q, want r4", id.Revision)
 	}
 }
+
+// metric is one sample of the sidecar's /metrics: its name and labels.
+type metric struct {
+	name   string
+	labels map[string]string
+}
+
+// metricValue reads a sample's value from Prometheus text (absent: -1).
+func metricValue(text string, want metric) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		name, labels, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
+		if name != want.name {
+			continue
+		}
+		got := map[string]string{}
+		for _, pair := range strings.Split(labels, ",") {
+			if k, v, ok := strings.Cut(pair, "="); ok {
+				got[k] = strings.Trim(v, `"`)
+			}
+		}
+		match := true
+		for k, v := range want.labels {
+			match = match && got[k] == v
+		}
+		if match {
+			f, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
+			if err != nil {
+				return -1
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// Two workers call a plugin, one marks a call failed, then both call a revision that traps:
+// the sidecar's /metrics shows the sum of both workers' health reports per revision, and
+// keeps showing it (reports are counts since the previous one, never re-sent).
+func TestSidecarMetricsMergeTwoWorkersHealth(t *testing.T) {
+	e := newSidecarEnv(t)
+	ctx := context.Background()
+	w1 := startWorker(t, e.socket(), "w1", Config{CallTimeout: 2 * time.Second})
+	w2 := startWorker(t, e.socket(), "w2", Config{CallTimeout: 2 * time.Second})
+	v1URL, v1 := e.server.put(t, "tagger-v1.wasm")
+	if o := e.car.load(t, "h", "r1", v1URL, v1); !o.ok {
+		t.Fatalf("load r1: %+v", o)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, status := e.car.get(t, "/status")
+		if strings.Contains(status, "r1 loaded by 2/2 workers") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %s", status)
+		}
+	}
+	calls := map[*worker]int{w1: 5, w2: 3}
+	for w, n := range calls {
+		for range n {
+			if _, err := w.host.Call(ctx, "h", []byte("x")); err != nil {
+				t.Fatalf("worker %s: %v", w.client.Worker(), err)
+			}
+		}
+	}
+	w1.host.MarkFailed("h")
+	trapURL, trap := e.server.put(t, "handle-trap.wasm")
+	if o := e.car.load(t, "h", "r2", trapURL, trap); !o.ok {
+		t.Fatalf("load r2: %+v", o)
+	}
+	traps := map[*worker]int{w1: 2, w2: 1}
+	for w, n := range traps {
+		for range n {
+			if _, err := w.host.Call(ctx, "h", []byte("x")); err == nil {
+				t.Fatalf("worker %s: a call to handle-trap succeeded", w.client.Worker())
+			}
+		}
+	}
+
+	r1 := map[string]string{"plugin": "h", "revision": "r1"}
+	r2 := map[string]string{"plugin": "h", "revision": "r2"}
+	with := func(l map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for a, b := range l {
+			out[a] = b
+		}
+		return out
+	}
+	want := []struct {
+		m     metric
+		value float64
+	}{
+		{metric{"hotload_plugin_calls_total", r1}, 8},
+		{metric{"hotload_plugin_errors_total", with(r1, "kind", "failed")}, 1},
+		{metric{"hotload_plugin_errors_total", with(r1, "kind", "trap")}, 0},
+		{metric{"hotload_plugin_call_duration_seconds_bucket", with(r1, "le", "+Inf")}, 8},
+		{metric{"hotload_plugin_call_duration_seconds_count", r1}, 8},
+		{metric{"hotload_plugin_calls_total", r2}, 3},
+		{metric{"hotload_plugin_errors_total", with(r2, "kind", "trap")}, 3},
+		{metric{"hotload_plugin_errors_total", with(r2, "kind", "timeout")}, 0},
+		{metric{"hotload_plugin_call_duration_seconds_count", r2}, 3},
+	}
+	check := func() (string, bool) {
+		_, text := e.car.get(t, "/metrics")
+		for _, w := range want {
+			if got := metricValue(text, w.m); got != w.value {
+				return fmt.Sprintf("%s%v = %v, want %v\n%s", w.m.name, w.m.labels, got, w.value, text), false
+			}
+		}
+		return text, true
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		msg, ok := check()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics never showed both workers' totals: %s", msg)
+		}
+	}
+	// Two more report intervals: nothing is counted twice.
+	time.Sleep(2*HealthInterval + 500*time.Millisecond)
+	if msg, ok := check(); !ok {
+		t.Fatalf("after two more intervals: %s", msg)
+	}
+}

@@ -99,10 +99,27 @@ export class CallError extends Error {
   fault?: FaultKind;
 }
 
+/** One revision's calls since the previous report: an entry of the protocol's `health` message. */
+export interface PluginHealth {
+  plugin: string;
+  revision: string;
+  calls: number;
+  errors: { trap: number; timeout: number; memory: number; failed: number };
+  /** Calls per latency bucket (20 entries; bounds in LATENCY_BOUNDS_US, then slower). */
+  latency_us: number[];
+}
+
+export const HEALTH_INTERVAL_MS: number;
+export const LATENCY_BOUNDS_US: readonly number[];
+/** The latency bucket of a call of `micros` µs. */
+export function latencyBucket(micros: number): number;
+
 /** One revision held for all the calls of one request. */
 export class Pinned {
   readonly revision: RevisionId;
   call(input: Uint8Array | string): Promise<Buffer>;
+  /** Counts one call through this pin that returned as failed, on the pinned revision. */
+  markFailed(): void;
   /** Lets the revision go; call it when the request ends (idempotent). */
   release(): void;
   [Symbol.dispose](): void;
@@ -114,6 +131,10 @@ export class PluginHost {
   readonly config: Required<HostConfig>;
   call(plugin: string, input: Uint8Array | string): Promise<Buffer>;
   pin(plugin: string): Pinned;
+  /** Counts one call to `plugin` that returned as failed, on the revision serving now; false when none serves. */
+  markFailed(plugin: string): boolean;
+  /** What each plugin revision did since the previous takeHealth() (revisions with calls only); drains. */
+  takeHealth(): PluginHealth[];
   serving(plugin: string): RevisionId | null;
   plugins(): string[];
   load(req: LoadRequest): Promise<Loaded>;
@@ -160,6 +181,8 @@ export interface AppClientOptions {
   app?: string;
   /** Default: the process id. */
   worker?: string;
+  /** How often the host's call counts go to the sidecar while calls happen. Default 1000. */
+  healthIntervalMs?: number;
 }
 
 /** The sidecar's app protocol v2: one per process (in a cluster app, one per worker). */
@@ -192,4 +215,5 @@ export namespace protocol {
   const PROTOCOL: 2;
   function backoffMs(attempt: number): number;
   function configBytes(config: unknown): Uint8Array;
+  function health(plugins: PluginHealth[]): { type: 'health'; plugins: PluginHealth[] };
 }

@@ -2,7 +2,8 @@
 //
 //  connect ── hello {worker: pid, protocol: 2} ── lines ── load ─► read file ─► Wasm host or
 //     ▲                                              │             JS module host ─► loaded/failed
-//     └── back-off 50 ms … 2 s ◄── close/error       └─ unload ─► both hosts ─► unloaded
+//     └── back-off 50 ms … 2 s ◄── close/error       ├─ unload ─► both hosts ─► unloaded
+//                                                    └─ every second: host.takeHealth() ─► health
 //
 // One client per process: in a `cluster` app, create it in each worker (never in the
 // primary); each worker is one of the pod's workers and is acknowledged on its own.
@@ -17,6 +18,7 @@ import net from 'node:net';
 import path from 'node:path';
 
 import { LoadError } from './errors.js';
+import { HEALTH_INTERVAL_MS } from './health.js';
 import * as proto from './protocol.js';
 
 /** The socket's default path, as the injection webhook mounts it. */
@@ -37,6 +39,7 @@ export class AppClient extends EventEmitter {
   #timer = null;
   #closed = false;
   #queue = Promise.resolve();
+  #healthTimer = null;
 
   /**
    * @param {object} opts
@@ -45,6 +48,8 @@ export class AppClient extends EventEmitter {
    * @param {string} [opts.socket] default $HOTLOAD_APP_SOCKET or /var/run/hotload/app.sock
    * @param {string} [opts.app] default $HOTLOAD_APP or the script's name
    * @param {string} [opts.worker] default the process id
+   * @param {number} [opts.healthIntervalMs] how often the host's call counts go to the
+   *   sidecar (a `health` message, only when calls happened); default 1000
    */
   constructor(opts = {}) {
     super();
@@ -54,6 +59,7 @@ export class AppClient extends EventEmitter {
     this.socketPath = opts.socket ?? process.env.HOTLOAD_APP_SOCKET ?? DEFAULT_SOCKET;
     this.app = opts.app ?? process.env.HOTLOAD_APP ?? path.basename(process.argv[1] ?? 'node', '.js');
     this.worker = String(opts.worker ?? process.pid);
+    this.healthIntervalMs = opts.healthIntervalMs ?? HEALTH_INTERVAL_MS;
   }
 
   /** Whether a connection is open right now. */
@@ -71,6 +77,7 @@ export class AppClient extends EventEmitter {
   async close() {
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearInterval(this.#healthTimer);
     this.#socket?.destroy();
     this.#socket = null;
     await this.#queue;
@@ -89,6 +96,9 @@ export class AppClient extends EventEmitter {
       // Before anything else, on every connection.
       socket.write(`${JSON.stringify(proto.hello(this.app, this.worker))}\n`);
       this.emit('connected', this.worker);
+      clearInterval(this.#healthTimer);
+      this.#healthTimer = setInterval(() => this.#reportHealth(generation), this.healthIntervalMs);
+      this.#healthTimer.unref();
     });
     socket.on('data', (chunk) => {
       for (const line of lines.push(chunk)) this.#receive(line, generation);
@@ -96,6 +106,7 @@ export class AppClient extends EventEmitter {
     socket.on('error', () => {}); // 'close' follows; the reason is not needed to retry
     socket.on('close', () => {
       if (this.#socket === socket) this.#socket = null;
+      if (generation === this.#generation) clearInterval(this.#healthTimer);
       if (open) this.emit('disconnected', 'connection closed');
       if (this.#closed) return;
       const wait = proto.backoffMs(this.#attempt++);
@@ -107,6 +118,16 @@ export class AppClient extends EventEmitter {
     if (generation !== this.#generation || !this.#socket) return false;
     this.#socket.write(`${JSON.stringify(msg)}\n`);
     return true;
+  }
+
+  /**
+   * Sends the host's counts since the last report, if any call happened. Counts taken for a
+   * connection that drops with them are lost, as the protocol says (never re-sent).
+   */
+  #reportHealth(generation) {
+    if (!this.host || generation !== this.#generation || !this.#socket) return;
+    const plugins = this.host.takeHealth();
+    if (plugins.length > 0) this.#send(proto.health(plugins), generation);
   }
 
   #receive(line, generation) {

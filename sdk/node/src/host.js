@@ -16,6 +16,7 @@ import { readFile } from 'node:fs/promises';
 import { compileModule } from './compile.js';
 import { parseSha256, sha256DigestAsync } from './digest.js';
 import { CallError, LoadError } from './errors.js';
+import { HealthTable } from './health.js';
 import { Revision } from './revision.js';
 
 /** Limits and knobs of a host; every field has a production default (hotload-host's). */
@@ -91,6 +92,14 @@ export class Pinned {
     return this.#rev.call(toBytes(input));
   }
 
+  /**
+   * Counts one call made through this pin that returned as failed (its answer was unusable,
+   * say), on the pinned revision. Does nothing after release().
+   */
+  markFailed() {
+    if (!this.#released) this.#rev.markFailed();
+  }
+
   /** Lets the revision go (idempotent). */
   release() {
     if (this.#released) return;
@@ -108,6 +117,7 @@ export class PluginHost {
   /** @type {Map<string, Slot>} */
   #slots = new Map();
   #closed = false;
+  #health = new HealthTable();
 
   /**
    * @param {Partial<typeof DEFAULTS>} [config]
@@ -139,6 +149,29 @@ export class PluginHost {
     } finally {
       rev.release();
     }
+  }
+
+  /**
+   * Counts one call to `plugin` that returned as failed (its answer was unusable, say) on the
+   * revision serving now; false when none serves. To mark the very revision a request called,
+   * even across a swap, call through a pin and use its markFailed().
+   */
+  markFailed(plugin) {
+    const rev = this.#slots.get(plugin)?.current;
+    if (!rev) return false;
+    rev.markFailed();
+    return true;
+  }
+
+  /**
+   * What each plugin revision did since the previous takeHealth() (only revisions with calls,
+   * sorted by plugin and revision), in the protocol's `health` shape; counting starts afresh.
+   * An AppClient sends it to the sidecar about once a second.
+   * @returns {Array<{plugin: string, revision: string, calls: number,
+   *   errors: {trap: number, timeout: number, memory: number, failed: number}, latency_us: number[]}>}
+   */
+  takeHealth() {
+    return this.#health.take();
   }
 
   /** Pins the revision serving `plugin` now, for all the calls of one request. @returns {Pinned} */
@@ -285,6 +318,7 @@ export class PluginHost {
         stateBytes = snapshot.length;
       }
       if (old) this.#hook('beforeUnload', { plugin, revision: old.id.revision, next: revision });
+      next.health = this.#health.join(plugin, revision);
       const s = performance.now();
       slot.current = next;
       const swapMs = performance.now() - s;

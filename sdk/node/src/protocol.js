@@ -66,6 +66,11 @@ export function failed(plugin, revision, reason) {
 }
 
 /** The answer to every unload. */
+/** How the worker's plugins ran since its previous report (see health.js). */
+export function health(plugins) {
+  return { type: 'health', plugins };
+}
+
 export function unloaded(plugin) {
   return { type: 'unloaded', plugin };
 }

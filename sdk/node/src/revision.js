@@ -6,6 +6,7 @@
 // how a swap never cuts a call off.
 
 import { CallError, failureText as failureWords } from './errors.js';
+import { errorKindOf } from './health.js';
 import { Instance } from './instance.js';
 
 /**
@@ -19,6 +20,8 @@ export class Revision {
   refs = 0;
   retired = false;
   destroyed = false;
+  /** Where its calls count (set when it starts serving; see health.js). */
+  health = null;
 
   /**
    * @param {RevisionId} id
@@ -69,6 +72,7 @@ export class Revision {
 
   /** Stops every idle thread now, and every busy one as it comes back. */
   destroy() {
+    if (!this.destroyed && this.health) this.health.users--;
     this.destroyed = true;
     for (const inst of this.idle) inst.kill();
     this.idle = [];
@@ -137,8 +141,26 @@ export class Revision {
     return r;
   }
 
-  /** Handles one request; rejects with a CallError. */
+  /** Handles one request and counts it; rejects with a CallError. */
   async call(input) {
+    const start = performance.now();
+    let error = null;
+    try {
+      return await this.#handle(input);
+    } catch (err) {
+      error = err;
+      throw err;
+    } finally {
+      this.health?.record(performance.now() - start, errorKindOf(error));
+    }
+  }
+
+  /** Counts a returned call the app found failed. */
+  markFailed() {
+    this.health?.markFailed();
+  }
+
+  async #handle(input) {
     // A view into a larger buffer (Node's Buffer pool) would be cloned whole to the thread.
     const own = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength ? input : Uint8Array.prototype.slice.call(input);
     const r = await this.run('handle', { input: own });

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { PluginHost } from '../index.js';
+import { PluginHost, latencyBucket } from '../index.js';
 import { sha256Digest } from '../src/digest.js';
 import { checkError, checkOutcome, hostConfig, inputOf, pluginBytes, suite } from './helpers.js';
 
@@ -100,9 +100,33 @@ async function runStep(host, step, expect, pins, events, where) {
     pins.delete(step.release.pin);
   } else if (step.unload) {
     assert.equal(await host.unload(step.unload.plugin), expect.was_loaded, `${where}: was_loaded`);
+  } else if (step.mark_failed) {
+    if (step.mark_failed.pin !== undefined) pins.get(step.mark_failed.pin).markFailed();
+    else assert.ok(host.markFailed(step.mark_failed.plugin), `${where}: mark_failed: nothing serves`);
+  } else if (step.health) {
+    if (expect.reports) checkHealth(host.takeHealth(), expect.reports, where);
   } else if (step.events) {
     assert.deepEqual(events, expect.events, `${where}: events`);
   } else {
     assert.fail(`${where}: unknown step ${JSON.stringify(step)}`);
+  }
+}
+
+// Drained counts against a `health` step's reports: the same revisions in order, exact calls
+// and errors, 20 latency buckets adding up to the calls, and at least latency_at_least.calls
+// of them in the buckets of latency_at_least.ms or slower.
+function checkHealth(got, want, where) {
+  assert.deepEqual(got.map((r) => `${r.plugin} ${r.revision}`), want.map((r) => `${r.plugin} ${r.revision}`), `${where}: reported revisions`);
+  for (const [i, w] of want.entries()) {
+    const g = got[i];
+    const who = `${where}: ${g.plugin} ${g.revision}`;
+    assert.equal(g.calls, w.calls, `${who}: calls`);
+    assert.deepEqual(g.errors, w.errors, `${who}: errors`);
+    assert.equal(g.latency_us.length, 20, `${who}: latency buckets`);
+    assert.equal(g.latency_us.reduce((a, b) => a + b, 0), g.calls, `${who}: latency buckets hold every call`);
+    if (w.latency_at_least) {
+      const slow = g.latency_us.slice(latencyBucket(w.latency_at_least.ms * 1000)).reduce((a, b) => a + b, 0);
+      assert.ok(slow >= w.latency_at_least.calls, `${who}: ${slow} calls at ${w.latency_at_least.ms} ms or slower: ${g.latency_us}`);
+    }
   }
 }

@@ -249,3 +249,68 @@ test('one worker: load, then a sidecar restart recovered from disk without a dow
     rmSync(e.dir, { recursive: true, force: true });
   }
 });
+
+/** A sample's value in Prometheus text (labels matched as given), or null when absent. */
+function metricValue(text, name, labels) {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(m[3]);
+  }
+  return null;
+}
+
+test('two workers: the sidecar\'s /metrics shows the sum of both workers\' health reports per revision', { skip, timeout: 120_000 }, async () => {
+  const e = env();
+  const server = await artifactServer(e.pki);
+  const sidecar = await startSidecar(e.state, e.pki.ca);
+  const socket = path.join(e.state, 'app.sock');
+  const workers = ['w1', 'w2'].map((worker) => {
+    const host = new PluginHost({ instancesPerRevision: 1, callTimeoutMs: 5000 });
+    return { host, client: new AppClient({ host, socket, worker, app: 'node-test' }).start() };
+  });
+  const [w1, w2] = workers;
+  try {
+    await waitFor(sidecar.admin, '/status', (body) => workersOf(body).length === 2, 'both workers connected');
+    const v1 = pluginBytes('tagger-v1.wasm');
+    const r1 = (await load(e.state, 'h', server.put('v1', v1), sha256Digest(v1))).outcome.revision;
+    for (const [w, n] of [[w1, 5], [w2, 3]]) {
+      for (let i = 0; i < n; i++) assert.equal((await w.host.call('h', 'x')).toString(), 'v01:xv01:');
+    }
+    assert.ok(w1.host.markFailed('h'));
+    const trap = pluginBytes('handle-trap.wasm');
+    const swapped = await load(e.state, 'h', server.put('trap', trap), sha256Digest(trap));
+    assert.ok(swapped.ok, JSON.stringify(swapped.outcome));
+    const r2 = swapped.outcome.revision;
+    for (const [w, n] of [[w1, 2], [w2, 1]]) {
+      for (let i = 0; i < n; i++) await assert.rejects(w.host.call('h', 'x'), { kind: 'handle', fault: 'trap' });
+    }
+    const want = [
+      ['hotload_plugin_calls_total', { plugin: 'h', revision: r1 }, 8],
+      ['hotload_plugin_errors_total', { plugin: 'h', revision: r1, kind: 'failed' }, 1],
+      ['hotload_plugin_errors_total', { plugin: 'h', revision: r1, kind: 'trap' }, 0],
+      ['hotload_plugin_call_duration_seconds_bucket', { plugin: 'h', revision: r1, le: '+Inf' }, 8],
+      ['hotload_plugin_call_duration_seconds_count', { plugin: 'h', revision: r1 }, 8],
+      ['hotload_plugin_calls_total', { plugin: 'h', revision: r2 }, 3],
+      ['hotload_plugin_errors_total', { plugin: 'h', revision: r2, kind: 'trap' }, 3],
+      ['hotload_plugin_errors_total', { plugin: 'h', revision: r2, kind: 'timeout' }, 0],
+      ['hotload_plugin_call_duration_seconds_count', { plugin: 'h', revision: r2 }, 3],
+    ];
+    const wrong = (text) => want.map(([n, l, v]) => [n, l, v, metricValue(text, n, l)]).filter((x) => x[3] !== x[2]);
+    await waitFor(sidecar.admin, '/metrics', (body) => wrong(body).length === 0, 'the merged totals');
+    // Two more report intervals: nothing is counted twice.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    const body = (await get(sidecar.admin, '/metrics')).body;
+    assert.deepEqual(wrong(body), [], body);
+  } finally {
+    for (const w of workers) {
+      await w.client.close();
+      await w.host.close();
+    }
+    await stop(sidecar.child);
+    server.close();
+    rmSync(e.dir, { recursive: true, force: true });
+  }
+});

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { abi, protocol, PluginHost, sha256Digest, parseSha256 } from '../index.js';
+import { abi, LATENCY_BOUNDS_US, latencyBucket, protocol, PluginHost, sha256Digest, parseSha256 } from '../index.js';
 import { instrumentMemoryGrow, parseModule, WasmFormatError } from '../src/wasm-binary.js';
 import { pluginBytes } from './helpers.js';
 
@@ -96,4 +96,49 @@ test('growth up to the limit works; past it traps with the sizes', async () => {
   await host.load({ plugin: 'g', revision: 'r1', digest: sha256Digest(grow), wasm: grow });
   await assert.rejects(host.call('g', 'x'), { message: 'plugin g revision r1: handle failed: memory limit exceeded: asked for 1114112 bytes, limit is 262144 bytes' });
   await host.close();
+});
+
+test('latency buckets follow the documented bounds; a call of exactly a bound is in its bucket', () => {
+  const cases = [[0, 0], [10, 0], [10.9, 0], [11, 1], [20, 1], [21, 2], [1000, 6], [1001, 7], [3000, 8],
+    [1e6, 15], [1e7, 18], [1e7 + 1, 19], [3.6e9, 19], [-5, 0]];
+  for (const [us, want] of cases) assert.equal(latencyBucket(us), want, `${us} µs`);
+  LATENCY_BOUNDS_US.forEach((bound, i) => assert.equal(latencyBucket(bound), i, `${bound} µs`));
+  assert.equal(LATENCY_BOUNDS_US.length + 1, 20);
+});
+
+test('a call that finds no free instance in time counts as failed; the one that held it as timeout', async () => {
+  const host = new PluginHost({ instancesPerRevision: 1, callTimeoutMs: 400, checkoutTimeoutMs: 100 });
+  try {
+    const wasm = pluginBytes('handle-loop.wasm');
+    await host.load({ plugin: 'slow', revision: 'r1', digest: sha256Digest(wasm), wasm });
+    const holding = host.call('slow', 'x').catch((e) => e);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await assert.rejects(host.call('slow', 'y'), { kind: 'busy' });
+    assert.equal((await holding).fault, 'timeout');
+    const [h] = host.takeHealth();
+    assert.deepEqual([h.calls, h.errors], [2, { trap: 0, timeout: 1, memory: 0, failed: 1 }]);
+    const slow = h.latency_us.slice(latencyBucket(100_000)).reduce((a, b) => a + b, 0);
+    assert.equal(slow, 2, `both calls took 100 ms or more: ${h.latency_us}`);
+    assert.deepEqual(host.takeHealth(), [], 'drained');
+  } finally {
+    await host.close();
+  }
+});
+
+test('health is the protocol\'s JSON: field names, 20 latency buckets', async () => {
+  const host = new PluginHost({ instancesPerRevision: 1 });
+  try {
+    const wasm = pluginBytes('tagger-v1.wasm');
+    await host.load({ plugin: 'auth', revision: 'r2', digest: sha256Digest(wasm), wasm });
+    await host.call('auth', 'x');
+    const pin = host.pin('auth');
+    pin.markFailed();
+    pin.release();
+    pin.markFailed(); // after release: nothing
+    const line = JSON.stringify(protocol.health(host.takeHealth()));
+    assert.ok(line.startsWith('{"type":"health","plugins":[{"plugin":"auth","revision":"r2","calls":1,"errors":{"trap":0,"timeout":0,"memory":0,"failed":1},"latency_us":['), line);
+    assert.equal(JSON.parse(line).plugins[0].latency_us.length, 20);
+  } finally {
+    await host.close();
+  }
 });

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import PLUGINS, digest_of, host_config, plugin_bytes, suite
 
-from hotload import HotloadError, LoadRequest, PluginHost, sha256_digest
+from hotload import HotloadError, LoadRequest, PluginHost, latency_bucket, sha256_digest
 
 SUITE = suite()
 
@@ -131,12 +131,38 @@ def run_step(host: PluginHost, rec: Recorder, pins: dict, s: dict, where: str) -
     elif "plugins" in s:
         if "names" in x:
             assert host.plugins() == x["names"], f"{where}: plugins {host.plugins()}"
+    elif "mark_failed" in s:
+        spec = s["mark_failed"]
+        if "pin" in spec:
+            pins[spec["pin"]].mark_failed()
+        else:
+            assert host.mark_failed(spec["plugin"]), f"{where}: mark_failed: nothing serves"
+    elif "health" in s:
+        if "reports" in x:
+            check_health(where, host.take_health(), x["reports"])
     elif "events" in s:
         got, rec.events = rec.events, []
         if "events" in x:
             assert got == x["events"], f"{where}: events {got}"
     else:
         pytest.fail(f"{where}: step without an operation")
+
+
+def check_health(where: str, got: list[dict], want: list[dict]) -> None:
+    """Drained counts against a `health` step's reports: the same revisions in order, exact
+    calls and errors, 20 latency buckets adding up to the calls, and at least
+    latency_at_least.calls of them in the buckets of latency_at_least.ms or slower."""
+    names = [(r["plugin"], r["revision"]) for r in got]
+    assert names == [(r["plugin"], r["revision"]) for r in want], f"{where}: reported {got}"
+    for g, w in zip(got, want, strict=True):
+        who = f"{where}: {g['plugin']} {g['revision']}"
+        assert (g["calls"], g["errors"]) == (w["calls"], w["errors"]), f"{who}: {g}"
+        assert len(g["latency_us"]) == 20, f"{who}: {g['latency_us']}"
+        assert sum(g["latency_us"]) == g["calls"], f"{who}: {g['latency_us']}"
+        if "latency_at_least" in w:
+            at = w["latency_at_least"]
+            slow = sum(g["latency_us"][latency_bucket(at["ms"] * 1000) :])
+            assert slow >= at["calls"], f"{who}: {slow} calls at {at['ms']} ms or slower"
 
 
 @pytest.mark.parametrize("case", SUITE["cases"], ids=[c["name"] for c in SUITE["cases"]])

@@ -19,7 +19,7 @@ import pytest
 from conftest import digest_of, plugin_bytes, tag_of
 from sidecar_support import ArtifactServer, Sidecar, make_pki, needs_sidecar
 
-from hotload import Client, HostConfig, ModuleHost, PluginHost, sha256_digest
+from hotload import Client, HostConfig, HotloadError, ModuleHost, PluginHost, sha256_digest
 
 pytestmark = needs_sidecar
 APPS = Path(__file__).parent / "apps"
@@ -243,3 +243,78 @@ def test_python_modules_through_the_sidecar(env) -> None:  # noqa: ANN001
         assert host.call("rules", "b") == "v1:b"
     finally:
         client.stop()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """A sample's value in Prometheus text (labels matched as given), or None when absent."""
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        metric, _, label_text = series.partition("{")
+        if metric != name:
+            continue
+        got = dict(pair.split("=", 1) for pair in label_text.rstrip("}").split(",") if "=" in pair)
+        if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def test_two_workers_health_merges_on_the_sidecars_metrics(env) -> None:  # noqa: ANN001
+    """Two workers call a plugin, one marks a call failed, then both call a revision that
+    traps: /metrics shows the sum of both workers' reports per revision, and keeps showing
+    it (reports are counts since the previous one, never re-sent)."""
+    server, sidecar = env
+    hosts = [PluginHost(HostConfig(call_timeout=2.0, instances_per_revision=1)) for _ in range(2)]
+    clients = [
+        Client(h, socket_path=sidecar.app_socket, app="pytest", worker=f"w{i + 1}").start()
+        for i, h in enumerate(hosts)
+    ]
+    w1, w2 = hosts
+    try:
+        wait_for(lambda: sidecar.workers() == ["w1", "w2"], "both workers to connect")
+        url = server.put("v1", plugin_bytes("tagger-v1.wasm"))
+        ok, outcome = sidecar.load("h", url, digest_of("tagger-v1.wasm"), "r1")
+        assert ok, outcome
+        for host, n in ((w1, 5), (w2, 3)):
+            for _ in range(n):
+                assert host.call("h", b"x") == b"v01:xv01:"
+        assert w1.mark_failed("h")
+        url = server.put("trap", plugin_bytes("handle-trap.wasm"))
+        ok, outcome = sidecar.load("h", url, digest_of("handle-trap.wasm"), "r2")
+        assert ok, outcome
+        for host, n in ((w1, 2), (w2, 1)):
+            for _ in range(n):
+                with pytest.raises(HotloadError) as err:
+                    host.call("h", b"x")
+                assert err.value.failure.kind == "trap", err.value
+        r1 = {"plugin": "h", "revision": "r1"}
+        r2 = {"plugin": "h", "revision": "r2"}
+        want = [
+            ("hotload_plugin_calls_total", r1, 8),
+            ("hotload_plugin_errors_total", {**r1, "kind": "failed"}, 1),
+            ("hotload_plugin_errors_total", {**r1, "kind": "trap"}, 0),
+            ("hotload_plugin_call_duration_seconds_bucket", {**r1, "le": "+Inf"}, 8),
+            ("hotload_plugin_call_duration_seconds_count", r1, 8),
+            ("hotload_plugin_calls_total", r2, 3),
+            ("hotload_plugin_errors_total", {**r2, "kind": "trap"}, 3),
+            ("hotload_plugin_errors_total", {**r2, "kind": "timeout"}, 0),
+            ("hotload_plugin_call_duration_seconds_count", r2, 3),
+        ]
+
+        def wrong() -> list:
+            text = sidecar.get("/metrics")[1]
+            return [
+                (n, lb, v, metric_value(text, n, lb))
+                for n, lb, v in want
+                if metric_value(text, n, lb) != v
+            ]
+
+        wait_for(lambda: not wrong(), "/metrics to show both workers' totals", timeout=15.0)
+        time.sleep(2.5)  # two more report intervals: nothing is counted twice
+        assert wrong() == [], sidecar.get("/metrics")[1]
+    finally:
+        for c in clients:
+            c.stop()
+        for h in hosts:
+            h.close()

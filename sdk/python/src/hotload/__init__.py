@@ -13,6 +13,7 @@ from .abi import Capabilities
 from .client import Client
 from .engine import HostConfig
 from .errors import CallError, Failure, HotloadError, LoadError
+from .health import HEALTH_INTERVAL, LATENCY_BOUNDS_US, latency_bucket
 from .hooks import HostHooks, LoadEvent, UnloadEvent
 from .host import Loaded, LoadRequest, Pinned, PluginHost, plan_load, sha256_digest
 from .pymodules import ModuleHost, PinnedModule
@@ -21,6 +22,8 @@ from .revision import RevisionId
 __version__ = "0.1.0"
 
 __all__ = [
+    "HEALTH_INTERVAL",
+    "LATENCY_BOUNDS_US",
     "CallError",
     "Capabilities",
     "Client",
@@ -40,6 +43,7 @@ __all__ = [
     "UnloadEvent",
     "__version__",
     "abi",
+    "latency_bucket",
     "protocol",
     "plan_load",
     "sha256_digest",

@@ -2,7 +2,8 @@
 
     connect ─ hello ─┬─ load ─── host.load_file (this thread, off requests) ─ loaded | failed
                      ├─ unload ─ host.unload ────────────────────────────────── unloaded
-                     └─ error, garbage, overlong lines: logged, connection kept
+                     ├─ error, garbage, overlong lines: logged, connection kept
+                     └─ every second: host.take_health() ─ health (only when calls happened)
     drop ─ wait 50 ms, 100 ms, … 2 s ─ connect again, hello again (same worker id)
 
 One client is one worker: it keeps one connection, in the process that started it. After
@@ -28,6 +29,7 @@ from collections.abc import Callable
 
 from . import protocol
 from .errors import HotloadError
+from .health import HEALTH_INTERVAL
 
 log = logging.getLogger("hotload.client")
 
@@ -52,6 +54,7 @@ class Client:
         on_event: Callable[[dict], None] | None = None,
         min_backoff: float = protocol.BACKOFF_START,
         max_backoff: float = protocol.BACKOFF_MAX,
+        health_interval: float = HEALTH_INTERVAL,
     ):
         self.host = host
         self.socket_path = socket_path or os.environ.get("HOTLOAD_APP_SOCKET") or DEFAULT_SOCKET
@@ -59,6 +62,7 @@ class Client:
         self._worker = worker
         self.on_event = on_event or (lambda event: None)
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self.health_interval = health_interval
         self._stop = threading.Event()
         self._conn_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -132,6 +136,45 @@ class Client:
     def _session(self, sock: socket.socket) -> None:
         sock.sendall(protocol.encode(protocol.hello(self.app, self.worker)))
         self._event({"event": "connected", "worker": self.worker})
+        # Answers and health reports share the connection: one line at a time.
+        send_lock = threading.Lock()
+
+        def send(msg: dict) -> None:
+            with send_lock:
+                sock.sendall(protocol.encode(msg))
+
+        over = threading.Event()
+        reporter = None
+        if callable(getattr(self.host, "take_health", None)):
+            reporter = threading.Thread(
+                target=self._report_health,
+                args=(over, send),
+                name=f"hotload-health-{self.worker}",
+                daemon=True,
+            )
+            reporter.start()
+        try:
+            self._serve(sock, send)
+        finally:
+            over.set()
+            if reporter is not None:
+                reporter.join()
+
+    def _report_health(self, over: threading.Event, send: Callable[[dict], None]) -> None:
+        """Sends the host's counts every `health_interval` until the session is over, and
+        nothing while no call happened. Counts taken for a report that could not be sent are
+        lost, as the protocol says (a dropped connection loses its last report, never more)."""
+        while not over.wait(self.health_interval):
+            plugins = self.host.take_health()
+            if not plugins:
+                continue
+            try:
+                send(protocol.health(plugins))
+            except OSError as err:
+                self._event({"event": "health_not_sent", "error": str(err)})
+                return
+
+    def _serve(self, sock: socket.socket, send: Callable[[dict], None]) -> None:
         for n, line in enumerate(_lines(sock), start=1):
             if line is None:
                 self._event({"event": "skipped", "line": n, "error": "line too long"})
@@ -145,7 +188,7 @@ class Client:
                 continue
             reply = self.answer(msg)
             if reply is not None:
-                sock.sendall(protocol.encode(reply))
+                send(reply)
         if not self._stop.is_set():
             self._event({"event": "disconnected", "error": "sidecar closed the connection"})
 

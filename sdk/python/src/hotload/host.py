@@ -30,6 +30,7 @@ import wasmtime
 from . import abi, errors
 from .engine import EpochTicker, HostConfig, build_engine, build_linker, one_line
 from .errors import CallError, Failure, GuestError, LoadError
+from .health import HealthTable
 from .hooks import LoadEvent, UnloadEvent, fire
 from .instance import Limits, describe_exports
 from .revision import Revision, RevisionId
@@ -130,6 +131,12 @@ class Pinned:
             raise ValueError("hotload: released pin")
         return self._rev.id
 
+    def mark_failed(self) -> None:
+        """Counts one call through this pin that returned as failed (its answer was unusable,
+        say) on the pinned revision. Does nothing after release."""
+        if self._rev is not None:
+            self._rev.mark_failed()
+
     def release(self) -> None:
         """Lets the revision go (it is freed when the last holder lets go)."""
         self._rev = None
@@ -152,6 +159,7 @@ class PluginHost:
         self._ticker = EpochTicker(self._engine, self.config.epoch_tick)
         self._slots: dict[str, _Slot] = {}
         self._slots_lock = threading.Lock()
+        self._health = HealthTable()
         # Compiled modules by digest, most recent last: a reload of a digest this process
         # compiled already (a revision rolled back to, a new config) skips the compile.
         self._compiled: OrderedDict[str, wasmtime.Module] = OrderedDict()
@@ -186,6 +194,24 @@ class PluginHost:
     def pin(self, plugin: str) -> Pinned:
         """Pins the serving revision for all the calls of one request (`with host.pin(p) as p:`)."""
         return Pinned(self._current(plugin))
+
+    def mark_failed(self, plugin: str) -> bool:
+        """Counts one call to `plugin` that returned as failed (its answer was unusable, say)
+        on the revision serving now; False when none serves. To mark the very revision a
+        request called, even across a swap, call through a pin and use `Pinned.mark_failed`."""
+        slot = self._slot(plugin)
+        rev = slot.current if slot is not None else None
+        if rev is None:
+            return False
+        rev.mark_failed()
+        return True
+
+    def take_health(self) -> list[dict]:
+        """What each plugin revision did since the previous take_health() (only revisions
+        with calls, sorted by plugin and revision), as entries of the protocol's `health`
+        message: plugin, revision, calls, errors {trap, timeout, memory, failed}, latency_us
+        (20 buckets). Counting starts afresh. A Client sends it about once a second."""
+        return self._health.take()
 
     def _current(self, plugin: str) -> Revision:
         slot = self._slot(plugin)
@@ -362,6 +388,7 @@ class PluginHost:
             state_bytes = len(snapshot)
         if old is not None:
             fire(self.hooks, "before_unload", UnloadEvent(p, old.id.revision, r))
+        new.health = self._health.join(new, p, r)
         t = time.perf_counter()
         slot.current = new  # the swap: one reference assignment
         swap = time.perf_counter() - t

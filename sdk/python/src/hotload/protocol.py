@@ -52,6 +52,11 @@ def failed(plugin: str, revision: str, reason: str) -> dict:
     return {"type": "failed", "plugin": plugin, "revision": revision, "reason": reason}
 
 
+def health(plugins: list[dict]) -> dict:
+    """How the worker's plugins ran since its previous report (see health.py)."""
+    return {"type": "health", "plugins": plugins}
+
+
 def unloaded(plugin: str) -> dict:
     """Answer: plugin no longer runs in this worker."""
     return {"type": "unloaded", "plugin": plugin}

@@ -19,6 +19,7 @@ import wasmtime
 from . import errors
 from .abi import Capabilities
 from .errors import CallError, Failure, GuestError
+from .health import _Entry, error_kind
 from .instance import Limits, PluginInstance
 
 
@@ -58,6 +59,8 @@ class Revision:
         for _ in range(self._target):
             self._idle.append(self.instantiate())
         self._live = len(self._idle)
+        # Where its calls count; set when it starts serving (see health.py).
+        self.health: _Entry | None = None
 
     def instantiate(self) -> PluginInstance:
         """A new configured instance; raises GuestError(kind in {instantiate, configure})."""
@@ -125,7 +128,24 @@ class Revision:
                 fn(inst)
 
     def call(self, data: bytes) -> bytes:
-        """Handles one request on a pooled instance."""
+        """Handles one request on a pooled instance, and counts it."""
+        start = time.perf_counter()
+        err: BaseException | None = None
+        try:
+            return self._handle(data)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            if self.health is not None:
+                self.health.record(time.perf_counter() - start, error_kind(err))
+
+    def mark_failed(self) -> None:
+        """Counts a returned call the app found failed."""
+        if self.health is not None:
+            self.health.mark_failed()
+
+    def _handle(self, data: bytes) -> bytes:
         with self.checkout() as loan:
             try:
                 return loan.instance.handle(data)

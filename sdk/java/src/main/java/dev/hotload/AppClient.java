@@ -7,6 +7,7 @@ import java.nio.ByteBuffer;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.List;
 import java.util.Objects;
 
 /**
@@ -34,6 +35,7 @@ public final class AppClient implements AutoCloseable {
     private final String worker;
     private final Duration minBackoff;
     private final Duration maxBackoff;
+    private final Duration healthInterval;
     private final Thread thread;
     private volatile boolean closed;
     private volatile SocketChannel channel;
@@ -49,6 +51,7 @@ public final class AppClient implements AutoCloseable {
         this.worker = b.worker != null ? b.worker : Long.toString(ProcessHandle.current().pid());
         this.minBackoff = b.minBackoff;
         this.maxBackoff = b.maxBackoff.compareTo(b.minBackoff) < 0 ? b.minBackoff : b.maxBackoff;
+        this.healthInterval = b.healthInterval;
         this.thread = new Thread(this::run, "hotload-client");
         this.thread.setDaemon(true);
     }
@@ -66,6 +69,7 @@ public final class AppClient implements AutoCloseable {
         private String worker;
         private Duration minBackoff = Duration.ofMillis(50);
         private Duration maxBackoff = Duration.ofSeconds(2);
+        private Duration healthInterval = Duration.ofMillis(PluginHealth.INTERVAL_MS);
 
         private Builder(PluginHost host) {
             this.host = Objects.requireNonNull(host);
@@ -93,6 +97,18 @@ public final class AppClient implements AutoCloseable {
         public Builder backoff(Duration min, Duration max) {
             this.minBackoff = Objects.requireNonNull(min);
             this.maxBackoff = Objects.requireNonNull(max);
+            return this;
+        }
+
+        /**
+         * How often the host's call counts ({@link PluginHost#takeHealth()}) go to the sidecar
+         * in a {@code health} message while calls happen (default 1 s).
+         */
+        public Builder healthInterval(Duration interval) {
+            if (interval.isNegative() || interval.isZero()) {
+                throw new IllegalArgumentException("health interval must be positive");
+            }
+            this.healthInterval = interval;
             return this;
         }
 
@@ -166,6 +182,47 @@ public final class AppClient implements AutoCloseable {
     /** Speaks the protocol on one connection until it drops. */
     private void session(SocketChannel ch) throws IOException {
         write(ch, Protocol.hello(app, worker));
+        Thread reporter = new Thread(() -> reportHealth(ch), "hotload-health");
+        reporter.setDaemon(true);
+        reporter.start();
+        try {
+            serve(ch);
+        } finally {
+            reporter.interrupt();
+            try {
+                reporter.join(10_000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /**
+     * Sends the host's counts every health interval until the session ends, and nothing while
+     * no call happened. Counts taken for a report that could not be sent are lost, as the
+     * protocol says (a dropped connection loses its last report, never more).
+     */
+    private void reportHealth(SocketChannel ch) {
+        while (!Thread.currentThread().isInterrupted()) {
+            try {
+                Thread.sleep(healthInterval.toMillis());
+            } catch (InterruptedException e) {
+                return;
+            }
+            List<PluginHealth> plugins = host.takeHealth();
+            if (plugins.isEmpty()) {
+                continue;
+            }
+            try {
+                write(ch, Protocol.health(plugins));
+            } catch (IOException e) {
+                LOG.log(System.Logger.Level.DEBUG, "could not send a health report: {0}", e.toString());
+                return;
+            }
+        }
+    }
+
+    private void serve(SocketChannel ch) throws IOException {
         LOG.log(System.Logger.Level.INFO, "connected to the sidecar at {0} as worker {1}", socket, worker);
         ByteBuffer buf = ByteBuffer.allocate(64 << 10);
         ByteArrayOutputStream line = new ByteArrayOutputStream();
@@ -205,10 +262,13 @@ public final class AppClient implements AutoCloseable {
         }
     }
 
+    /** Writes one whole line; answers and health reports share the connection. */
     private static void write(SocketChannel ch, byte[] bytes) throws IOException {
         ByteBuffer b = ByteBuffer.wrap(bytes);
-        while (b.hasRemaining()) {
-            ch.write(b);
+        synchronized (ch) {
+            while (b.hasRemaining()) {
+                ch.write(b);
+            }
         }
     }
 

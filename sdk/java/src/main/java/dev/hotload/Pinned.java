@@ -40,6 +40,16 @@ public final class Pinned implements AutoCloseable {
         }
     }
 
+    /**
+     * Counts one call through this pin that returned as failed (its answer was unusable, say)
+     * on the pinned revision. Does nothing after close.
+     */
+    public void markFailed() {
+        if (!released.get()) {
+            rev.markFailed();
+        }
+    }
+
     /** The pinned revision's identity. */
     public RevisionId revision() {
         return rev.id;

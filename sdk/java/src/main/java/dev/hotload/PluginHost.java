@@ -53,6 +53,7 @@ public final class PluginHost implements AutoCloseable {
     /** What the sandboxed WASI provides: name to signature. */
     private final Map<String, String> wasi;
     private final ConcurrentHashMap<String, Slot> slots = new ConcurrentHashMap<>();
+    private final HealthTable health = new HealthTable();
     private final Object slotsLock = new Object();
     private final ExecutorService loader = Executors.newSingleThreadExecutor(r -> {
         Thread t = new Thread(r, "hotload-loader");
@@ -140,6 +141,35 @@ public final class PluginHost implements AutoCloseable {
      */
     public Pinned pin(String plugin) throws CallException {
         return new Pinned(acquire(plugin));
+    }
+
+    /**
+     * Counts one call to plugin that returned as failed (its answer was unusable, say) on the
+     * revision serving now; false when none serves. To mark the very revision a request called,
+     * even across a swap, call through a {@link Pinned} and use {@link Pinned#markFailed()}.
+     */
+    public boolean markFailed(String plugin) {
+        Revision r;
+        try {
+            r = acquire(plugin);
+        } catch (CallException e) {
+            return false;
+        }
+        try {
+            r.markFailed();
+            return true;
+        } finally {
+            r.release();
+        }
+    }
+
+    /**
+     * What each plugin revision did since the previous call (only revisions with calls, sorted
+     * by plugin and revision), and counting starts afresh. An {@link AppClient} sends it to the
+     * sidecar about once a second. Safe to call concurrently with calls.
+     */
+    public List<PluginHealth> takeHealth() {
+        return health.take();
     }
 
     /** The identity of the revision serving plugin, if any. */
@@ -339,6 +369,7 @@ public final class PluginHost implements AutoCloseable {
         if (old != null) {
             cfg.hooks.beforeUnload(new Hooks.UnloadEvent(p, old.id.revision(), rv));
         }
+        rev.countIn(health);
         t = System.nanoTime();
         s.current.set(rev);
         Duration swap = Duration.ofNanos(System.nanoTime() - t);

@@ -6,6 +6,7 @@ import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -133,6 +134,13 @@ final class Protocol {
         m.put("plugin", plugin);
         m.put("revision", revision);
         m.put("reason", reason);
+        return line(m);
+    }
+
+    static byte[] health(List<PluginHealth> plugins) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("type", "health");
+        m.put("plugins", plugins.stream().map(PluginHealth::toMessage).toList());
         return line(m);
     }
 

@@ -34,6 +34,9 @@ final class Revision {
     /** Idle instances and tokens: always instances minus the lent-out ones. */
     private final LinkedBlockingQueue<Object> pool = new LinkedBlockingQueue<>();
     private final AtomicLong refs = new AtomicLong(1);
+    /** Where its calls count: set (before it is published) when it starts serving. */
+    private HealthTable.Entry health;
+    private HealthTable healthTable;
 
     /** Why making an instance ready failed: at instantiation or in configure. */
     static final class InstantiateFailure extends Exception {
@@ -94,6 +97,22 @@ final class Revision {
     void release() {
         if (refs.decrementAndGet() == 0) {
             pool.clear();
+            if (health != null) {
+                healthTable.leave(health);
+            }
+        }
+    }
+
+    /** Counts this revision's calls in table, from now on; called once, before it is published. */
+    void countIn(HealthTable table) {
+        this.healthTable = table;
+        this.health = table.join(id.plugin(), id.revision());
+    }
+
+    /** Counts a returned call the app found failed. */
+    void markFailed() {
+        if (health != null) {
+            health.markFailed();
         }
     }
 
@@ -146,8 +165,23 @@ final class Revision {
         void apply(PluginInstance inst) throws Guest.Fault;
     }
 
-    /** Handles one request on a pooled instance. */
+    /** Handles one request on a pooled instance, and counts it. */
     byte[] call(byte[] input) throws CallException, InterruptedException {
+        long start = System.nanoTime();
+        Throwable err = null;
+        try {
+            return handle(input);
+        } catch (CallException | InterruptedException | RuntimeException e) {
+            err = e;
+            throw e;
+        } finally {
+            if (health != null) {
+                health.record(System.nanoTime() - start, HealthTable.outcomeOf(err));
+            }
+        }
+    }
+
+    private byte[] handle(byte[] input) throws CallException, InterruptedException {
         PluginInstance inst = checkout();
         byte[] out;
         try {

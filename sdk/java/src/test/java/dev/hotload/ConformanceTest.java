@@ -168,6 +168,20 @@ class ConformanceTest {
             if (expect != null && expect.containsKey("names")) {
                 assertEquals(expect.get("names"), names, what + ": plugins");
             }
+        } else if (step.containsKey("mark_failed")) {
+            Map<String, Object> op = obj(step.get("mark_failed"));
+            if (op.containsKey("pin")) {
+                Pinned p = pins.get((String) op.get("pin"));
+                assertNotNull(p, what + ": no pin " + op.get("pin"));
+                p.markFailed();
+            } else {
+                assertTrue(host.markFailed((String) op.get("plugin")), what + ": mark_failed: nothing serves");
+            }
+        } else if (step.containsKey("health")) {
+            List<PluginHealth> got = host.takeHealth();
+            if (expect != null && expect.containsKey("reports")) {
+                checkHealth(what, got, list(expect.get("reports")));
+            }
         } else if (step.containsKey("events")) {
             List<String> events = rec.take();
             if (expect != null && expect.containsKey("events")) {
@@ -176,5 +190,36 @@ class ConformanceTest {
         } else {
             fail(what + ": unknown step " + step.keySet());
         }
+    }
+
+    /**
+     * Drained counts against a health step's reports: the same revisions in order, exact calls
+     * and errors, 20 latency buckets adding up to the calls, and at least latency_at_least.calls
+     * of them in the buckets of latency_at_least.ms or slower.
+     */
+    private static void checkHealth(String what, List<PluginHealth> got, List<Object> want) {
+        assertEquals(want.stream().map(Conformance::obj).map(w -> w.get("plugin") + " " + w.get("revision")).toList(),
+                got.stream().map(g -> g.plugin() + " " + g.revision()).toList(), what + ": reported revisions");
+        for (int i = 0; i < want.size(); i++) {
+            Map<String, Object> w = obj(want.get(i));
+            PluginHealth g = got.get(i);
+            String who = what + ": " + g.plugin() + " " + g.revision();
+            Map<String, Object> errors = obj(w.get("errors"));
+            assertEquals(List.of(num(w.get("calls")), num(errors.get("trap")), num(errors.get("timeout")), num(errors.get("memory")),
+                    num(errors.get("failed"))), List.of(g.calls(), g.trap(), g.timeout(), g.memory(), g.failed()),
+                    who + ": calls, trap, timeout, memory, failed");
+            assertEquals(20, g.latencyUs().size(), who + ": latency buckets");
+            assertEquals(g.calls(), g.latencyUs().stream().mapToLong(Long::longValue).sum(), who + ": buckets hold every call");
+            if (w.containsKey("latency_at_least")) {
+                Map<String, Object> at = obj(w.get("latency_at_least"));
+                int from = PluginHealth.latencyBucket(num(at.get("ms")) * 1000);
+                long slow = g.latencyUs().subList(from, 20).stream().mapToLong(Long::longValue).sum();
+                assertTrue(slow >= num(at.get("calls")), who + ": " + slow + " calls at " + at.get("ms") + " ms or slower: " + g.latencyUs());
+            }
+        }
+    }
+
+    private static long num(Object o) {
+        return ((Json.Num) o).longValue();
     }
 }

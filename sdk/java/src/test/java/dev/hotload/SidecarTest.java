@@ -399,4 +399,104 @@ class SidecarTest {
             assertEquals("v02:xv02:", w.call("x"), "worker " + w.client.worker() + " after the refusal");
         }
     }
+
+    /** A sample's value in Prometheus text (labels matched as given), or -1 when absent. */
+    private static double metricValue(String text, String name, Map<String, String> labels) {
+        for (String line : text.split("\n")) {
+            if (line.startsWith("#") || !line.contains(" ")) {
+                continue;
+            }
+            String series = line.substring(0, line.lastIndexOf(' '));
+            int brace = series.indexOf('{');
+            String metric = brace < 0 ? series : series.substring(0, brace);
+            if (!metric.equals(name)) {
+                continue;
+            }
+            Map<String, String> got = new java.util.HashMap<>();
+            if (brace >= 0) {
+                for (String pair : series.substring(brace + 1, series.length() - 1).split(",")) {
+                    int eq = pair.indexOf('=');
+                    if (eq > 0) {
+                        got.put(pair.substring(0, eq), pair.substring(eq + 1).replace("\"", ""));
+                    }
+                }
+            }
+            if (labels.entrySet().stream().allMatch(e -> e.getValue().equals(got.get(e.getKey())))) {
+                return Double.parseDouble(line.substring(line.lastIndexOf(' ') + 1));
+            }
+        }
+        return -1;
+    }
+
+    /**
+     * Two workers call a plugin, one marks a call failed, then both call a revision that traps:
+     * the sidecar's /metrics shows the sum of both workers' health reports per revision, and
+     * keeps showing it (reports are counts since the previous one, never re-sent).
+     */
+    @Test
+    void twoWorkersHealthMergesOnTheSidecarsMetrics() throws Exception {
+        Worker w1 = new Worker("w1");
+        Worker w2 = new Worker("w2");
+        assertLoaded(car.load("auth", "r1", put("tagger-v1.wasm")), "load r1");
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+        while (!car.get("/status").body().contains("r1 loaded by 2/2 workers")) {
+            assertTrue(System.nanoTime() < deadline, "status: " + car.get("/status").body());
+            Thread.sleep(20);
+        }
+        for (int i = 0; i < 5; i++) {
+            assertEquals("v01:xv01:", w1.call("x"));
+        }
+        for (int i = 0; i < 3; i++) {
+            assertEquals("v01:xv01:", w2.call("x"));
+        }
+        assertTrue(w1.host.markFailed("auth"));
+        assertLoaded(car.load("auth", "r2", put("handle-trap.wasm")), "load r2");
+        for (Worker w : List.of(w1, w1, w2)) {
+            try {
+                w.call("x");
+                fail("a call to handle-trap succeeded");
+            } catch (CallException e) {
+                assertEquals(Failure.Kind.TRAP, e.failure().kind(), e.getMessage());
+            }
+        }
+        Map<String, String> r1 = Map.of("plugin", "auth", "revision", "r1");
+        Map<String, String> r2 = Map.of("plugin", "auth", "revision", "r2");
+        List<Object[]> want = List.of(
+                new Object[] {"hotload_plugin_calls_total", r1, 8.0},
+                new Object[] {"hotload_plugin_errors_total", with(r1, "kind", "failed"), 1.0},
+                new Object[] {"hotload_plugin_errors_total", with(r1, "kind", "trap"), 0.0},
+                new Object[] {"hotload_plugin_call_duration_seconds_bucket", with(r1, "le", "+Inf"), 8.0},
+                new Object[] {"hotload_plugin_call_duration_seconds_count", r1, 8.0},
+                new Object[] {"hotload_plugin_calls_total", r2, 3.0},
+                new Object[] {"hotload_plugin_errors_total", with(r2, "kind", "trap"), 3.0},
+                new Object[] {"hotload_plugin_errors_total", with(r2, "kind", "timeout"), 0.0},
+                new Object[] {"hotload_plugin_call_duration_seconds_count", r2, 3.0});
+        deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
+        String wrong;
+        while ((wrong = wrongMetrics(want)) != null) {
+            assertTrue(System.nanoTime() < deadline, "/metrics never showed both workers' totals: " + wrong);
+            Thread.sleep(100);
+        }
+        Thread.sleep(2500); // two more report intervals: nothing is counted twice
+        wrong = wrongMetrics(want);
+        assertTrue(wrong == null, "after two more intervals: " + wrong);
+    }
+
+    @SuppressWarnings("unchecked")
+    private String wrongMetrics(List<Object[]> want) throws Exception {
+        String text = car.get("/metrics").body();
+        for (Object[] w : want) {
+            double got = metricValue(text, (String) w[0], (Map<String, String>) w[1]);
+            if (got != (double) w[2]) {
+                return w[0] + "" + w[1] + " = " + got + ", want " + w[2] + "\n" + text;
+            }
+        }
+        return null;
+    }
+
+    private static Map<String, String> with(Map<String, String> labels, String k, String v) {
+        Map<String, String> m = new java.util.HashMap<>(labels);
+        m.put(k, v);
+        return m;
+    }
 }

@@ -121,9 +121,17 @@ class TranscriptTest {
                         continue;
                     }
                     if (line.containsKey("app_sends")) {
-                        String got = conn.lines.poll(APP_WAIT_MS, TimeUnit.MILLISECONDS);
-                        assertNotNull(got, what + ": the app sent nothing");
-                        Object gotJson = Json.parse(got);
+                        // A health report may come whenever calls happened; it is skipped
+                        // unless the line expects one.
+                        boolean wantsHealth = "health".equals(obj(line.get("app_sends")).get("type"));
+                        long until = System.nanoTime() + APP_WAIT_MS * 1_000_000L;
+                        String got;
+                        Object gotJson;
+                        do {
+                            got = conn.lines.poll(Math.max(1, (until - System.nanoTime()) / 1_000_000), TimeUnit.MILLISECONDS);
+                            assertNotNull(got, what + ": the app sent nothing");
+                            gotJson = Json.parse(got);
+                        } while (!wantsHealth && gotJson instanceof Map<?, ?> m && "health".equals(m.get("type")));
                         String mismatch = match(line.get("app_sends"), gotJson, "");
                         assertNull(mismatch, what + ": app sent " + got + ": " + mismatch);
                     } else if (line.containsKey("sidecar_sends")) {
@@ -224,6 +232,18 @@ class TranscriptTest {
                     return at + "." + e.getKey() + ": missing";
                 }
                 String m = match(e.getValue(), g.get(e.getKey()), at + "." + e.getKey());
+                if (m != null) {
+                    return m;
+                }
+            }
+            return null;
+        }
+        if (want instanceof List<?> w) {
+            if (!(got instanceof List<?> g) || g.size() != w.size()) {
+                return at + ": want a list of " + w.size() + ", got " + Json.write(got);
+            }
+            for (int i = 0; i < w.size(); i++) {
+                String m = match(w.get(i), g.get(i), at + "[" + i + "]");
                 if (m != null) {
                     return m;
                 }
