@@ -1,7 +1,10 @@
-//! The admin HTTP endpoint: `/ready` (kubelet readiness probe), `/live`, `/status`.
+//! The admin HTTP endpoint: `/ready` (kubelet readiness probe), `/live`, `/status`,
+//! `/metrics` (Prometheus).
 //!
 //! It listens on the pod's addresses, because the kubelet probes them, so any pod of the
-//! cluster can connect. `/ready` and `/live` say nothing sensitive and answer anyone.
+//! cluster can connect. `/ready`, `/live` and `/metrics` say nothing sensitive (metrics
+//! carry plugin and revision names and counts: no config, no URL) and answer anyone:
+//! Prometheus scrapes over the pod's IP.
 //! `/status` answers loopback peers only (`kubectl port-forward` and `kubectl exec` arrive
 //! there) and even then shows each plugin config as its size and hash, and artifact URLs
 //! without credentials, query or fragment ([`redact`]).
@@ -39,6 +42,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/ready", get(ready))
         .route("/live", get(|| async { "live\n" }))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(agent)
 }
 
@@ -51,6 +55,11 @@ async fn ready(State(agent): State<Arc<Agent>>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let content_type = [("content-type", crate::metrics::CONTENT_TYPE)];
+    (content_type, agent.telemetry().encode()).into_response()
 }
 
 /// Whether a peer at `ip` may see `/status`: the pod itself only. Pure.

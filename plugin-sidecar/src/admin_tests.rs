@@ -200,3 +200,135 @@ async fn a_silent_connection_is_closed_and_a_request_body_refused() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+/// Two workers' health reports, as the app socket hands them on.
+fn report(json: &str) -> Vec<crate::protocol::PluginHealth> {
+    serde_json::from_str(json).expect("a report")
+}
+
+#[tokio::test]
+async fn metrics_answer_any_peer_with_health_and_fetch_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(dir.path());
+    let telemetry = agent.telemetry();
+    telemetry
+        .report(&report(
+            r#"[{"plugin":"auth","revision":"r1","calls":3,"errors":{"trap":1},"latency_us":[1,0,2]}]"#,
+        ))
+        .expect("worker 1's report");
+    telemetry
+        .report(&report(
+            r#"[{"plugin":"auth","revision":"r1","calls":2,"errors":{"failed":1},"latency_us":[0,0,1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1]}]"#,
+        ))
+        .expect("worker 2's report");
+    let refused = telemetry.report(&report(
+        r#"[{"plugin":"auth","revision":"r1","calls":1,"errors":{"trap":2}}]"#,
+    ));
+    assert_eq!(
+        refused,
+        Err("plugin auth revision r1: 2 failed calls of 1 calls".into())
+    );
+    let fetched = crate::fetch::Fetched {
+        path: dir.path().join("blob"),
+        downloaded: true,
+        attempts: 1,
+    };
+    let cached = crate::fetch::Fetched {
+        downloaded: false,
+        ..fetched.clone()
+    };
+    telemetry.fetched("auth", Ok(&fetched), Duration::from_millis(30));
+    telemetry.fetched("auth", Ok(&cached), Duration::from_millis(1));
+    let missing = crate::fetch::FetchError::NotFound {
+        artifact: "https://files.example/auth.wasm".into(),
+    };
+    telemetry.fetched("auth", Err(&missing), Duration::from_millis(300));
+    telemetry.loaded("auth");
+    telemetry.failed("auth", crate::metrics::FailureCause::of_fetch(&missing));
+
+    let pod = SocketAddr::from(([10, 244, 1, 7], 40000));
+    let from_pod = router(agent.clone()).layer(MockConnectInfo(pod));
+    let (status, _) = get(from_pod.clone(), "/status").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "/status stays inside the pod"
+    );
+    let (status, text) = get(from_pod, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let mut want = vec![
+        "hotload_plugin_calls_total{plugin=\"auth\",revision=\"r1\"} 5",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"trap\"} 1",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"timeout\"} 0",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"memory\"} 0",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"failed\"} 1",
+        // 5 µs + 3 × 35 µs (midpoints) + 10 s for the call slower than 10 s.
+        "hotload_plugin_call_duration_seconds_sum{plugin=\"auth\",revision=\"r1\"} 10.00011",
+        "hotload_plugin_call_duration_seconds_count{plugin=\"auth\",revision=\"r1\"} 5",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.00001\",plugin=\"auth\",revision=\"r1\"} 1",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.00002\",plugin=\"auth\",revision=\"r1\"} 1",
+    ];
+    let cumulative = ["0.00005", "0.0001", "0.001", "1.0", "10.0"];
+    let lines: Vec<String> = cumulative
+        .iter()
+        .map(|le| {
+            format!("hotload_plugin_call_duration_seconds_bucket{{le=\"{le}\",plugin=\"auth\",revision=\"r1\"}} 4")
+        })
+        .collect();
+    want.extend(lines.iter().map(String::as_str));
+    want.extend([
+        "hotload_plugin_call_duration_seconds_bucket{le=\"+Inf\",plugin=\"auth\",revision=\"r1\"} 5",
+        "hotload_sidecar_fetches_total{plugin=\"auth\",result=\"ok\"} 2",
+        "hotload_sidecar_fetches_total{plugin=\"auth\",result=\"error\"} 1",
+        "hotload_sidecar_cache_hits_total{plugin=\"auth\"} 1",
+        "hotload_sidecar_fetch_duration_seconds_count 2",
+        "hotload_sidecar_fetch_duration_seconds_bucket{le=\"0.025\"} 0",
+        "hotload_sidecar_fetch_duration_seconds_bucket{le=\"0.05\"} 1",
+        "hotload_sidecar_fetch_duration_seconds_bucket{le=\"0.5\"} 2",
+        "hotload_sidecar_loads_total{plugin=\"auth\",result=\"loaded\"} 1",
+        "hotload_sidecar_loads_total{plugin=\"auth\",result=\"failed\"} 1",
+        "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"fetch\"} 1",
+    ]);
+    let have: Vec<&str> = text.lines().collect();
+    for line in want {
+        assert!(have.contains(&line), "{line} missing in\n{text}");
+    }
+    for hidden in ["files.example", "apiKey", "s3cret"] {
+        assert!(!text.contains(hidden), "{hidden} shown: {text}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_text_and_keep_the_four_newest_revisions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(dir.path());
+    for revision in ["r1", "r2", "r3", "r4", "r5"] {
+        let json = format!(r#"[{{"plugin":"auth","revision":"{revision}","calls":1}}]"#);
+        agent.telemetry().report(&report(&json)).expect("report");
+    }
+    let request = Request::get("/metrics")
+        .body(Body::empty())
+        .expect("request");
+    let local = router(agent).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    let response = TowerToHyperService::new(local)
+        .call(request)
+        .await
+        .expect("infallible");
+    assert_eq!(
+        response.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(crate::metrics::CONTENT_TYPE.as_bytes())
+    );
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for kept in ["r2", "r3", "r4", "r5"] {
+        let line = format!("hotload_plugin_calls_total{{plugin=\"auth\",revision=\"{kept}\"}} 1");
+        assert!(text.contains(&line), "{line} missing in\n{text}");
+    }
+    assert!(
+        !text.contains("revision=\"r1\""),
+        "the oldest revision's series are gone:\n{text}"
+    );
+}

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::assignment::{AssignOutcome, Assignment, Supersedable};
 use crate::digest::Sha256Digest;
 use crate::fetch::Fetcher;
+use crate::metrics::{FailureCause, Telemetry};
 use crate::protocol::{AppMessage, SidecarMessage};
 use crate::readiness::{AppAck, ReadinessPolicy, readiness};
 
@@ -77,6 +78,8 @@ pub struct Agent {
     /// Digests being fetched, with how many assignments fetch each: garbage collection
     /// spares them (a blob is stored before the state that retains it is written).
     fetching: Mutex<HashMap<Sha256Digest, usize>>,
+    /// What `/metrics` shows and health reports wait for the operator in.
+    telemetry: Arc<Telemetry>,
 }
 
 /// A digest being fetched, until dropped.
@@ -166,6 +169,7 @@ impl Agent {
             live: watch::Sender::new(LiveApp::default()),
             assigning: Mutex::default(),
             fetching: Mutex::default(),
+            telemetry: Arc::default(),
         }))
     }
 
@@ -262,10 +266,14 @@ impl Agent {
         };
         let digest = match Sha256Digest::parse(&a.digest) {
             Ok(d) => d,
-            Err(e) => return failed(format!("assignment: {e}")),
+            Err(e) => {
+                self.telemetry.failed(&a.plugin, FailureCause::Invalid);
+                return failed(format!("assignment: {e}"));
+            }
         };
         let _fetching = self.fetching(&digest);
-        let fetched = match self
+        let started = tokio::time::Instant::now();
+        let fetched = self
             .fetcher
             .fetch_with(
                 &a.artifact,
@@ -274,10 +282,13 @@ impl Agent {
                 a.credentials.as_ref(),
                 a.signature_key.as_deref(),
             )
-            .await
-        {
+            .await;
+        let took = started.elapsed();
+        self.telemetry.fetched(&a.plugin, fetched.as_ref(), took);
+        let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
+                self.telemetry.failed(&a.plugin, FailureCause::of_fetch(&e));
                 tracing::warn!(plugin = a.plugin, revision, reason = e.label(), error = %e, "fetch failed");
                 return AssignOutcome::Failed {
                     plugin: a.plugin.clone(),
@@ -326,6 +337,10 @@ impl Agent {
         let verdict = outcome
             .as_ref()
             .map(|r| r.as_ref().map(|l| l.verdict(&a.plugin, &revision)));
+        // No app was there to be told, and none came: see `AwaitingApp` below.
+        let awaiting_app = !told && self.lock().app_sessions == sessions;
+        let lost = self.live.borrow().lost_load(&a.plugin, &revision);
+        self.count_outcome(&a.plugin, &verdict, lost, awaiting_app);
         {
             let mut inner = self.lock();
             if inner.waiting.get(&a.plugin) == Some(&revision) {
@@ -342,7 +357,7 @@ impl Agent {
             Ok(Ok(Verdict::Failed { reason })) => failed(format!("app: {reason}")),
             Ok(Ok(Verdict::Waiting { .. })) => failed("ack: answer vanished".into()),
             Ok(Err(_)) => failed("ack: sidecar shutting down".into()),
-            Err(_) if !told && self.lock().app_sessions == sessions => {
+            Err(_) if awaiting_app => {
                 // No app was there to be told, and none came: an app that is not running
                 // (still starting, crash-looping for its own reasons) is no verdict on the
                 // revision. It stays assigned and is offered when the app connects.
@@ -365,6 +380,26 @@ impl Agent {
                 ))
             }
         }
+    }
+
+    /// Counts how the app answered an assignment (`lost`: a worker died loading it). One
+    /// that waits for an app to connect (`awaiting_app`) has not ended.
+    fn count_outcome<E1, E2>(
+        &self,
+        plugin: &str,
+        verdict: &Result<Result<Verdict, E1>, E2>,
+        lost: bool,
+        awaiting_app: bool,
+    ) {
+        let cause = match verdict {
+            Ok(Ok(Verdict::Loaded { .. })) => return self.telemetry.loaded(plugin),
+            Ok(Ok(Verdict::Failed { .. })) if lost => FailureCause::AppDisconnected,
+            Ok(Ok(Verdict::Failed { .. })) => FailureCause::AppRefused,
+            Err(_) if awaiting_app => return,
+            Err(_) => FailureCause::AppTimeout,
+            Ok(_) => FailureCause::Other,
+        };
+        self.telemetry.failed(plugin, cause);
     }
 
     /// Stops running `plugin`: nothing is assigned any more, and the app is told to unload it
@@ -567,7 +602,7 @@ impl Agent {
                 self.restore(&inner, &plugin, &revision);
                 replaced
             }
-            // Health reports are counted by the health path, not the load state machine.
+            // `app_channel` hands health reports to the telemetry; they never get here.
             AppMessage::Health { .. } => Vec::new(),
         };
         self.forget_replaced(&mut inner, &replaced);
@@ -651,6 +686,11 @@ impl Agent {
     /// Watch what the app confirmed.
     pub fn subscribe_app(&self) -> watch::Receiver<LiveApp> {
         self.live.subscribe()
+    }
+
+    /// The sidecar's metrics and the workers' health reports.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 }
 

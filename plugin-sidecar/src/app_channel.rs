@@ -1,7 +1,8 @@
 //! The app channel server: a Unix socket on the shared volume. Each connection is read as
 //! newline-delimited JSON (see `protocol.rs`); each connection is one worker of the app.
 //! A bad line is answered with an `error` message and the connection stays usable; only a
-//! line too long to resynchronise on closes it.
+//! line too long to resynchronise on closes it. `health` reports go to the telemetry
+//! ([`crate::metrics::Telemetry::report`]), every other message to the agent.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::protocol::{MAX_LINE_BYTES, ProtocolError, SidecarMessage, encode_line, parse_app_line};
+use crate::protocol::{
+    AppMessage, MAX_LINE_BYTES, ProtocolError, SidecarMessage, encode_line, parse_app_line,
+};
 
 /// Who may connect to a socket on the shared volume (only the pod's containers see it).
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +118,14 @@ async fn connection(stream: UnixStream, id: u64, agent: Arc<Agent>) {
             break;
         }
         match parse_app_line(&line) {
+            // Counts, not part of loading: the telemetry takes them, or says why not.
+            Ok(AppMessage::Health { plugins }) => {
+                if let Err(why) = agent.telemetry().report(&plugins) {
+                    let reason = format!("line {number}: health report refused: {why}");
+                    tracing::warn!(connection = id, reason, "bad health report from the app");
+                    let _ = tx.send(SidecarMessage::Error { reason });
+                }
+            }
             Ok(msg) => agent.app_message(id, msg),
             Err(e) => {
                 let reason = format!("line {number}: {e}");

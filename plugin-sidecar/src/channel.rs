@@ -24,6 +24,11 @@
 //! sends the whole picture in `Hello` and then only what changed, so a reconnect (operator
 //! restart, leader change) needs no special case. Assignments outlive streams: a load that
 //! is half-way when the stream drops finishes and is reported on the next stream.
+//!
+//! The workers' health reports are added up between streams too ([`crate::health`]): about
+//! once a second each stream sends what was reported since the last `Health` it sent (at
+//! most 64 revisions per message), so counts taken while no stream is open go out on the
+//! next one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +46,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::agent::Agent;
 use crate::assignment::{AssignOutcome, Assignment, Credentials, Supersedable};
+use crate::health;
 use crate::state::SidecarState;
 use crate::turns::{Failure, Turns};
 use crate::workers::LiveApp;
@@ -251,6 +257,7 @@ pub fn assignment(assign: proto::Assign) -> Result<Assignment, String> {
 /// returns.
 pub async fn run(agent: Arc<Agent>, settings: ChannelSettings) {
     crate::ensure_crypto_provider();
+    agent.telemetry().forward_to_operator();
     let reporter = Arc::new(Reporter {
         agent: agent.clone(),
         attempts: Mutex::default(),
@@ -407,6 +414,8 @@ async fn carry_out(
     let a = assignment(assign)
         .inspect_err(|reason| {
             tracing::warn!(plugin, revision, reason, "assignment refused");
+            let invalid = crate::metrics::FailureCause::Invalid;
+            reporter.agent.telemetry().failed(&plugin, invalid);
         })
         .map_err(Failure::permanent)?;
     tracing::info!(
@@ -467,6 +476,11 @@ async fn session(
     };
     let (out, outbound) = mpsc::channel::<SidecarMessage>(16);
     out.send(hello).await?;
+    let health = tokio::spawn(forward_health(
+        reporter.agent.telemetry().clone(),
+        out.clone(),
+        HEALTH_FORWARD_INTERVAL,
+    ));
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
     hotload_channel::authorize(&mut request, &token).with_context(|| {
         format!(
@@ -515,7 +529,38 @@ async fn session(
     }
     .await;
     forward.abort();
+    health.abort();
     result
+}
+
+/// How often a stream sends the health counts reported since it last did.
+const HEALTH_FORWARD_INTERVAL: Duration = crate::protocol::HEALTH_INTERVAL;
+
+/// Sends the pending health counts on `out` every `every` (nothing when none are pending),
+/// split into messages of [`health::MAX_REVISIONS_PER_MESSAGE`] revisions, until `out`
+/// closes or the task is aborted. Counts are taken only once the stream has room for their
+/// message, so an abort loses none; what is queued when the stream breaks is lost with it.
+async fn forward_health(
+    telemetry: Arc<crate::metrics::Telemetry>,
+    out: mpsc::Sender<SidecarMessage>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let Ok(room) = out.reserve().await else {
+                return;
+            };
+            let taken = telemetry.take_pending(health::MAX_REVISIONS_PER_MESSAGE);
+            let Some(message) = health::messages(&taken).pop() else {
+                break;
+            };
+            tracing::debug!(revisions = taken.len(), "health sent to the operator");
+            room.send(message);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The operator channel's worker against a real agent: a rollback never waits behind the
-//! download of the revision it rolls back.
+//! download of the revision it rolls back, and an assignment it cannot use is counted.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,4 +128,32 @@ async fn a_rollback_supersedes_the_hung_fetch_of_the_revision_it_rolls_back() {
         .expect("tmp")
         .count();
     assert_eq!(leftovers, 0, "no partial download left behind");
+}
+
+#[tokio::test]
+async fn an_assignment_that_cannot_be_used_is_counted_as_invalid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let agent = agent(&store);
+    let reporter = Arc::new(Reporter {
+        agent: agent.clone(),
+        attempts: Mutex::default(),
+        published: watch::Sender::new(Published::new()),
+    });
+    let (work, queue) = mpsc::unbounded_channel();
+    tokio::spawn(worker(reporter.clone(), queue));
+    let digest = Sha256Digest::of(CACHED);
+    let mut bad = assign("r1", "https://files.example/a.wasm".into(), &digest);
+    bad.config_json = "{".into();
+    work.send(bad).expect("send");
+    let line = "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"invalid\"} 1";
+    let started = tokio::time::Instant::now();
+    while !agent.telemetry().encode().lines().any(|l| l == line) {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{line} missing in\n{}",
+            agent.telemetry().encode()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

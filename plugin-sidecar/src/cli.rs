@@ -67,7 +67,7 @@ pub struct RunArgs {
     /// App socket (default: <state-dir>/app.sock).
     #[arg(long, env = "HOTLOAD_APP_SOCKET")]
     pub app_socket: Option<PathBuf>,
-    /// Admin HTTP address (/ready, /live, /status); port 0 picks one.
+    /// Admin HTTP address (/ready, /live, /status, /metrics); port 0 picks one.
     #[arg(long, env = "HOTLOAD_ADMIN_ADDR", default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
     /// Revisions per plugin kept on disk for rollback.

@@ -22,6 +22,8 @@ pub mod cli;
 pub mod control;
 pub mod digest;
 pub mod fetch;
+pub mod health;
+pub mod metrics;
 pub use hotload_protocol as protocol;
 pub mod readiness;
 pub mod state;

@@ -225,6 +225,12 @@ impl LiveApp {
         self.workers.remove(&id)
     }
 
+    /// Whether the pod's load of `revision` of `plugin` failed because a worker died
+    /// loading it (rather than refusing it).
+    pub fn lost_load(&self, plugin: &str, revision: &str) -> bool {
+        matches!(self.lost.get(plugin), Some(AppAck::Failed { revision: r, .. }) if r == revision)
+    }
+
     /// Records that `worker` died while loading `revision` of `plugin`.
     pub fn lose(&mut self, plugin: &str, revision: &str, worker: &str) -> String {
         let reason =

@@ -98,6 +98,25 @@ impl Sidecar {
         }
     }
 
+    /// `/metrics`, as lines.
+    async fn metrics(&self) -> Vec<String> {
+        let (code, text) = self.get("/metrics").await;
+        assert_eq!(code, 200, "{text}");
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// Asserts that `/metrics` has every line of `want`.
+    async fn assert_metrics(&self, want: &[&str]) {
+        let have = self.metrics().await;
+        for line in want {
+            assert!(
+                have.iter().any(|l| l == line),
+                "{line} missing in\n{}",
+                have.join("\n")
+            );
+        }
+    }
+
     async fn crash(mut self) {
         self.child.kill().await.expect("SIGKILL sidecar");
     }
@@ -377,6 +396,19 @@ async fn refusals_and_fetch_failures_keep_the_old_revision_and_say_why() {
         status["state"]["plugins"]["auth"]["refused"]["revision"],
         msg["revision"]
     );
+    // Every outcome is counted under its cause; the malformed digest fetched nothing.
+    sidecar
+        .assert_metrics(&[
+            "hotload_sidecar_fetches_total{plugin=\"auth\",result=\"ok\"} 2",
+            "hotload_sidecar_fetches_total{plugin=\"auth\",result=\"error\"} 4",
+            "hotload_sidecar_loads_total{plugin=\"auth\",result=\"loaded\"} 1",
+            "hotload_sidecar_loads_total{plugin=\"auth\",result=\"failed\"} 6",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"app_refused\"} 1",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"fetch\"} 3",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"digest\"} 1",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"invalid\"} 1",
+        ])
+        .await;
 }
 
 #[tokio::test]
@@ -469,6 +501,21 @@ async fn a_load_no_app_was_there_to_see_waits_for_the_app_and_a_silent_app_fails
         reason.starts_with("ack: 1 of 1 connected workers did not answer"),
         "{reason}"
     );
+    // Waiting for an app is no failure (nor, once an app came, a load); a silent app is.
+    assert!(
+        !sidecar
+            .metrics()
+            .await
+            .iter()
+            .any(|l| l.contains("result=\"loaded\"")),
+        "the revision that waited for the app ended neither way"
+    );
+    sidecar
+        .assert_metrics(&[
+            "hotload_sidecar_loads_total{plugin=\"auth\",result=\"failed\"} 1",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"app_timeout\"} 1",
+        ])
+        .await;
 }
 
 #[tokio::test]
@@ -542,5 +589,74 @@ async fn a_revision_is_loaded_only_when_every_worker_loaded_it_and_one_refusal_f
         outcome["reason"],
         format!("app: worker w3 disconnected before answering the load of {revision}"),
         "{outcome}"
+    );
+    sidecar
+        .assert_metrics(&[
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"app_refused\"} 1",
+            "hotload_sidecar_failures_total{plugin=\"auth\",cause=\"app_disconnected\"} 1",
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn health_reports_of_two_workers_add_up_on_metrics_and_a_bad_one_is_refused() {
+    let e = env().await;
+    let state = e.dir.path().join("state");
+    let sidecar = start_sidecar(&state, &e.ca).await;
+    let mut w1 = App::worker(&state, "w1").await;
+    let mut w2 = App::worker(&state, "w2").await;
+    w1.send(json!({"type": "health", "plugins": [
+        {"plugin": "auth", "revision": "r1", "calls": 3, "errors": {"trap": 1}, "latency_us": [2, 1]},
+        {"plugin": "auth", "revision": "r2", "calls": 1, "latency_us": [0, 0, 0, 1]},
+    ]}))
+    .await;
+    w2.send(json!({"type": "health", "plugins": [
+        {"plugin": "auth", "revision": "r1", "calls": 4, "errors": {"timeout": 2, "failed": 1}, "latency_us": [0, 4]},
+    ]}))
+    .await;
+    // More failed calls than calls: refused whole, with the cause; the connection stays.
+    w2.send(json!({"type": "health", "plugins": [
+        {"plugin": "auth", "revision": "r1", "calls": 1, "errors": {"memory": 5}},
+    ]}))
+    .await;
+    let err = w2.recv().await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(
+        err["reason"],
+        "line 3: health report refused: plugin auth revision r1: 5 failed calls of 1 calls"
+    );
+    w2.send(json!({"type": "health", "plugins": [
+        {"plugin": "auth", "revision": "r1", "calls": 1, "latency_us": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]},
+    ]}))
+    .await;
+    let want = [
+        "hotload_plugin_calls_total{plugin=\"auth\",revision=\"r1\"} 8",
+        "hotload_plugin_calls_total{plugin=\"auth\",revision=\"r2\"} 1",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"trap\"} 1",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"timeout\"} 2",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"memory\"} 0",
+        "hotload_plugin_errors_total{plugin=\"auth\",revision=\"r1\",kind=\"failed\"} 1",
+        "hotload_plugin_call_duration_seconds_count{plugin=\"auth\",revision=\"r1\"} 8",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.00001\",plugin=\"auth\",revision=\"r1\"} 2",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.00002\",plugin=\"auth\",revision=\"r1\"} 7",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"10.0\",plugin=\"auth\",revision=\"r1\"} 7",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"+Inf\",plugin=\"auth\",revision=\"r1\"} 8",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.00005\",plugin=\"auth\",revision=\"r2\"} 0",
+        "hotload_plugin_call_duration_seconds_bucket{le=\"0.0001\",plugin=\"auth\",revision=\"r2\"} 1",
+    ];
+    // The reports arrive on two sockets: wait (bounded) until both are counted.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !sidecar.metrics().await.iter().any(|l| l == want[0]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reports not counted in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sidecar.assert_metrics(&want).await;
+    assert_eq!(
+        w1.recv_within(Duration::from_millis(200)).await,
+        None,
+        "a good report gets no answer"
     );
 }

@@ -215,7 +215,9 @@ impl Counts {
             }
             below = upto;
         }
-        Some(Duration::from_micros(LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1]))
+        Some(Duration::from_micros(
+            LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1],
+        ))
     }
 }
 
