@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use hotload_protocol::ErrorKind;
+
 /// Why a guest call (self-check, `handle`, state hand-over…) did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -293,9 +295,91 @@ pub enum CallError {
     },
 }
 
+impl CallError {
+    /// How this failed call counts in health reports; `None` for [`CallError::NotLoaded`],
+    /// which ran on no revision. A trap, a bad result range or another guest failure is
+    /// `trap`; the deadline is `timeout`; the memory limit is `memory`; no free instance in
+    /// time is `failed`. Pure.
+    pub fn health_kind(&self) -> Option<ErrorKind> {
+        let fault = match self {
+            CallError::NotLoaded { .. } => return None,
+            CallError::Busy { .. } => return Some(ErrorKind::Failed),
+            CallError::Guest {
+                failure: GuestFailure::Fault(fault),
+                ..
+            }
+            | CallError::Reinstantiate { fault, .. } => fault,
+            CallError::Guest {
+                failure: GuestFailure::BadRange { .. },
+                ..
+            } => return Some(ErrorKind::Trap),
+            // `handle` has no status; a status from it would be a host bug, not a trap.
+            CallError::Guest {
+                failure: GuestFailure::Status(_),
+                ..
+            } => return Some(ErrorKind::Failed),
+        };
+        Some(match fault {
+            Fault::Timeout => ErrorKind::Timeout,
+            Fault::MemoryLimit { .. } => ErrorKind::Memory,
+            Fault::Trap(_) | Fault::Other(_) => ErrorKind::Trap,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_errors_count_by_kind() {
+        let (plugin, revision) = (String::from("p"), String::from("r"));
+        let guest = |failure| CallError::Guest {
+            plugin: plugin.clone(),
+            revision: revision.clone(),
+            failure,
+        };
+        let kind = |e: CallError| e.health_kind();
+        assert_eq!(
+            kind(CallError::NotLoaded {
+                plugin: plugin.clone()
+            }),
+            None
+        );
+        assert_eq!(
+            kind(CallError::Busy {
+                plugin: plugin.clone(),
+                revision: revision.clone(),
+                waited_ms: 1
+            }),
+            Some(ErrorKind::Failed)
+        );
+        assert_eq!(
+            kind(guest(GuestFailure::Fault(Fault::Trap(
+                "unreachable".into()
+            )))),
+            Some(ErrorKind::Trap)
+        );
+        assert_eq!(
+            kind(guest(GuestFailure::BadRange { ptr: 1, len: 2 })),
+            Some(ErrorKind::Trap)
+        );
+        assert_eq!(
+            kind(guest(GuestFailure::Fault(Fault::Timeout))),
+            Some(ErrorKind::Timeout)
+        );
+        assert_eq!(
+            kind(CallError::Reinstantiate {
+                plugin: plugin.clone(),
+                revision: revision.clone(),
+                fault: Fault::MemoryLimit {
+                    requested: 2,
+                    limit: 1
+                }
+            }),
+            Some(ErrorKind::Memory)
+        );
+    }
 
     #[test]
     fn classify_finds_memory_limit_through_context() {

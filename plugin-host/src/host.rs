@@ -27,6 +27,7 @@ use crate::compile::{self, CompileError};
 use crate::digest::{parse_sha256, sha256_digest};
 use crate::engine::{EpochTicker, HostConfig, build_engine};
 use crate::error::{CallError, GuestFailure, LoadError, Phase};
+use crate::health::Meters;
 use crate::hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 use crate::instance::{CallLimit, StoreState, describe_exports};
 use crate::pinned::Pinned;
@@ -133,6 +134,8 @@ pub struct PluginHost {
     linker: Linker<StoreState>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     hooks: Arc<dyn HostHooks>,
+    /// The counters of every revision that served and has counts left to take.
+    meters: Meters,
     _ticker: EpochTicker,
 }
 
@@ -170,6 +173,7 @@ impl PluginHost {
             config,
             slots: RwLock::new(HashMap::new()),
             hooks,
+            meters: Meters::default(),
             _ticker: ticker,
         })
     }
@@ -438,6 +442,7 @@ impl PluginHost {
             });
         }
         let new = Arc::new(new);
+        self.meters.register(new.meter.clone());
         let t = Instant::now();
         slot.current.store(Some(new));
         let swap = t.elapsed();
@@ -479,6 +484,36 @@ impl PluginHost {
             });
         }
         true
+    }
+
+    /// Takes the health counts of every revision since the previous call: one report per
+    /// plugin revision that was called (sorted by plugin, then revision), none when nothing
+    /// was. A revision swapped out or unloaded is reported until the calls that were still
+    /// running on it (or pinned to it) are taken, then forgotten. What the app sends in its
+    /// `health` message (docs/protocol.md); [`link::Link`](crate::link::Link) does it.
+    pub fn take_health(&self) -> Vec<hotload_protocol::PluginHealth> {
+        self.meters.take()
+    }
+
+    /// Counts one `failed` error on the revision serving `plugin` now, for a call that
+    /// returned an answer the app could not use; `false` when nothing serves. Adds no call.
+    /// A request that must mark the revision its call ran on (a swap can come between)
+    /// marks through its [`Pinned`] instead ([`Pinned::mark_failed`]).
+    pub fn mark_failed(&self, plugin: &str) -> bool {
+        match self.slot(plugin).and_then(|s| s.current.load_full()) {
+            Some(rev) => {
+                rev.meter.mark_failed();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts one `failed` error on `revision` of `plugin`, which may no longer serve (a
+    /// call made before a swap, judged after it); `false` when the host has no counts of
+    /// that revision any more (forgotten after its last report).
+    pub fn mark_failed_on(&self, plugin: &str, revision: &str) -> bool {
+        self.meters.mark_failed(plugin, revision)
     }
 
     /// Names of the plugins with a serving revision.

@@ -124,8 +124,13 @@ pub(crate) fn describe_exports(module: &Module) -> Vec<(String, ExportKind)> {
 
 /// Starts the deadline of the next guest call, for guest code and host code alike.
 fn arm(store: &mut Store<StoreState>, limit: CallLimit) {
+    arm_at(store, limit, Instant::now());
+}
+
+/// [`arm`] with the time the caller read just before (one clock read less per request).
+fn arm_at(store: &mut Store<StoreState>, limit: CallLimit, now: Instant) {
     store.set_epoch_deadline(limit.ticks);
-    store.data_mut().deadline = Instant::now() + limit.timeout;
+    store.data_mut().deadline = now + limit.timeout;
 }
 
 /// A ready instance of one revision.
@@ -262,9 +267,10 @@ impl PluginInstance {
         }
     }
 
-    /// Handles one request.
-    pub(crate) fn handle(&mut self, input: &[u8]) -> Result<Vec<u8>, GuestFailure> {
-        self.arm();
+    /// Handles one request; its deadline runs from `now`, which the caller read a moment
+    /// ago (the request's own start, when it found an idle instance at once).
+    pub(crate) fn handle(&mut self, input: &[u8], now: Instant) -> Result<Vec<u8>, GuestFailure> {
+        arm_at(&mut self.store, self.limit, now);
         let (ptr, len) = self.write(input)?;
         let packed = self
             .handle

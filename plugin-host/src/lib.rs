@@ -26,6 +26,10 @@
 //!   let verdict = auth.call(&token)?; // same revision, even if a load swapped meanwhile
 //!   # let _ = verdict; Ok(()) }
 //!   ```
+//! - Health: every call counts on the revision it ran on (calls, errors by kind, latency in
+//!   fixed buckets), lock-free; [`PluginHost::take_health`] drains the counts into the
+//!   protocol's reports (see `health.rs`). [`link::Link`] is the app side of the sidecar's
+//!   socket: it loads what the sidecar hands over and sends those reports once a second.
 //! - Imports: sandboxed WASI preview1 only (clocks, randomness), so plugins compiled from
 //!   Go, Rust or C start; no files, environment or network.
 //!
@@ -54,9 +58,11 @@ mod compile;
 mod digest;
 mod engine;
 mod error;
+mod health;
 mod hooks;
 mod host;
 mod instance;
+pub mod link;
 mod pinned;
 mod revision;
 mod wasi_poll;
@@ -69,3 +75,7 @@ pub use hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 pub use host::{HostError, LoadPlan, LoadRequest, Loaded, PluginHost, StateHandover, plan_load};
 pub use pinned::Pinned;
 pub use revision::RevisionId;
+
+/// The app socket protocol's types (`hotload-protocol`): messages, and the health counts
+/// [`PluginHost::take_health`] returns.
+pub use hotload_protocol as protocol;

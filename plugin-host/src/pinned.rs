@@ -36,6 +36,13 @@ impl Pinned {
         self.rev.call(input)
     }
 
+    /// Counts one `failed` error on the pinned revision, for a call through this pin that
+    /// returned but whose answer the app could not use. It adds no call: mark each such call
+    /// once, and never one that returned an error (that error is already counted). Lock-free.
+    pub fn mark_failed(&self) {
+        self.rev.meter.mark_failed();
+    }
+
     /// The pinned revision's identity (plugin, revision name, digest, config).
     pub fn revision(&self) -> &RevisionId {
         &self.rev.id

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use hotload_host::protocol::health::bucket_of;
+use hotload_host::protocol::{Errors, PluginHealth};
 use hotload_host::{
     CallError, Fault, GuestFailure, HostConfig, HostHooks, LoadError, LoadEvent, LoadRequest,
     Phase, Pinned, PluginHost, StateHandover, UnloadEvent, sha256_digest,
@@ -268,6 +270,8 @@ const OPERATIONS: &[&str] = &[
     "serving",
     "plugins",
     "events",
+    "mark_failed",
+    "health",
 ];
 
 const EXPECT_KEYS: &[&str] = &[
@@ -281,6 +285,7 @@ const EXPECT_KEYS: &[&str] = &[
     "names",
     "was_loaded",
     "events",
+    "reports",
 ];
 
 struct Run<'a> {
@@ -463,8 +468,108 @@ impl Run<'_> {
                 }
                 Ok(())
             }
+            "mark_failed" => {
+                only_keys(arg, &["plugin", "pin"], where_)?;
+                if let Some(pin) = opt_str(arg, "pin", where_)? {
+                    self.pins
+                        .get(pin)
+                        .ok_or_else(|| Fatal(format!("{where_}: no pin {pin:?}")))?
+                        .mark_failed();
+                } else {
+                    let plugin = str_field(arg, "plugin", where_)?;
+                    if !self.host.mark_failed(plugin) {
+                        self.fail(format!("{where_}: mark_failed: {plugin} serves nothing"));
+                    }
+                }
+                Ok(())
+            }
+            "health" => {
+                only_keys(arg, &[], where_)?;
+                let got = self.host.take_health();
+                match x.get("reports") {
+                    Some(want) => self.check_health(where_, &got, want),
+                    None => Ok(()),
+                }
+            }
             _ => unreachable!("every operation is matched"),
         }
+    }
+
+    /// Compares drained counts with a `health` step's reports: the same revisions in order,
+    /// exact calls and errors, latency buckets that add up to the calls, and at least
+    /// `latency_at_least.calls` of them in the buckets of `latency_at_least.ms` or slower.
+    fn check_health(
+        &mut self,
+        where_: &str,
+        got: &[PluginHealth],
+        want: &Value,
+    ) -> Result<(), Fatal> {
+        let want = want
+            .as_array()
+            .ok_or_else(|| Fatal(format!("{where_}: reports is not a list")))?;
+        if got.len() != want.len() {
+            self.fail(format!(
+                "{where_}: health has {} reports, want {}: {got:?}",
+                got.len(),
+                want.len()
+            ));
+            return Ok(());
+        }
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let what = format!("{where_}: report {}", i + 1);
+            let w = obj(w, &what)?;
+            only_keys(
+                w,
+                &["plugin", "revision", "calls", "errors", "latency_at_least"],
+                &what,
+            )?;
+            let (plugin, revision) = (
+                str_field(w, "plugin", &what)?,
+                str_field(w, "revision", &what)?,
+            );
+            if (g.plugin.as_str(), g.revision.as_str()) != (plugin, revision) {
+                self.fail(format!(
+                    "{what} is {} {}, want {plugin} {revision}",
+                    g.plugin, g.revision
+                ));
+                continue;
+            }
+            let calls = opt_u64(w, "calls", &what)?.unwrap_or(0);
+            let errors: Errors = match w.get("errors") {
+                Some(e) => serde_json::from_value(e.clone())
+                    .map_err(|e| Fatal(format!("{what}: errors: {e}")))?,
+                None => Errors::default(),
+            };
+            let c = &g.counts;
+            if c.calls != calls || c.errors != errors {
+                self.fail(format!(
+                    "{where_}: {plugin} {revision}: calls {} errors {:?}, want calls {calls} errors {errors:?}",
+                    c.calls, c.errors
+                ));
+            }
+            let timed: u64 = c.latency_us.iter().sum();
+            if timed != c.calls {
+                self.fail(format!(
+                    "{where_}: {plugin} {revision}: latency buckets hold {timed} calls of {}: {:?}",
+                    c.calls, c.latency_us
+                ));
+            }
+            if let Some(a) = w.get("latency_at_least") {
+                let a = obj(a, &format!("{what}: latency_at_least"))?;
+                only_keys(a, &["ms", "calls"], &what)?;
+                let ms = opt_u64(a, "ms", &what)?.unwrap_or(0);
+                let least = opt_u64(a, "calls", &what)?.unwrap_or(0);
+                let from = bucket_of(Duration::from_millis(ms));
+                let slow: u64 = c.latency_us.iter().skip(from).sum();
+                if slow < least {
+                    self.fail(format!(
+                        "{where_}: {plugin} {revision}: {slow} calls at {ms} ms or slower, want at least {least}: {:?}",
+                        c.latency_us
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn load(

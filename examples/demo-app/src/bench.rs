@@ -1,7 +1,8 @@
 //! `hotload-bench`: the numbers in docs/benchmarks.md. Runs the real pieces on this machine
 //! (sidecar agent, Unix socket, demo app, HTTP on 127.0.0.1) and prints a Markdown table:
 //! request latency steady vs during swaps, the swap's critical section, precompiled-module
-//! load time, and the idle RSS / CPU of the real `hotload-sidecar` binary.
+//! load time, the cost of one plugin call in the host (health counting included), and the
+//! idle RSS / CPU of the real `hotload-sidecar` binary.
 //! Every phase is bounded in time; run it from a release build.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,43 @@ struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Measure only the per-call overhead of the host (seconds, not minutes).
+    #[arg(long)]
+    call_overhead_only: bool,
+}
+
+/// Rounds of [`CALLS_PER_ROUND`] calls in the call-overhead measurement.
+const ROUNDS: usize = 7;
+/// Calls per round of the call-overhead measurement.
+const CALLS_PER_ROUND: u32 = 200_000;
+
+/// What one `PluginHost::call` costs: tagger-v2 echoing 32 bytes on one thread, the mean of
+/// each round; returns (median, best) per call. The plugin does almost nothing, so this is
+/// the host's own overhead: pool checkout, copies, deadline, and the health counters.
+fn call_overhead() -> anyhow::Result<(Duration, Duration)> {
+    let wasm = wat::parse_str(harness::V2_WAT)?;
+    let host = PluginHost::new(HostConfig::default())?;
+    host.load(LoadRequest {
+        plugin: "p".into(),
+        revision: "r".into(),
+        digest: hotload_host::sha256_digest(&wasm),
+        config: Vec::new(),
+        wasm,
+    })?;
+    let input = [b'x'; 32];
+    for _ in 0..CALLS_PER_ROUND / 10 {
+        host.call("p", &input)?;
+    }
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..CALLS_PER_ROUND {
+            host.call("p", &input)?;
+        }
+        rounds.push(t.elapsed() / CALLS_PER_ROUND);
+    }
+    rounds.sort();
+    Ok((rounds[ROUNDS / 2], rounds[0]))
 }
 
 /// Records the duration of every swap's critical section.
@@ -165,6 +203,15 @@ async fn sidecar_idle(bin: &Path, dir: &Path, idle: Duration) -> anyhow::Result<
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (overhead, overhead_best) = tokio::task::spawn_blocking(call_overhead).await??;
+    if args.call_overhead_only {
+        println!(
+            "plugin call overhead (PluginHost::call, tagger-v2, 32 B): median {} ns, best {} ns",
+            overhead.as_nanos(),
+            overhead_best.as_nanos()
+        );
+        return Ok(());
+    }
     let dir = tempfile_dir()?;
     let swaps = Arc::new(SwapTimes::default());
     let stack = harness::start(&dir, swaps.clone()).await?;
@@ -277,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
             "swap_critical_section_p99_us": quantile(&crit, 0.99).as_secs_f64() * 1e6,
             "precompiled_load_ms": ms_f(median(&mut warm_total)),
             "cold_load_ms": ms_f(median(&mut cold_total)),
+            "call_overhead_ns": overhead.as_nanos(),
             "sidecar_idle_rss_kib": rss,
             "sidecar_idle_cpu_percent": cpu,
         });
@@ -315,6 +363,11 @@ async fn main() -> anyhow::Result<()> {
         ms(median(&mut warm_total)),
         ms(median(&mut cold_code)),
         ms(median(&mut cold_total)),
+    );
+    println!(
+        "plugin call overhead (PluginHost::call, tagger-v2, 32 B, {ROUNDS} rounds of {CALLS_PER_ROUND}): median {} ns, best {} ns",
+        overhead.as_nanos(),
+        overhead_best.as_nanos()
     );
     match idle {
         Ok((rss, hwm, cpu)) => println!(

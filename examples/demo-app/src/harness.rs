@@ -73,6 +73,8 @@ pub struct Stack {
     pub http: SocketAddr,
     /// The demo app's plugin host.
     pub host: Arc<PluginHost>,
+    /// The demo app's sidecar link (stopped with the stack).
+    pub link: hotload_host::link::Link,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -95,11 +97,8 @@ pub async fn start(dir: &Path, hooks: Arc<dyn HostHooks>) -> anyhow::Result<Stac
     };
     let host = Arc::new(PluginHost::with_hooks(config, hooks)?);
     let worker = std::process::id().to_string();
-    let mut tasks = vec![tokio::spawn(crate::sidecar_link::run(
-        sidecar.socket.clone(),
-        host.clone(),
-        worker.clone(),
-    ))];
+    let link = crate::serve::link_to(&sidecar.socket, host.clone(), &worker)?;
+    let mut tasks = Vec::new();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = tcp.local_addr()?;
     let router = crate::http::router(host.clone(), &worker);
@@ -110,6 +109,7 @@ pub async fn start(dir: &Path, hooks: Arc<dyn HostHooks>) -> anyhow::Result<Stac
         sidecar,
         http,
         host,
+        link,
         tasks,
     })
 }

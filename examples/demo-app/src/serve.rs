@@ -1,4 +1,5 @@
-//! One serving process: the plugin host, its sidecar link (one worker) and the HTTP server.
+//! One serving process: the plugin host, its sidecar link (one worker, `hotload_host::link`)
+//! and the HTTP server.
 //! Run on its own (`--workers 1`, the default) it is the whole app, exactly as before
 //! pre-fork mode existed. Run as a pre-fork worker it shares the port with its siblings
 //! (SO_REUSEPORT), dies with its supervisor, and drains on SIGTERM/SIGINT.
@@ -8,16 +9,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hotload_host::link::{Link, LinkOptions};
 use hotload_host::{HostConfig, PluginHost};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::Args;
 
+/// The app name in `hello`.
+pub const APP: &str = "hotload-demo-app";
+
 /// Serves until the process is stopped (single) or drained (pre-fork worker).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let Some(parent) = args.prefork_parent else {
-        let router = start_app(&args)?;
+        let (router, _link) = start_app(&args)?;
         let listener = TcpListener::bind(args.listen).await?;
         println!("hotload-demo-app listening on {}", listener.local_addr()?);
         axum::serve(listener, router).await?;
@@ -25,7 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = Terminations::register()?;
     die_with(parent)?;
-    let router = start_app(&args)?;
+    let (router, _link) = start_app(&args)?;
     let listener = reuseport_socket(args.listen)?.listen(1024)?;
     println!(
         "hotload-demo-app worker {} listening on {}",
@@ -36,7 +41,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The plugin host, its sidecar link (as worker `args.worker()`) and the router over both.
-fn start_app(args: &Args) -> anyhow::Result<axum::Router> {
+/// The link runs on threads of its own until it is dropped: keep it while serving.
+fn start_app(args: &Args) -> anyhow::Result<(axum::Router, Link)> {
     let worker = args.worker();
     let host = Arc::new(PluginHost::new(HostConfig {
         cache_dir: args.cache_dir.clone(),
@@ -45,12 +51,25 @@ fn start_app(args: &Args) -> anyhow::Result<axum::Router> {
     if let Some(file) = &args.plugin_file {
         load_baked(&host, file)?;
     }
-    tokio::spawn(crate::sidecar_link::run(
-        args.socket.clone(),
-        host.clone(),
-        worker.clone(),
-    ));
-    Ok(crate::http::router(host, &worker))
+    let link = link_to(&args.socket, host.clone(), &worker)?;
+    Ok((crate::http::router(host, &worker), link))
+}
+
+/// Starts the sidecar link of worker `worker` (loads, unloads, health every second).
+pub fn link_to(
+    socket: &std::path::Path,
+    host: Arc<PluginHost>,
+    worker: &str,
+) -> std::io::Result<Link> {
+    Link::spawn(
+        socket,
+        host,
+        LinkOptions {
+            app: APP.into(),
+            worker: worker.into(),
+            ..LinkOptions::default()
+        },
+    )
 }
 
 /// Loads the plugin file named by `--plugin-file` into the `handler` slot, or fails the
