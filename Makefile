@@ -17,9 +17,14 @@ HELM = $(HOTLOAD_CACHE)/bin/current/helm
 ## suite, e2e on the local cluster
 test: deps fmt lint unit sdk e2e
 
-## deps: Debian packages and the pinned Go tools (etcd, Kubernetes, helm)
+## deps: Debian packages and the pinned Go tools (etcd, Kubernetes, helm), and Debian's
+## prometheus (the analysis provider tests run a real one), each only when missing
 deps:
 	e2e/tools/deps.sh
+	@dpkg-query -W -f='$${Status}' prometheus 2>/dev/null | grep -q "install ok installed" || { \
+		echo "installing Debian packages: prometheus" >&2; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 fmt:
 	cargo fmt --all -- --check
@@ -37,6 +42,7 @@ unit: conformance-plugins
 ## e2e: bring the local cluster up, run the cluster tests, and always tear it down
 e2e:
 	cargo build --workspace --bins
+	$(MAKE) --no-print-directory $(PY_VENV)/bin/gunicorn
 	$(E2E) cluster up >/dev/null
 	status=0; cargo test -p hotload-e2e --tests || status=$$?; \
 	$(E2E) cluster down --verify || status=1; \
@@ -80,12 +86,18 @@ sdk-go: conformance-plugins
 ## the real sidecar built here, loads / refusals / restart / gunicorn with 3 workers
 .PHONY: sdk-python
 PY_VENV = $(HOTLOAD_CACHE)/venv
+PY_INSTALL = $(PY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e 'sdk/python[test]'
 sdk-python: conformance-plugins
 	cargo build -p hotload-sidecar --bin hotload-sidecar
 	test -x $(PY_VENV)/bin/python || python3 -m venv $(PY_VENV)
-	$(PY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e 'sdk/python[test]'
+	$(PY_INSTALL)
 	cd sdk/python && $(PY_VENV)/bin/ruff check . && $(PY_VENV)/bin/ruff format --check .
 	cd sdk/python && HOTLOAD_SIDECAR_BIN=$(CARGO_TARGET_DIR)/debug/hotload-sidecar $(PY_VENV)/bin/python -m pytest -q
+
+# The venv alone, made only when missing: e2e's gunicorn app (sdk/python/examples) runs from it.
+$(PY_VENV)/bin/gunicorn:
+	test -x $(PY_VENV)/bin/python || python3 -m venv $(PY_VENV)
+	$(PY_INSTALL)
 
 ## sdk-node: the Node SDK (sdk/node): node --check on every file, then node --test with the shared
 ## conformance cases, transcripts, 100 swaps, a cluster app, JS modules and, against the real

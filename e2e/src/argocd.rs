@@ -152,4 +152,89 @@ mod tests {
         .unwrap();
         assert_eq!(message, "pod p: digest mismatch");
     }
+
+    #[test]
+    fn health_shows_the_analysis_with_its_message() {
+        let window = |verdict: &str, message: &str| {
+            json!([{"start": "2026-12-02T10:00:00Z", "end": "2026-12-02T10:00:10Z",
+                    "verdict": verdict,
+                    "checks": [{"name": "latency", "verdict": "Pass", "message": "p99 2ms"},
+                               {"name": "errors", "verdict": verdict, "message": message}]}])
+        };
+        let analysed = |phase: &str, analysis: &str, message: Option<&str>, windows: Value| {
+            let mut status = json!({
+                "observedGeneration": 2, "phase": phase, "targetRevision": "r2",
+                "analysis": {"revision": "r2", "phase": analysis, "windows": windows},
+            });
+            if let Some(message) = message {
+                status["message"] = json!(message);
+            }
+            release(2, status)
+        };
+        let failed = "error rate 19.8% > 1% over 412 calls on 1 canary pod in 10s";
+        let cases = [
+            // Failed analysis: Degraded with the operator's message, whatever the phase says
+            // while the rollback goes on.
+            (
+                analysed(
+                    "Progressing",
+                    "Failed",
+                    Some(failed),
+                    window("Fail", failed),
+                ),
+                ("Degraded", failed.to_string()),
+            ),
+            (
+                analysed("RolledBack", "Failed", None, window("Fail", failed)),
+                ("Degraded", format!("analysis failed: errors: {failed}")),
+            ),
+            // Inconclusive: Suspended (held, as an Argo Rollout paused by an inconclusive
+            // run), with the reason.
+            (
+                analysed(
+                    "Paused",
+                    "Inconclusive",
+                    Some("analysis inconclusive: errors: 3 calls < minCalls 20"),
+                    window("Inconclusive", "3 calls < minCalls 20"),
+                ),
+                (
+                    "Suspended",
+                    "analysis inconclusive: errors: 3 calls < minCalls 20".to_string(),
+                ),
+            ),
+            (
+                analysed(
+                    "Progressing",
+                    "Inconclusive",
+                    None,
+                    window("Inconclusive", "no calls in 10s"),
+                ),
+                (
+                    "Suspended",
+                    "analysis inconclusive: errors: no calls in 10s".to_string(),
+                ),
+            ),
+            // Running or passed analyses leave the phase to speak.
+            (
+                analysed("Progressing", "Running", Some("2/5"), json!([])),
+                ("Progressing", "2/5".to_string()),
+            ),
+            (
+                {
+                    let mut done = analysed("Completed", "Passed", Some("done"), json!([]));
+                    done["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+                    done
+                },
+                ("Healthy", "done".to_string()),
+            ),
+        ];
+        for (object, want) in cases {
+            let got = health(&object).unwrap();
+            assert_eq!((got.0.as_str(), got.1), (want.0, want.1), "{object}");
+        }
+        // An older revision's failed analysis does not make the new one Degraded.
+        let mut retried = analysed("Progressing", "Failed", Some("3/5"), window("Fail", failed));
+        retried["status"]["targetRevision"] = json!("r3");
+        assert_eq!(health(&retried).unwrap().0, "Progressing");
+    }
 }

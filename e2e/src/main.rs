@@ -67,6 +67,29 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What health reports (one a second per pod) cost the operator's channel server: CPU
+    /// and memory with N simulated sidecars silent, then reporting. Runs no cluster.
+    Health {
+        /// Simulated sidecars.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Seconds each phase is measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Channel streams sharing one TLS connection (1: a connection per sidecar).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        streams_per_connection: u32,
+        /// Print one JSON object (otherwise pretty-printed JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: the process `bench health` measures.
+    #[command(hide = true)]
+    HealthServer {
+        /// Connections the channel server accepts.
+        #[arg(long)]
+        max_connections: usize,
+    },
     /// The data plane with real processes: swaps under load, sidecar footprint, load time.
     Swap {
         /// Seconds of load per phase.
@@ -161,6 +184,24 @@ fn main() -> Result<()> {
                 } else {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
+            }
+            Command::Bench(BenchCommand::Health {
+                pods,
+                seconds,
+                streams_per_connection,
+                json,
+            }) => {
+                let report =
+                    hotload_e2e::bench::health::run(pods, seconds, streams_per_connection as usize)
+                        .await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+            }
+            Command::Bench(BenchCommand::HealthServer { max_connections }) => {
+                hotload_e2e::bench::health::serve(max_connections).await?
             }
             Command::Bench(BenchCommand::Swap { seconds, json: _ }) => {
                 println!("{}", hotload_e2e::bench::swap::run(seconds)?);

@@ -25,6 +25,16 @@ pub fn tagger(version: u8) -> Result<Vec<u8>> {
     Ok(wat::parse_str(tagger_source(version)?)?)
 }
 
+/// The example plugin `examples/plugins/<name>.wat`, compiled (`tagger-flaky`: tag v03,
+/// traps on one call in five; `tagger-slow`: tag v04, burns milliseconds per call).
+pub fn example_plugin(name: &str) -> Result<Vec<u8>> {
+    let path = format!(
+        "{}/../examples/plugins/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Ok(wat::parse_str(std::fs::read_to_string(path)?)?)
+}
+
 /// Tagger v1 with its tag overwritten, so its self-check export fails.
 pub fn tagger_failing_self_check() -> Result<Vec<u8>> {
     let text = tagger_source(1)?.replace(r#""v01:""#, r#""x03:""#);

@@ -21,9 +21,10 @@ use futures::{Stream, StreamExt};
 use hotload_channel::TOKEN_AUDIENCE;
 use hotload_channel::proto::plugin_channel_server::{PluginChannel, PluginChannelServer};
 use hotload_channel::proto::{
-    Assign, Credentials, OperatorMessage, PluginState, SidecarMessage, State, Synced,
-    operator_message, sidecar_message,
+    Assign, Credentials, Health as HealthReport, OperatorMessage, PluginState, RevisionHealth,
+    SidecarMessage, State, Synced, operator_message, sidecar_message,
 };
+use hotload_protocol::{Counts, Errors};
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
@@ -33,6 +34,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Health;
 use crate::api::AckState;
+use crate::health::HealthStore;
 use crate::listener::{ConnectionInfo, ConnectionLimits, InUse};
 use crate::metrics::Metrics;
 use crate::registry::{self, Directive, Outgoing, PluginReport, Registry};
@@ -235,22 +237,26 @@ pub struct ChannelService {
     registry: Arc<Registry>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    plugin_health: Arc<HealthStore>,
     gate: Gate,
 }
 
 impl ChannelService {
-    /// A service that checks tokens with `client` and records sidecars in `registry`.
+    /// A service that checks tokens with `client`, records sidecars in `registry` and how
+    /// their plugins run in `plugin_health`.
     pub fn new(
         client: Client,
         registry: Arc<Registry>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        plugin_health: Arc<HealthStore>,
     ) -> PluginChannelServer<Self> {
         PluginChannelServer::new(Self {
             client,
             registry,
             health,
             metrics,
+            plugin_health,
             gate: Gate::new(),
         })
         .max_decoding_message_size(MAX_SIDECAR_MESSAGE_BYTES)
@@ -339,8 +345,10 @@ impl ChannelService {
             sidecar: Attached {
                 registry: self.registry.clone(),
                 metrics: self.metrics.clone(),
+                plugin_health: self.plugin_health.clone(),
                 who,
                 id,
+                warned_health: None,
                 _in_use: in_use,
             },
         })))
@@ -446,19 +454,70 @@ impl Stream for Session {
 struct Attached {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    plugin_health: Arc<HealthStore>,
     who: PodIdentity,
     id: u64,
+    /// When this stream last warned of a refused health report (at most one a minute:
+    /// a broken sidecar sends one a second).
+    warned_health: Option<std::time::Instant>,
     /// Keeps the connection from being closed as idle.
     _in_use: Option<InUse>,
 }
 
+/// How often one stream may warn of refused health reports.
+const HEALTH_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 impl Attached {
-    fn heard(&self, message: SidecarMessage) {
-        let Some(sidecar_message::Kind::State(state)) = message.kind else {
+    fn heard(&mut self, message: SidecarMessage) {
+        match message.kind {
+            Some(sidecar_message::Kind::State(state)) => self.state(&state),
+            Some(sidecar_message::Kind::Health(report)) => self.health(&report),
+            // A second Hello, or a kind this operator does not know yet.
+            _ => {}
+        }
+    }
+
+    /// Records how the pod's plugins ran, while this stream owns the pod: every revision
+    /// that checks out ([`revision_counts`]); the others are refused with a warning.
+    fn health(&mut self, report: &HealthReport) {
+        let PodIdentity {
+            namespace,
+            pod,
+            uid,
+        } = &self.who;
+        let (kept, refused) = health_counts(report);
+        let owns = self.registry.view(namespace, pod, uid, "").stream == Some(self.id);
+        if owns {
+            let now = Timestamp::now();
+            for (health, counts) in &kept {
+                self.plugin_health.record(
+                    namespace,
+                    pod,
+                    &health.plugin,
+                    &health.revision,
+                    counts,
+                    now,
+                );
+            }
+        }
+        self.metrics
+            .health_reported(kept.len(), refused.len(), owns);
+        let Some(why) = refused.first() else {
             return;
         };
+        let quiet = self
+            .warned_health
+            .is_some_and(|at| at.elapsed() < HEALTH_WARNING_EVERY);
+        if !quiet {
+            self.warned_health = Some(std::time::Instant::now());
+            tracing::warn!(%namespace, %pod, why, refused = refused.len(),
+                "ignored a sidecar health report (warned at most once a minute per stream)");
+        }
+    }
+
+    fn state(&self, state: &PluginState) {
         let PodIdentity { namespace, pod, .. } = &self.who;
-        let report = match report(&state, Timestamp::now()) {
+        let report = match report(state, Timestamp::now()) {
             Ok(report) => report,
             Err(why) => {
                 tracing::warn!(%namespace, %pod, why, "ignored a sidecar report");
@@ -483,6 +542,62 @@ impl Drop for Attached {
         self.metrics.set_connected(self.registry.connected());
         tracing::info!(%namespace, %pod, "sidecar disconnected");
     }
+}
+
+/// The most revisions one Health message may report on; a longer one is refused whole.
+pub const MAX_REVISIONS_PER_HEALTH: usize = 64;
+
+/// The revisions of a Health message that check out, with their counts, and why each other
+/// was refused (all of them when the message reports on more than
+/// [`MAX_REVISIONS_PER_HEALTH`] revisions).
+pub fn health_counts(report: &HealthReport) -> (Vec<(&RevisionHealth, Counts)>, Vec<String>) {
+    if report.revisions.len() > MAX_REVISIONS_PER_HEALTH {
+        let why = format!(
+            "{} revisions in one health report (at most {MAX_REVISIONS_PER_HEALTH})",
+            report.revisions.len()
+        );
+        return (Vec::new(), vec![why; report.revisions.len()]);
+    }
+    let mut kept = Vec::with_capacity(report.revisions.len());
+    let mut refused = Vec::new();
+    for health in &report.revisions {
+        match revision_counts(health) {
+            Ok(counts) => kept.push((health, counts)),
+            Err(why) => refused.push(why),
+        }
+    }
+    (kept, refused)
+}
+
+/// One revision's health as counts, or why it cannot be used: a plugin name or revision
+/// longer than any the operator gives out ([`registry::check_names`]), an empty revision,
+/// or counts that do not add up ([`Counts::check`]).
+pub fn revision_counts(health: &RevisionHealth) -> Result<Counts, String> {
+    registry::check_names(&health.plugin, [&health.revision])?;
+    if health.revision.is_empty() {
+        return Err(format!(
+            "plugin {}: health without a revision",
+            crate::api::escape_controls(&health.plugin)
+        ));
+    }
+    let counts = Counts {
+        calls: health.calls,
+        errors: Errors {
+            trap: health.trap,
+            timeout: health.timeout,
+            memory: health.memory,
+            failed: health.failed,
+        },
+        latency_us: health.latency_us.clone(),
+    };
+    counts.check().map_err(|why| {
+        format!(
+            "plugin {} revision {}: {why}",
+            crate::api::escape_controls(&health.plugin),
+            crate::api::escape_controls(&health.revision)
+        )
+    })?;
+    Ok(counts)
 }
 
 /// A sidecar's PluginState as the registry keeps it, received at `now` (the operator's
@@ -712,21 +827,36 @@ mod tests {
     async fn channel_server(
         limits: ChannelLimits,
     ) -> (std::net::SocketAddr, Arc<Registry>, String) {
+        let (addr, registry, _, ca) = channel_server_with_store(limits).await;
+        (addr, registry, ca)
+    }
+
+    /// [`channel_server`], with the health store its streams record into.
+    async fn channel_server_with_store(
+        limits: ChannelLimits,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<Registry>,
+        Arc<HealthStore>,
+        String,
+    ) {
         let (certs, ca) = crate::listener::testing::served();
         let registry = Arc::new(Registry::default());
         let health = Arc::new(Health::default());
         health.set_synced();
         health.set_leading(true);
+        let store = Arc::new(HealthStore::new());
         let service = ChannelService::new(
             reviews(),
             registry.clone(),
             health,
             Arc::new(Metrics::default()),
+            store.clone(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { serve(listener, service, &certs, limits).await });
-        (addr, registry, ca)
+        (addr, registry, store, ca)
     }
 
     type Client_ = hotload_channel::proto::plugin_channel_client::PluginChannelClient<
@@ -979,5 +1109,182 @@ mod tests {
             why,
             "plugin auth: revision of 65 bytes (at most 64 allowed)"
         );
+    }
+
+    fn revision_health(plugin: &str, revision: &str, calls: u64, trap: u64) -> RevisionHealth {
+        let mut latency_us = vec![0; hotload_protocol::health::LATENCY_BUCKETS];
+        latency_us[8] = calls;
+        RevisionHealth {
+            plugin: plugin.into(),
+            revision: revision.into(),
+            calls,
+            trap,
+            latency_us,
+            ..Default::default()
+        }
+    }
+
+    fn health_message(revisions: Vec<RevisionHealth>) -> SidecarMessage {
+        SidecarMessage {
+            kind: Some(sidecar_message::Kind::Health(HealthReport { revisions })),
+        }
+    }
+
+    #[test]
+    fn health_reports_are_checked_revision_by_revision() {
+        let good = revision_health("auth", "r2", 10, 2);
+        let counts = revision_counts(&good).unwrap();
+        assert_eq!((counts.calls, counts.errors.trap), (10, 2));
+        assert_eq!(counts.latency_us[8], 10);
+        let lying = revision_health("auth", "r2", 1, 2);
+        assert_eq!(
+            revision_counts(&lying).unwrap_err(),
+            "plugin auth revision r2: 2 failed calls of 1 calls"
+        );
+        let mut long = revision_health("auth", "r2", 1, 0);
+        long.latency_us = vec![0; 21];
+        assert!(revision_counts(&long).unwrap_err().contains("21 buckets"));
+        let named = revision_health("auth", &"r".repeat(65), 1, 0);
+        assert!(revision_counts(&named).unwrap_err().contains("65 bytes"));
+        let unnamed = revision_health("", "r2", 1, 0);
+        assert!(
+            revision_counts(&unnamed)
+                .unwrap_err()
+                .contains("plugin name")
+        );
+        let no_revision = revision_health("auth", "", 1, 0);
+        assert!(
+            revision_counts(&no_revision)
+                .unwrap_err()
+                .contains("without a revision")
+        );
+
+        let mixed = HealthReport {
+            revisions: vec![good.clone(), lying, named],
+        };
+        let (kept, refused) = health_counts(&mixed);
+        assert_eq!((kept.len(), refused.len()), (1, 2));
+        let too_many = HealthReport {
+            revisions: vec![good; MAX_REVISIONS_PER_HEALTH + 1],
+        };
+        let (kept, refused) = health_counts(&too_many);
+        assert!(kept.is_empty(), "a message over the limit is refused whole");
+        assert!(
+            refused[0].contains("65 revisions in one health report"),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn health_over_the_channel_reaches_the_store_and_bad_reports_do_not() {
+        let (addr, registry, store, ca) = channel_server_with_store(test_limits()).await;
+        let mut client = dial(addr, &ca).await;
+        let (attached, tx) = attach_with(&mut client, "good", hello(Vec::new())).await;
+        let _stream = attached.unwrap();
+        let started = Timestamp::now();
+        let sample = || {
+            let to = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+            store.sample(
+                "shop",
+                "auth",
+                "r2",
+                started - jiff::SignedDuration::from_secs(2),
+                to,
+            )
+        };
+        // A bad report (more failed calls than calls), then one with a bad revision beside a
+        // good one, then a good one: the stream stays up and only the good ones count.
+        tx.send(health_message(vec![revision_health("auth", "r2", 1, 5)]))
+            .await
+            .unwrap();
+        tx.send(health_message(vec![
+            revision_health("auth", &"r".repeat(65), 100, 0),
+            revision_health("auth", "r2", 10, 1),
+        ]))
+        .await
+        .unwrap();
+        tx.send(health_message(vec![revision_health("auth", "r2", 30, 0)]))
+            .await
+            .unwrap();
+        eventually("the good reports recorded", || sample().counts.calls == 40).await;
+        let got = sample();
+        assert_eq!(got.counts.errors.trap, 1);
+        assert_eq!(got.counts.latency_us[8], 40);
+        assert_eq!(got.pods, ["web-1"]);
+        assert_eq!(registry.connected(), 1, "the stream stays up");
+        // A state report still works on the same stream after them.
+        tx.send(SidecarMessage {
+            kind: Some(sidecar_message::Kind::State(PluginState {
+                plugin: "auth".into(),
+                assigned_revision: "r2".into(),
+                serving_revision: "r2".into(),
+                state: State::Loaded as i32,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        eventually("the state report taken", || {
+            registry
+                .view("shop", "web-1", "uid-1", "auth")
+                .report
+                .is_some_and(|r| r.state == AckState::Loaded)
+        })
+        .await;
+
+        // A newer stream owns the pod now: the old stream's word is stale and not recorded.
+        let (newer, newer_tx) = attach_with(&mut client, "good", hello(Vec::new())).await;
+        let _newer = newer.unwrap();
+        // (The old stream may be gone already: the newer one ended it.)
+        let _ = tx
+            .send(health_message(vec![revision_health("auth", "r2", 500, 0)]))
+            .await;
+        newer_tx
+            .send(health_message(vec![revision_health("auth", "r2", 2, 0)]))
+            .await
+            .unwrap();
+        eventually("the newer stream's report recorded", || {
+            sample().counts.calls == 42
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            sample().counts.calls,
+            42,
+            "the stale stream's report is not"
+        );
+    }
+
+    #[test]
+    fn health_is_recorded_only_from_the_stream_that_owns_the_pod() {
+        let registry = Arc::new(Registry::default());
+        let store = Arc::new(HealthStore::new());
+        let attached = |id| Attached {
+            registry: registry.clone(),
+            metrics: Arc::new(Metrics::default()),
+            plugin_health: store.clone(),
+            who: who(),
+            id,
+            warned_health: None,
+            _in_use: None,
+        };
+        let (old_tx, _old_rx) = registry::outbox();
+        let old = registry.connect("shop", "web-1", "uid-1", old_tx, Vec::new());
+        let (new_tx, _new_rx) = registry::outbox();
+        let new = registry.connect("shop", "web-1", "uid-1", new_tx, Vec::new());
+        let mut stale = attached(old);
+        let mut owner = attached(new);
+        stale.heard(health_message(vec![revision_health("auth", "r2", 500, 0)]));
+        owner.heard(health_message(vec![revision_health("auth", "r2", 7, 0)]));
+        let now = Timestamp::now();
+        let sample = store.sample(
+            "shop",
+            "auth",
+            "r2",
+            now - jiff::SignedDuration::from_secs(5),
+            now + jiff::SignedDuration::from_secs(5),
+        );
+        assert_eq!(sample.counts.calls, 7);
+        assert_eq!(sample.pods, ["web-1"]);
     }
 }

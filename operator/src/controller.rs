@@ -23,9 +23,12 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::admin::Health;
 use crate::api::{PluginRelease, PluginReleaseStatus, describe};
+use crate::health::HealthStore;
+use crate::measure::measure;
 use crate::metrics::Metrics;
 use crate::planner::{self, Input, Plan, PodView};
 use crate::pods::{CachedPod, keep_what_is_read};
+use crate::providers::Providers;
 use crate::registry::{Directive, Registry};
 use crate::views::{Source, planned_streams, pod_view};
 use crate::{revision, selector, synced};
@@ -79,6 +82,10 @@ pub struct Context {
     client: Client,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// How the plugins run, from the sidecars' reports (analysis).
+    plugin_health: Arc<HealthStore>,
+    /// Prometheus and webhook checks (analysis).
+    providers: Providers,
     registry: Arc<Registry>,
     pods: Store<CachedPod>,
     releases: Store<PluginRelease>,
@@ -109,6 +116,7 @@ pub async fn run(
     namespace: Option<&str>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    plugin_health: Arc<HealthStore>,
 ) -> anyhow::Result<()> {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
@@ -171,8 +179,13 @@ pub async fn run(
     .inspect({
         let planned = planned.clone();
         let registry = registry.clone();
+        let metrics = metrics.clone();
         move |event| {
             if let Ok(watcher::Event::Delete(release)) = event {
+                metrics.release_deleted(
+                    &release.namespace().unwrap_or_default(),
+                    &release.name_any(),
+                );
                 // Streams waiting for its plan are owed it no more.
                 registry.wake_settler();
                 if let (Some(uid), Ok(mut planned)) = (release.uid(), planned.lock()) {
@@ -220,6 +233,8 @@ pub async fn run(
         client: client.clone(),
         health,
         metrics,
+        plugin_health,
+        providers: Providers::new()?,
         registry,
         pods,
         releases,
@@ -311,14 +326,26 @@ async fn act(release: &Arc<PluginRelease>, ctx: &Arc<Context>) -> Result<Action,
     let memory = ctx
         .remembered(&uid)
         .unwrap_or_else(|| Memory::of_cached(release.status.as_ref()));
+    let measured = measure(
+        &ctx.plugin_health,
+        &ctx.providers,
+        release,
+        &memory.status,
+        &views,
+        now,
+    )
+    .await;
     let plan = planner::plan(&Input {
         spec: &release.spec,
         generation: release.metadata.generation.unwrap_or_default(),
         annotations: release.annotations(),
         status: &memory.status,
         pods: &views,
+        measured: measured.as_ref(),
         now,
     });
+    ctx.metrics
+        .release_observed(&namespace, &release.name_any(), &plan.status, &views);
     let requeue = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
     let shell = Shell {
         ctx,

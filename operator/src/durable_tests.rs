@@ -76,6 +76,7 @@ impl Release {
             annotations: &self.annotations,
             status: &self.status,
             pods: &self.pods,
+            measured: None,
             now: t(self.now),
         })
     }

@@ -1,8 +1,8 @@
 //! `kubectl hotload`: what it shows and what it asks for, decided without I/O. The binary
 //! (`src/bin/kubectl-hotload.rs`) reads and writes only through the API server.
 //!
-//! - views: [`status_view`] (header, progress bars, first failure, per-pod table),
-//!   [`pods_view`], [`history_view`];
+//! - views: [`status_view`] (header, progress bars, first failure, the analysis, per-pod
+//!   table), [`analysis_view`], [`pods_view`], [`history_view`];
 //! - requests: [`Request`] → the merge patch that carries it ([`Request::patch`]). Pause and
 //!   resume flip `spec.paused` (as `kubectl argo rollouts pause` does); resume also
 //!   releases a canary pause step; retry and abort are annotations the planner acts on once
@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::api::{AckState, Phase, PluginRelease, PodAck};
+use crate::api::{AckState, AnalysisPhase, Phase, PluginRelease, PodAck};
 use crate::planner::{ABORT_ANNOTATION, RESUME_ANNOTATION, RETRY_ANNOTATION, step_goal};
 
 /// A change asked of a release.
@@ -197,8 +197,92 @@ pub fn status_view(release: &PluginRelease, now: Timestamp) -> String {
     if let Some(message) = &status.message {
         out.push_str(&format!("Message:   {}\n", safe(message)));
     }
+    out.push_str(&analysis_view(release, now));
     out.push('\n');
     out.push_str(&pods_view(release, now));
+    out
+}
+
+/// How the analysis stands: its phase, passing and failing windows against what the spec
+/// asks, and the last windows judged, one row per check (newest first). Empty when the
+/// release has no analysis.
+pub fn analysis_view(release: &PluginRelease, now: Timestamp) -> String {
+    let spec = release.spec.analysis.as_ref();
+    let Some(status) = release.status.as_ref().and_then(|s| s.analysis.as_ref()) else {
+        return match spec {
+            Some(_) => "Analysis:  not started (no pod runs the target yet)\n".into(),
+            None => String::new(),
+        };
+    };
+    let phase = match status.phase {
+        AnalysisPhase::Running => "Running",
+        AnalysisPhase::Inconclusive => "Inconclusive",
+        AnalysisPhase::Failed => "Failed",
+        AnalysisPhase::Passed => "Passed",
+    };
+    let needed = spec.map_or(String::new(), |a| format!("/{}", a.passing_windows));
+    let limit = spec.map_or(String::new(), |a| {
+        format!(" (failureLimit {})", a.failure_limit)
+    });
+    let mut out = format!(
+        "Analysis:  {phase}  revision {}  passing {}{needed}  failing {}{limit}{}\n",
+        short(&status.revision),
+        status.passing,
+        status.failing,
+        status.step.map_or(String::new(), |step| format!(
+            "  step {}",
+            i64::from(step) + 1
+        )),
+    );
+    let rows: Vec<[String; 8]> = status
+        .windows
+        .iter()
+        .flat_map(|window| {
+            let ended = ago(window.end.0, now);
+            window.checks.iter().map(move |check| {
+                [
+                    ended.clone(),
+                    safe(&check.name).into_owned(),
+                    format!("{:?}", check.verdict),
+                    safe(check.value.as_deref().unwrap_or("-")).into_owned(),
+                    safe(check.limit.as_deref().unwrap_or("-")).into_owned(),
+                    check.calls.map_or("-".into(), |c| c.to_string()),
+                    check.pods.map_or("-".into(), |p| p.to_string()),
+                    safe(&check.message).into_owned(),
+                ]
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("           no window judged yet\n");
+        return out;
+    }
+    const HEADER: [&str; 8] = [
+        "ENDED", "CHECK", "VERDICT", "VALUE", "LIMIT", "CALLS", "PODS", "MESSAGE",
+    ];
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 8]| {
+        let mut text = String::from("  ");
+        for (i, cell) in cells.iter().enumerate() {
+            let width = widths[i];
+            // Numbers and times right-aligned, words left; the message runs to the end.
+            match i {
+                7 => text.push_str(cell),
+                0 | 5 | 6 => text.push_str(&format!("{cell:>width$}  ")),
+                _ => text.push_str(&format!("{cell:<width$}  ")),
+            }
+        }
+        format!("{}\n", text.trim_end())
+    };
+    out.push_str(&line(HEADER));
+    for row in &rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
     out
 }
 
@@ -511,5 +595,103 @@ mod tests {
         assert_eq!(bar(5, 5, 10), "[##########]");
         assert_eq!(bar(1, 3, 6), "[##....]");
         assert_eq!(bar(0, 0, 4), "[....]");
+    }
+
+    fn analysed() -> PluginRelease {
+        let mut status = progressing();
+        status["phase"] = json!("Paused");
+        status["message"] = json!("analysis inconclusive: 3 calls < minCalls 20");
+        let check = |name: &str,
+                     verdict: &str,
+                     value: &str,
+                     limit: &str,
+                     calls: i64,
+                     pods: i32,
+                     message: &str| {
+            json!({"name": name, "verdict": verdict, "value": value, "limit": limit,
+                   "calls": calls, "pods": pods, "message": message})
+        };
+        status["analysis"] = json!({
+            "revision": "1234567890abcdef", "phase": "Failed", "step": 0,
+            "passing": 0, "failing": 1,
+            "windows": [
+                {"start": "2026-11-23T12:00:40Z", "end": "2026-11-23T12:00:50Z", "verdict": "Fail",
+                 "checks": [
+                    check("errors", "Fail", "19.8%", "<= 1%", 412, 1,
+                          "error rate 19.8% > 1% over 412 calls on 1 canary pod in 10s"),
+                    check("p99", "Pass", "4.1ms", "<= 2x stable (3.9ms)", 412, 1, "p99 4.1ms"),
+                 ]},
+                {"start": "2026-11-23T12:00:30Z", "end": "2026-11-23T12:00:40Z", "verdict": "Inconclusive",
+                 "checks": [
+                    {"name": "gate", "verdict": "Inconclusive", "message": "no answer in 10s"},
+                 ]},
+            ],
+        });
+        let mut release = release(status, false);
+        release.spec.analysis = serde_json::from_value(json!({
+            "interval": "10s", "minCalls": 20, "failureLimit": 0, "passingWindows": 2,
+            "checks": [{"name": "errors", "errorRate": {"max": "1%"}}],
+        }))
+        .unwrap();
+        release
+    }
+
+    #[test]
+    fn status_view_shows_the_analysis_and_its_last_windows() {
+        let view = status_view(&analysed(), now());
+        let want = "\
+Analysis:  Failed  revision 1234567890ab  passing 0/2  failing 1 (failureLimit 0)  step 1
+  ENDED  CHECK   VERDICT       VALUE  LIMIT                 CALLS  PODS  MESSAGE
+    10s  errors  Fail          19.8%  <= 1%                   412     1  error rate 19.8% > 1% over 412 calls on 1 canary pod in 10s
+    10s  p99     Pass          4.1ms  <= 2x stable (3.9ms)    412     1  p99 4.1ms
+    20s  gate    Inconclusive  -      -                         -     -  no answer in 10s
+";
+        assert!(view.contains(want), "{view}");
+        // Between the message and the pod table.
+        let (analysis, pods) = (view.find("Analysis:").unwrap(), view.find("POD ").unwrap());
+        assert!(
+            view.find("Message:").unwrap() < analysis && analysis < pods,
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn analysis_view_says_when_nothing_is_judged_yet() {
+        let mut release = analysed();
+        release
+            .status
+            .as_mut()
+            .unwrap()
+            .analysis
+            .as_mut()
+            .unwrap()
+            .windows
+            .clear();
+        assert!(analysis_view(&release, now()).ends_with("no window judged yet\n"));
+        release.status.as_mut().unwrap().analysis = None;
+        assert_eq!(
+            analysis_view(&release, now()),
+            "Analysis:  not started (no pod runs the target yet)\n"
+        );
+        release.spec.analysis = None;
+        assert_eq!(analysis_view(&release, now()), "");
+        assert!(!status_view(&release, now()).contains("Analysis:"));
+    }
+
+    #[test]
+    fn analysis_text_from_the_status_is_escaped() {
+        let mut release = analysed();
+        let evil = "\u{1b}[2Jgone\nFailure:   none";
+        let analysis = release.status.as_mut().unwrap().analysis.as_mut().unwrap();
+        analysis.windows[0].checks[0].message = evil.into();
+        analysis.windows[0].checks[0].name = evil.into();
+        analysis.windows[0].checks[0].value = Some(evil.into());
+        let view = analysis_view(&release, now());
+        assert!(
+            !view.chars().any(|c| c != '\n' && c.is_control()),
+            "{view:?}"
+        );
+        assert!(view.contains(r"\u{1b}[2Jgone\nFailure:"), "{view}");
+        assert!(!view.lines().any(|l| l.starts_with("Failure:")), "{view}");
     }
 }

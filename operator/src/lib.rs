@@ -8,19 +8,23 @@
 //! ```
 
 pub mod admin;
+pub mod analysis;
 pub mod api;
 pub mod certs;
 pub mod channel;
 pub mod controller;
 pub mod crashloop;
 pub mod credentials;
+pub mod health;
 pub mod inject;
 pub mod kubectl;
 pub mod leader;
 pub mod listener;
+pub mod measure;
 pub mod metrics;
 pub mod planner;
 pub mod pods;
+pub mod providers;
 pub mod registry;
 pub mod revision;
 pub mod selector;

@@ -138,11 +138,13 @@ async fn run(args: RunArgs) -> Result<()> {
     ));
     let certs = Arc::new(tls::CertStore::default());
     tls::start(client.clone(), source, certs.clone()).await?;
+    let plugin_health = Arc::new(hotload_operator::health::HealthStore::new());
     let service = channel::ChannelService::new(
         client.clone(),
         registry.clone(),
         health.clone(),
         metrics.clone(),
+        plugin_health.clone(),
     );
     let channel = channel::serve(
         bind(args.channel_addr).await?,
@@ -185,7 +187,14 @@ async fn run(args: RunArgs) -> Result<()> {
         served = injection => served.context("injection webhook"),
         served = &mut admin => served.context("admin server").and_then(|s| s.context("admin server")),
         never = election_runs => match never {},
-        ran = controller::run(client.clone(), registry, args.namespace.as_deref(), health.clone(), metrics) => ran,
+        ran = controller::run(
+            client.clone(),
+            registry,
+            args.namespace.as_deref(),
+            health.clone(),
+            metrics,
+            plugin_health,
+        ) => ran,
         () = terminated() => {
             health.set_leading(false);
             tracing::info!("terminating: giving up the leader lease");

@@ -22,12 +22,19 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::analysis::Measured;
 use crate::api::{
     AckState, FailureAction, Outcome, Pause, Phase, PluginReleaseSpec, PluginReleaseStatus,
     RevisionRecord,
 };
 use crate::revision::revision_of;
 
+#[path = "planner_analysis.rs"]
+mod gates;
+use gates::{
+    analysis_holds, analysis_requeue, completion_gate, gate, hold_at_gate, mark_passed,
+    record_window, sync_analysis,
+};
 #[path = "planner_report.rs"]
 mod report;
 #[cfg(test)]
@@ -88,6 +95,8 @@ pub struct Input<'a> {
     pub status: &'a PluginReleaseStatus,
     /// Every pod the selector matches.
     pub pods: &'a [PodView],
+    /// The analysis window that was due, measured (see [`crate::analysis::due`]).
+    pub measured: Option<&'a Measured>,
     /// Now.
     pub now: Timestamp,
 }
@@ -227,12 +236,18 @@ pub fn plan(input: &Input<'_>) -> Plan {
         retry_if_asked(input, &mut status, &target, &mut notes);
     }
     abort_if_asked(input, &mut status, &target, &mut notes);
+    sync_analysis(input, &mut status, &target);
 
     let tally = Tally::of(input.pods, &status, &target, min_ready, input.now);
     if fresh || tally.updated > usize::try_from(input.status.updated).unwrap_or(0) {
         status.last_progress_at = Some(Time(input.now));
     }
+    let analysis_failure = record_window(input, &mut status, &target, &tally, &mut notes);
     apply_failure_policy(input, &mut status, &target, &tally, &mut notes);
+    if let Some(cause) = analysis_failure {
+        let failed = format!("revision {target} failed analysis: {cause}");
+        act_on_failure(input, &mut status, &target, cause, failed, &mut notes);
+    }
     let wanted = if given_up(&status, &target) {
         roll_back_or_hold(input, &status, &target, &tally)
     } else {
@@ -244,6 +259,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     if min_ready > Duration::ZERO && tally.in_flight > 0 {
         requeue = min_some(requeue, Some(Duration::from_secs(1)));
     }
+    requeue = min_some(requeue, analysis_requeue(input, &status));
     let rolling_back = report_rollback(input, &mut status, &target, &tally, &mut notes);
     let assign = wanted.assignments();
 
@@ -263,6 +279,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         Judgement {
             deadline_exceeded: exceeded,
             rolling_back,
+            analysis_hold: analysis_holds(&status),
         },
         input.now,
     );
@@ -300,6 +317,7 @@ fn start_if_new_target(
     status.last_progress_at = Some(Time(now));
     status.phase = Some(Phase::Progressing);
     status.message = None;
+    status.analysis = None;
     start_history(status, spec, target, now);
     notes.push(Note {
         warning: false,
@@ -334,6 +352,7 @@ fn retry_if_asked(
     status.step_started_at = Some(Time(now));
     status.last_progress_at = Some(Time(now));
     status.message = None;
+    status.analysis = None;
     start_history(status, spec, target, now);
     notes.push(Note {
         warning: false,
@@ -355,12 +374,14 @@ fn abort_if_asked(
     }
     status.abort_token = abort.cloned();
     // Only a rollout under way can be aborted (paused on failure included); a finished or
-    // rolled-back one has nothing to undo.
+    // rolled-back one has nothing to undo. Once the target is the stable revision there is
+    // nothing to go back to either: pods still on their way to it (a scale-up after the
+    // rollout completed) are joining the stable revision, not rolling forward.
     let under_way = matches!(
         status.phase,
         Some(Phase::Progressing | Phase::Paused | Phase::Degraded)
     );
-    if !under_way {
+    if !under_way || status.stable_revision.as_deref() == Some(target) {
         return;
     }
     let message = format!(
@@ -456,7 +477,24 @@ fn apply_failure_policy(
         tally.failures.len(),
         tally.eligible.len()
     );
-    let (phase, outcome, reason, message) = match spec.failure_policy.action {
+    act_on_failure(input, status, target, cause, failed, notes);
+}
+
+/// The target failed (`cause` goes into its history record, `failed` into the message):
+/// roll back or hold, as the failure policy says. Only a rollout under way can fail.
+fn act_on_failure(
+    input: &Input<'_>,
+    status: &mut PluginReleaseStatus,
+    target: &str,
+    cause: String,
+    failed: String,
+    notes: &mut Vec<Note>,
+) {
+    let stable = status.stable_revision.clone();
+    if stable.as_deref() == Some(target) || given_up(status, target) {
+        return;
+    }
+    let (phase, outcome, reason, message) = match input.spec.failure_policy.action {
         FailureAction::Rollback => (
             Phase::RolledBack,
             Outcome::RolledBack,
@@ -562,6 +600,7 @@ fn roll_forward<'p>(
     let goal = step_goal(spec, steps.step, eligible);
     let budget = max_unavailable(&spec.strategy.max_unavailable, eligible);
     let paused = spec.paused || steps.holding;
+    let mut gated = steps.gated;
     let mut room = if paused {
         0
     } else {
@@ -586,7 +625,11 @@ fn roll_forward<'p>(
             wanted.want(pod, stable.clone(), false);
         }
     }
-    let done = !paused && tally.updated == eligible && steps.step >= spec.strategy.steps.len();
+    let all_there = !paused && tally.updated == eligible && steps.step >= spec.strategy.steps.len();
+    if all_there && !completion_gate(input, status, eligible) {
+        gated = true;
+    }
+    let done = all_there && !gated;
     if done {
         if status.phase != Some(Phase::Completed) {
             notes.push(Note {
@@ -598,11 +641,14 @@ fn roll_forward<'p>(
         status.phase = Some(Phase::Completed);
         status.stable_revision = Some(target.to_string());
         status.message = None;
+        mark_passed(status);
         set_outcome(status, target, Outcome::Stable, None);
     } else if paused {
         status.phase = Some(Phase::Paused);
+    } else if gated {
+        hold_at_gate(input, status);
     } else {
-        if input.status.phase == Some(Phase::Paused) {
+        if input.status.phase == Some(Phase::Paused) && !analysis_holds(input.status) {
             // Time spent paused is not time without progress (as in Argo Rollouts).
             status.last_progress_at = Some(Time(input.now));
         }
@@ -627,13 +673,14 @@ fn check_deadline(
         .last_progress_at
         .as_ref()
         .map_or(Duration::ZERO, |t| elapsed(t.0, input.now));
-    if status.phase != Some(Phase::Progressing) {
+    // A hold for analysis without data is no progress either (unlike a pause a person asked
+    // for): the deadline runs through it.
+    if status.phase != Some(Phase::Progressing) && !analysis_holds(status) {
         return (false, None);
     }
     if stalled_for <= deadline {
         return (false, Some(deadline.saturating_sub(stalled_for)));
     }
-    status.phase = Some(Phase::Degraded);
     let message = format!(
         "revision {target} made no progress for {}s (progressDeadlineSeconds {}): {} of {} pods updated",
         stalled_for.as_secs(),
@@ -641,6 +688,19 @@ fn check_deadline(
         tally.updated,
         tally.eligible.len()
     );
+    let message = match (&status.analysis, status.message.as_deref()) {
+        (Some(_), Some(held)) if held.starts_with("analysis") => format!("{message}; {held}"),
+        _ => message,
+    };
+    if spec.progress_deadline_abort {
+        let rollback = Input {
+            spec: &abort_spec(spec),
+            ..input.clone()
+        };
+        act_on_failure(&rollback, status, target, message.clone(), message, notes);
+        return (true, Some(Duration::from_secs(1)));
+    }
+    status.phase = Some(Phase::Degraded);
     let prev = input.status;
     if prev.message.as_deref() != Some(message.as_str()) && prev.phase != Some(Phase::Degraded) {
         notes.push(Note {
@@ -659,6 +719,8 @@ struct Steps {
     step: usize,
     /// Held by the current step's pause.
     holding: bool,
+    /// Held at the current step's analysis gate.
+    gated: bool,
     /// When a timed pause ends.
     requeue: Option<Duration>,
 }
@@ -682,6 +744,8 @@ fn advance_steps(
         if n_updated < step_goal(spec, step, eligible) {
             break;
         }
+        // The gate counts windows from here, also while the step's pause holds.
+        let open = gate(input, status, step);
         if let Some(pause) = &steps[step].pause {
             match hold(input, status, target, step, pause, notes) {
                 Hold::Released => status.phase = Some(Phase::Progressing),
@@ -689,10 +753,19 @@ fn advance_steps(
                     return Steps {
                         step,
                         holding: true,
+                        gated: false,
                         requeue,
                     };
                 }
             }
+        }
+        if !open {
+            return Steps {
+                step,
+                holding: false,
+                gated: true,
+                requeue: None,
+            };
         }
         step += 1;
         enter_step(status, step, input.now, notes, target);
@@ -700,6 +773,7 @@ fn advance_steps(
     Steps {
         step,
         holding: false,
+        gated: false,
         requeue: None,
     }
 }
@@ -844,6 +918,14 @@ fn trim_history(status: &mut PluginReleaseStatus, limit: i32) {
         kept += 1;
         kept <= keep || Some(r.revision.as_str()) == stable
     });
+}
+
+/// The spec with failure action Rollback: progressDeadlineAbort rolls back whatever the
+/// failure policy says about failed loads.
+fn abort_spec(spec: &PluginReleaseSpec) -> PluginReleaseSpec {
+    let mut spec = spec.clone();
+    spec.failure_policy.action = FailureAction::Rollback;
+    spec
 }
 
 fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {

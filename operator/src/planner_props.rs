@@ -434,6 +434,7 @@ proptest! {
             annotations: &annotations,
             status: &status,
             pods: &pods,
+            measured: None,
             now: t(1000),
         };
         check(&input)?;
@@ -539,6 +540,7 @@ impl Walk {
             annotations: &self.annotations,
             status: &self.status,
             pods: &self.pods,
+            measured: None,
             now: t(self.now),
         };
         if checked {

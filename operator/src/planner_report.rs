@@ -145,6 +145,8 @@ pub(super) struct Judgement {
     pub(super) deadline_exceeded: bool,
     /// Rolled back, with this many touched pods not yet back on the stable revision.
     pub(super) rolling_back: usize,
+    /// Held (Paused) because analysis had too little data to judge.
+    pub(super) analysis_hold: bool,
 }
 
 /// kstatus conditions: Ready, Progressing, Degraded (and Conflict when pods are contested).
@@ -166,6 +168,7 @@ pub(super) fn conditions(
     let Judgement {
         deadline_exceeded,
         rolling_back,
+        analysis_hold,
     } = judgement;
     let phase = status.phase;
     let message = status.message.clone().unwrap_or_default();
@@ -176,6 +179,13 @@ pub(super) fn conditions(
         status.matched,
         status.target_revision.as_deref().unwrap_or("-")
     );
+    // Why a Paused release holds: a person (a pause step, spec.paused), or analysis that
+    // has too little data to judge (its message says which check and why).
+    let (paused, held) = if analysis_hold {
+        ("AnalysisInconclusive", &message)
+    } else {
+        ("RolloutPaused", &progress)
+    };
     // Why a Degraded release is degraded.
     let degraded = if deadline_exceeded {
         "ProgressDeadlineExceeded"
@@ -190,12 +200,12 @@ pub(super) fn conditions(
             }
             Some(Phase::RolledBack) => cond("Ready", false, "RolledBack", &message),
             Some(Phase::Degraded) => cond("Ready", false, degraded, &message),
-            Some(Phase::Paused) => cond("Ready", false, "RolloutPaused", &progress),
+            Some(Phase::Paused) => cond("Ready", false, paused, held),
             _ => cond("Ready", false, "RolloutInProgress", &progress),
         },
         match phase {
             Some(Phase::Progressing) => cond("Progressing", true, "RolloutInProgress", &progress),
-            Some(Phase::Paused) => cond("Progressing", false, "RolloutPaused", &progress),
+            Some(Phase::Paused) => cond("Progressing", false, paused, held),
             Some(Phase::Degraded) => cond("Progressing", false, degraded, &message),
             Some(Phase::RolledBack) if still_rolling_back => {
                 cond("Progressing", true, "RollingBack", &message)
@@ -212,7 +222,7 @@ pub(super) fn conditions(
         // fleet is on its way, Stalled when it will not get there without a person.
         match phase {
             Some(Phase::Progressing) => cond("Reconciling", true, "RolloutInProgress", &progress),
-            Some(Phase::Paused) => cond("Reconciling", true, "RolloutPaused", &progress),
+            Some(Phase::Paused) => cond("Reconciling", true, paused, held),
             Some(Phase::RolledBack) if still_rolling_back => {
                 cond("Reconciling", true, "RollingBack", &message)
             }

@@ -55,12 +55,18 @@ impl Fleet {
     }
 
     fn plan(&mut self) -> Plan {
+        self.plan_with(None)
+    }
+
+    /// Plans with a measured analysis window, as the controller does when one is due.
+    fn plan_with(&mut self, measured: Option<&crate::analysis::Measured>) -> Plan {
         let input = Input {
             spec: &self.spec,
             generation: self.generation,
             annotations: &self.annotations,
             status: &self.status,
             pods: &self.pods,
+            measured,
             now: t(self.now),
         };
         let plan = plan(&input);
@@ -154,6 +160,9 @@ fn pod(name: &str) -> PodView {
 fn rev(digest: &str) -> String {
     revision_of(&spec(digest, json!({})))
 }
+
+#[path = "planner_analysis_tests.rs"]
+mod analysis;
 
 #[test]
 fn rollout_goes_in_batches_of_max_unavailable_then_completes() {
@@ -1065,4 +1074,41 @@ fn the_count_of_pods_still_rolling_back_never_piles_up_in_the_message() {
         "pod a failed: 3 pods still rolling back"
     );
     assert_eq!(decision_message("x; 1 pod still rolling back"), "x");
+}
+
+/// Found by `hotload-e2e chaos` (seed 26): a release that completed and then gained a pod is
+/// Progressing with its target already stable; an abort then rolled back "to" the target
+/// itself and reported its pods as still rolling back forever.
+#[test]
+fn an_abort_after_the_rollout_completed_does_not_roll_back_to_the_target_itself() {
+    let mut fleet = Fleet::stable(3, spec(OLD, json!({})));
+    let old = rev(OLD);
+    let mut late = pod("pod-late");
+    late.connected = true;
+    fleet.pods.push(late);
+    fleet.plan();
+    assert_eq!(
+        fleet.status.phase,
+        Some(Phase::Progressing),
+        "the new pod is on its way"
+    );
+
+    fleet
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "1".into());
+    let plan = fleet.plan();
+    assert!(
+        plan.notes.iter().all(|n| n.reason != "RolloutAborted"),
+        "{:?}",
+        plan.notes
+    );
+    assert_eq!(
+        fleet.status.abort_token.as_deref(),
+        Some("1"),
+        "the request is used up"
+    );
+    fleet.converge(10);
+    assert_eq!(fleet.status.phase, Some(Phase::Completed));
+    assert_eq!(fleet.on(&old), 4);
+    assert!(fleet.status.message.is_none(), "{:?}", fleet.status.message);
 }

@@ -1,8 +1,9 @@
 //! Benchmarks: `bench rollout --pods N` (the operator at fleet scale, on the real control
 //! plane, with simulated sidecars: [`sim`]) and `bench swap` (the data plane, with real
 //! processes), and `bench versus-restart --pods N` (Hotload against a rolling restart on the
-//! same real pods: [`versus`]). Each prints one JSON object with `--json`; docs/benchmarks.md
-//! has the numbers.
+//! same real pods: [`versus`]), and `bench health --pods N` (what sidecars' health reports
+//! cost the operator's channel server, with no cluster: [`health`]). Each prints one JSON
+//! object with `--json`; docs/benchmarks.md has the numbers.
 //!
 //! A rollout run: N pods bound to a virtual Node (registered by the node agent, see
 //! [`crate::node::virtual_node`]), the chart-installed operator, one simulated sidecar
@@ -12,6 +13,7 @@
 //! apiserver's own `apiserver_request_total`), status writes, operator CPU seconds.
 
 pub mod apiserver;
+pub mod health;
 pub mod sim;
 pub mod swap;
 pub mod versus;

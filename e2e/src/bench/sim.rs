@@ -8,15 +8,19 @@
 //! do not fit on a 2-core machine, and what this benchmark measures is the operator and the
 //! API server, not the data plane (`bench swap` measures that with real processes). The
 //! simulated sidecar answers at once: Loaded, or Failed when the artifact URL contains
-//! `broken`.
+//! `broken`. With a [`HealthSwitch`] it also sends a Health report once a second while the
+//! switch is on, as a sidecar does while its app serves calls ([`health_report`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hotload_channel::proto::plugin_channel_client::PluginChannelClient;
 use hotload_channel::proto::{
-    Hello, OperatorMessage, PluginState, SidecarMessage, State, operator_message, sidecar_message,
+    Health, Hello, OperatorMessage, PluginState, RevisionHealth, SidecarMessage, State,
+    operator_message, sidecar_message,
 };
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -93,6 +97,25 @@ pub async fn attach_all(
     per_connection: usize,
     answers: mpsc::UnboundedSender<Answer>,
 ) -> Result<()> {
+    attach_all_reporting(endpoint, namespace, pods, per_connection, answers, None).await
+}
+
+/// Turns the simulated sidecars' health reports on and off, all at once.
+pub type HealthSwitch = Arc<AtomicBool>;
+
+/// The plugin the simulated health reports are about.
+pub const HEALTH_PLUGIN: &str = "handler";
+
+/// [`attach_all`], each sidecar also sending a [`health_report`] once a second while
+/// `health` is on (its second starts at an offset of its own, as real sidecars' do).
+pub async fn attach_all_reporting(
+    endpoint: &Endpoint,
+    namespace: &str,
+    pods: Vec<(String, String)>,
+    per_connection: usize,
+    answers: mpsc::UnboundedSender<Answer>,
+    health: Option<HealthSwitch>,
+) -> Result<()> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&endpoint.ca_pem))
         .domain_name(endpoint.server_name.clone());
@@ -114,6 +137,7 @@ pub async fn attach_all(
             pod,
             token,
             answers.clone(),
+            health.clone(),
         ));
     }
     Ok(())
@@ -157,6 +181,55 @@ pub async fn attach(
     Ok((tx, client.attach(request).await?.into_inner()))
 }
 
+/// What a simulated sidecar reports in its `tick`th second: two revisions of
+/// [`HEALTH_PLUGIN`] (the stable `r1` and the target `r2`, as during a canary step), a few
+/// hundred calls between them, every latency bucket touched, about 1% trapped.
+pub fn health_report(index: usize, tick: u64) -> SidecarMessage {
+    let revision = |revision: &str, calls: u64| {
+        let buckets = hotload_protocol::health::LATENCY_BUCKETS as u64;
+        let mut latency_us = vec![calls / buckets; buckets as usize];
+        // The rest around 1 ms, where most calls of a small plugin land.
+        latency_us[6] += calls % buckets;
+        RevisionHealth {
+            plugin: HEALTH_PLUGIN.into(),
+            revision: revision.into(),
+            calls,
+            trap: calls / 100,
+            latency_us,
+            ..Default::default()
+        }
+    };
+    let wobble = (index as u64).wrapping_add(tick) % 100;
+    SidecarMessage {
+        kind: Some(sidecar_message::Kind::Health(Health {
+            revisions: vec![revision("r1", 200 + wobble), revision("r2", 100 + wobble)],
+        })),
+    }
+}
+
+/// Sends [`health_report`]s on `tx` once a second while `switch` is on, until the stream
+/// ends.
+async fn report_health(tx: mpsc::Sender<SidecarMessage>, index: usize, switch: HealthSwitch) {
+    // Each sidecar's second starts when it does: spread them over the second.
+    tokio::time::sleep(Duration::from_millis((index as u64 * 7919) % 1000)).await;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = 0u64;
+    loop {
+        every.tick().await;
+        if tx.is_closed() {
+            return;
+        }
+        if !switch.load(Ordering::Relaxed) {
+            continue;
+        }
+        tick += 1;
+        if tx.send(health_report(index, tick)).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn sidecar(
     mut client: PluginChannelClient<Channel>,
     index: usize,
@@ -164,6 +237,7 @@ async fn sidecar(
     pod: String,
     token: String,
     answers: mpsc::UnboundedSender<Answer>,
+    health: Option<HealthSwitch>,
 ) {
     let mut attempts = 0;
     let (tx, mut replies) = loop {
@@ -180,6 +254,9 @@ async fn sidecar(
             }
         }
     };
+    if let Some(switch) = health {
+        tokio::spawn(report_health(tx.clone(), index, switch));
+    }
     let mut serving = String::new();
     while let Some(Ok(OperatorMessage { kind })) = replies.next().await {
         // Synced says the set is complete; a simulated sidecar has no readiness to gate.
