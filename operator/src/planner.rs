@@ -908,15 +908,28 @@ fn set_outcome(
     }
 }
 
-/// Keeps the newest `limit` records, and always the stable revision's: a rollback needs its
-/// artifact.
+/// The most bytes (as JSON) `status.history` may take. Each record carries its revision's
+/// config (up to 32 KiB) and public key (up to 8 KiB), and 100 such records would pass the
+/// API server's 1.5 MiB object limit: status writes would fail and the rollout would stall.
+pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
+
+/// Keeps the newest `limit` records within [`HISTORY_MAX_BYTES`], and always the target's
+/// (the newest) and the stable revision's: a rollback needs its artifact.
 fn trim_history(status: &mut PluginReleaseStatus, limit: i32) {
     let keep = usize::try_from(limit).unwrap_or(0).max(1);
-    let stable = status.stable_revision.as_deref();
-    let mut kept = 0;
+    let stable = status.stable_revision.clone();
+    let mut bytes = 0usize;
+    let mut index = 0usize;
     status.history.retain(|r| {
-        kept += 1;
-        kept <= keep || Some(r.revision.as_str()) == stable
+        index += 1;
+        let size = serde_json::to_vec(r).map_or(usize::MAX, |b| b.len());
+        let needed = index == 1 || Some(&r.revision) == stable.as_ref();
+        let fits = index <= keep && bytes.saturating_add(size) <= HISTORY_MAX_BYTES;
+        let kept = needed || fits;
+        if kept {
+            bytes = bytes.saturating_add(size);
+        }
+        kept
     });
 }
 

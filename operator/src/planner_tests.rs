@@ -1112,3 +1112,35 @@ fn an_abort_after_the_rollout_completed_does_not_roll_back_to_the_target_itself(
     assert_eq!(fleet.on(&old), 4);
     assert!(fleet.status.message.is_none(), "{:?}", fleet.status.message);
 }
+
+#[test]
+fn history_stays_within_its_byte_budget_and_keeps_target_and_stable() {
+    // Twelve revisions, each with a config of 30 KiB: twelve records would be 360 KiB.
+    let big = |i: usize| {
+        let mut s = spec(OLD, json!({}));
+        s.revision_history_limit = 100;
+        s.config = Some(json!({"blob": format!("{i:02}{}", "x".repeat(30 * 1024))}));
+        s
+    };
+    let mut fleet = Fleet::stable(1, big(0));
+    let first_stable = fleet.status.stable_revision.clone();
+    for i in 1..12 {
+        fleet.apply(big(i));
+        fleet.converge(10);
+    }
+    let size: usize = fleet
+        .status
+        .history
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap().len())
+        .sum();
+    assert!(size <= HISTORY_MAX_BYTES, "{size} bytes of history");
+    assert!(fleet.status.history.len() < 12 && fleet.status.history.len() >= 8);
+    assert_eq!(
+        fleet.status.history[0].revision,
+        fleet.status.target_revision.clone().unwrap()
+    );
+    assert_ne!(fleet.status.stable_revision, first_stable);
+    let stable = fleet.status.stable_revision.clone().unwrap();
+    assert!(fleet.status.history.iter().any(|r| r.revision == stable));
+}
