@@ -21,10 +21,6 @@ test: deps fmt lint unit sdk e2e
 ## prometheus (the analysis provider tests run a real one), each only when missing
 deps:
 	e2e/tools/deps.sh
-	@dpkg-query -W -f='$${Status}' prometheus 2>/dev/null | grep -q "install ok installed" || { \
-		echo "installing Debian packages: prometheus" >&2; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 fmt:
 	cargo fmt --all -- --check

@@ -3,7 +3,7 @@
 # and the pinned Go tools (etcd, Kubernetes, helm) via build.sh's cache.
 set -euo pipefail
 
-packages=(iproute2 nftables util-linux docker-registry ca-certificates lua5.1 wabt)
+packages=(iproute2 nftables util-linux docker-registry ca-certificates lua5.1 wabt prometheus)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
