@@ -148,7 +148,9 @@ pub async fn inject(layout: &Layout, demo: &Demo, fault: &Fault) -> Result<Injec
                 (worker, "app worker")
             };
             if !kill9(pid)? {
-                return Ok(skipped(format!("{what} pid {pid} of pod {name} had exited")));
+                return Ok(skipped(format!(
+                    "{what} pid {pid} of pod {name} had exited"
+                )));
             }
             Ok(Injected {
                 what: format!("killed the {what} of pod {name} (pid {pid})"),
