@@ -238,20 +238,36 @@ pub async fn desired(demo: &Demo) -> Result<usize> {
 }
 
 /// Waits (bounded) until every operator replica runs and one is Ready, so a run starts
-/// with a leader and a standby.
-pub async fn operators_up(demo: &Demo, replicas: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+/// with a leader and a standby. A replica killed often in earlier runs sits in the
+/// kubelet's crash-loop back-off (up to 5 minutes); after `timeout / 4` such a pod is
+/// deleted, and its ReplicaSet makes a fresh one without back-off. Returns the pods
+/// deleted.
+pub async fn operators_up(demo: &Demo, replicas: usize, timeout: Duration) -> Result<Vec<String>> {
+    let started = Instant::now();
+    let mut deleted = Vec::new();
     loop {
         let pods = Chart::operator_pods(&demo.ns).await.unwrap_or_default();
-        let running = pods
+        let (running, waiting): (Vec<&Pod>, Vec<&Pod>) = pods
             .iter()
-            .filter(|p| pid_of(p, "operator", false).is_some())
-            .count();
-        if running >= replicas && pods.iter().any(is_ready) {
-            return Ok(());
+            .partition(|p| pid_of(p, "operator", false).is_some());
+        if running.len() >= replicas && pods.iter().any(is_ready) {
+            return Ok(deleted);
         }
-        if Instant::now() > deadline {
-            bail!("{running} of {replicas} operator replicas running after {timeout:?}");
+        if started.elapsed() > timeout / 4 && deleted.is_empty() {
+            for pod in waiting {
+                let name = name_of(pod);
+                demo.ns
+                    .api::<Pod>()
+                    .delete(&name, &DeleteParams::default())
+                    .await?;
+                deleted.push(name);
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{} of {replicas} operator replicas running after {timeout:?} (deleted {deleted:?})",
+                running.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -475,7 +475,12 @@ async fn reset(fleet: &Fleet, log: &mut Log) -> Result<()> {
         faults::scale(demo, i32::from(BASE_PODS))
     })
     .await?;
-    faults::operators_up(demo, OPERATOR_REPLICAS, Duration::from_secs(120)).await?;
+    let replaced = faults::operators_up(demo, OPERATOR_REPLICAS, Duration::from_secs(120)).await?;
+    if !replaced.is_empty() {
+        log.line(format_args!(
+            "deleted operator pods in crash-loop back-off (from earlier kills): {replaced:?}"
+        ));
+    }
     apply(demo, &baseline(fleet)).await?;
     let (after, violations) = converge(demo, Duration::from_secs(180)).await;
     ensure!(
