@@ -174,11 +174,11 @@ pub async fn restart_apiserver(layout: &Layout, timeout: Duration) -> Result<Dur
         nix::sys::signal::Signal::SIGKILL,
     )?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) && Instant::now() < deadline {
+    while !released(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(
-        !alive(pid),
+        released(pid),
         "kube-apiserver ({pid}) outlived kill -9 by 10 s"
     );
     spawn(layout, component, &program, &args)?;
@@ -190,6 +190,24 @@ pub async fn restart_apiserver(layout: &Layout, timeout: Duration) -> Result<Dur
     )
     .await?;
     Ok(started.elapsed())
+}
+
+/// Whether a killed process has let go of everything it held (its listening port above
+/// all): it is gone, or a zombie whose every thread has exited. The thread-group leader
+/// turns zombie while its other threads may still be closing files, so "not alive" alone
+/// is too early to bind its port again. A zombie this process spawned is reaped here.
+fn released(pid: u32) -> bool {
+    if let Ok(raw) = i32::try_from(pid) {
+        // Only our own child can be reaped; for any other pid this fails harmlessly.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(raw),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    if alive(pid) {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |tasks| tasks.count() <= 1)
 }
 
 /// What of the cluster is left on the machine: processes, namespaces, links, mounts.
