@@ -421,7 +421,11 @@ async fn cli(fleet: &Fleet, verb: &str, log: &mut Log) -> Result<()> {
     .await?;
     match result {
         Ok(out) => log.line(format_args!("kubectl hotload {verb}: {}", out.trim())),
-        Err(e) => log.line(format_args!("kubectl hotload {verb}: refused: {e:#}")),
+        // The reason is the first line; a backtrace (RUST_BACKTRACE) may follow.
+        Err(e) => log.line(format_args!(
+            "kubectl hotload {verb}: refused: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        )),
     }
     Ok(())
 }
