@@ -471,7 +471,26 @@ async fn sleep_until(
     }
 }
 
-/// Brings the fleet to the baseline: the artifact host up and fast, 4 pods, v1 settled.
+/// Deletes the release and waits until it is gone (bounded).
+async fn recreate(demo: &Demo) -> Result<()> {
+    let releases = testing::plugin_releases(&demo.ns);
+    patiently("deleting the release", || async {
+        match releases.delete(RELEASE, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    eventually("the release to be gone", API_PATIENCE, || async {
+        ensure!(releases.get_opt(RELEASE).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await
+}
+
+/// Brings the fleet to the baseline: the artifact host up and fast, 4 pods, v1 settled
+/// (the release made afresh if it cannot settle).
 async fn reset(fleet: &Fleet, log: &mut Log) -> Result<()> {
     let demo = &fleet.demo;
     faults::restore_artifacts(demo).await?;
@@ -486,7 +505,21 @@ async fn reset(fleet: &Fleet, log: &mut Log) -> Result<()> {
         ));
     }
     apply(demo, &baseline(fleet)).await?;
-    let (after, violations) = converge(demo, Duration::from_secs(180)).await;
+    let (mut after, mut violations) = converge(demo, Duration::from_secs(60)).await;
+    if after.is_none() {
+        // A release an earlier run left stuck (that run reported it) must not fail every
+        // run after it: start the release afresh, as a person would.
+        log.line(format_args!(
+            "the baseline did not settle ({}); deleting and re-creating the release",
+            violations
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ));
+        recreate(demo).await?;
+        apply(demo, &baseline(fleet)).await?;
+        (after, violations) = converge(demo, Duration::from_secs(120)).await;
+    }
     ensure!(
         after.is_some(),
         "the baseline (v1 on {BASE_PODS} pods) did not settle: {}",
