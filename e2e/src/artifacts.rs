@@ -1,8 +1,9 @@
 //! A real HTTPS artifact server for rollout tests: rustls with a CA made for the test,
 //! listening on the root end of the node link ([`netplan::HOST_IP`]) so sidecars in pods
 //! reach it. It counts downloads per file, so a test can prove a rollback came from the
-//! sidecar's cache, and files can be added or removed while it runs. It can go down (its
-//! port refuses connections) and come back on the same address, as an artifact host does.
+//! sidecar's cache, and files can be added or removed while it runs. It can answer late (a
+//! slow host), or go down (its port refuses connections) and come back on the same address,
+//! as an artifact host does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ use crate::testing::TestCa;
 struct Files {
     bytes: HashMap<String, Vec<u8>>,
     hits: HashMap<String, usize>,
+    /// How long every answer waits (a slow host).
+    delay: std::time::Duration,
 }
 
 /// The server; stops when dropped.
@@ -34,6 +37,8 @@ pub struct ArtifactServer {
     app: Router,
     tls: tokio_rustls::TlsAcceptor,
     task: Mutex<tokio::task::JoinHandle<()>>,
+    /// Stopped and not resumed since.
+    down: std::sync::atomic::AtomicBool,
 }
 
 /// The `sha256:<hex>` digest of `bytes`.
@@ -49,6 +54,10 @@ async fn serve_file(
     State(files): State<Arc<Mutex<Files>>>,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
+    let delay = files.lock().map(|f| f.delay).unwrap_or_default();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let Ok(mut files) = files.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -83,21 +92,27 @@ impl ArtifactServer {
             app,
             tls,
             task: Mutex::new(task),
+            down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Goes down: new connections are refused until [`ArtifactServer::resume`].
     pub fn stop(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(task) = self.task.lock() {
             task.abort();
         }
     }
 
-    /// Comes back on the same address.
+    /// Comes back on the same address (nothing to do if it is up).
     pub async fn resume(&self) -> Result<()> {
+        if !self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .with_context(|| format!("binding the artifact server again on {}", self.addr))?;
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
         let task = tokio::spawn(crate::tls::serve(
             self.app.clone(),
             listener,
@@ -108,6 +123,14 @@ impl ArtifactServer {
             *current = task;
         }
         Ok(())
+    }
+
+    /// Answers every request `delay` late from now on (zero: at once again), as a slow
+    /// or overloaded host does.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        if let Ok(mut files) = self.files.lock() {
+            files.delay = delay;
+        }
     }
 
     /// Serves `bytes` as `name`; returns its URL.

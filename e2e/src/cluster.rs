@@ -135,6 +135,81 @@ pub fn down(layout: &Layout) -> Result<()> {
     teardown(layout)
 }
 
+/// Restarts kube-apiserver as a crash would: `kill -9`, then the same command line again,
+/// and waits (at most `timeout`) until it is ready. The cluster lock is held throughout, so
+/// no `cluster up` meanwhile mistakes the pause for a dead cluster and tears it down.
+/// Returns how long the API server was away.
+pub async fn restart_apiserver(layout: &Layout, timeout: Duration) -> Result<Duration> {
+    let path = layout.lock();
+    let _lock = tokio::time::timeout(
+        timeout,
+        tokio::task::spawn_blocking(move || lock::exclusive(&path)),
+    )
+    .await
+    .context("waiting for the cluster lock")???;
+    let component = "kube-apiserver";
+    let pid = read_pid(layout, component)
+        .filter(|pid| alive(*pid))
+        .context("kube-apiserver is not running")?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("reading the command line of kube-apiserver ({pid})"))?;
+    let mut argv = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let program = PathBuf::from(
+        argv.next()
+            .context("kube-apiserver has an empty command line")?,
+    );
+    let args: Vec<String> = argv.collect();
+    anyhow::ensure!(
+        program.ends_with(component),
+        "pid {pid} runs {}, not kube-apiserver",
+        program.display()
+    );
+    let client = admin_client(layout).await?;
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !released(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(
+        released(pid),
+        "kube-apiserver ({pid}) outlived kill -9 by 10 s"
+    );
+    spawn(layout, component, &program, &args)?;
+    wait_until(
+        layout,
+        "the restarted apiserver to be ready",
+        timeout,
+        || async { apiserver_ready(&client).await },
+    )
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// Whether a killed process has let go of everything it held (its listening port above
+/// all): it is gone, or a zombie whose every thread has exited. The thread-group leader
+/// turns zombie while its other threads may still be closing files, so "not alive" alone
+/// is too early to bind its port again. A zombie this process spawned is reaped here.
+fn released(pid: u32) -> bool {
+    if let Ok(raw) = i32::try_from(pid) {
+        // Only our own child can be reaped; for any other pid this fails harmlessly.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(raw),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    if alive(pid) {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |tasks| tasks.count() <= 1)
+}
+
 /// What of the cluster is left on the machine: processes, namespaces, links, mounts.
 pub fn leftovers() -> Result<Vec<String>> {
     let mut found = Vec::new();

@@ -55,11 +55,21 @@ impl Demo {
     /// As [`Demo::start`], with a Deployment of the test's own (its pods labelled
     /// `app=demo`).
     pub async fn start_with(e2e_bin: &str, ns: &TestNamespace, app: Deployment) -> Result<Self> {
+        Self::start_with_chart(e2e_bin, ns, app, &[]).await
+    }
+
+    /// As [`Demo::start_with`], with chart values of the test's own (`--set`, say
+    /// `replicaCount=2`).
+    pub async fn start_with_chart(
+        e2e_bin: &str,
+        ns: &TestNamespace,
+        app: Deployment,
+        values: &[&str],
+    ) -> Result<Self> {
         // Fail fast on unreachable artifact hosts, so rollbacks are quick to test.
-        let chart = Chart::install(
-            ns,
-            &["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"],
-        )?;
+        let mut all = vec!["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"];
+        all.extend_from_slice(values);
+        let chart = Chart::install(ns, &all)?;
         ns.kubectl(&["label", "namespace", &ns.name, "hotload.dev/inject=enabled"])?;
         let artifacts = ArtifactServer::start().await?;
         let ca: ConfigMap = serde_json::from_value(json!({

@@ -8,12 +8,14 @@
 //! - [`testing`]: start or reuse the cluster, a namespace per test, wait helpers, and a
 //!   dump of pods, events and logs when a test fails; [`artifacts`]: an HTTPS server that
 //!   pods reach, for plugin artifacts; [`fleet`]: the chart, an artifact server and demo
-//!   pods, driven as a user would.
+//!   pods, driven as a user would; [`chaos`]: seeded random releases and faults on that
+//!   fleet, with the invariants checked after every run.
 
 pub mod argocd;
 pub mod artifacts;
 pub mod bench;
 pub mod cgroup;
+pub mod chaos;
 pub mod chart;
 pub mod cluster;
 pub mod demo;

@@ -23,6 +23,9 @@ enum Command {
     /// Bring the cluster up, install the chart and roll plugins out to a demo app, with a
     /// summary at the end (`make demo`).
     Demo,
+    /// Seeded random releases and faults on a demo fleet, with invariants checked after
+    /// each run (docs/reliability.md, "Chaos"); exits 1 if any run breaks one.
+    Chaos(hotload_e2e::chaos::ChaosArgs),
     /// Benchmarks (docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -158,6 +161,14 @@ fn main() -> Result<()> {
                 cluster::up(&layout, &cluster::UpOptions::default()).await?;
                 let me = std::env::current_exe()?;
                 hotload_e2e::demo::run(&layout, &me.to_string_lossy()).await?;
+            }
+            Command::Chaos(args) => {
+                let me = std::env::current_exe()?;
+                let summary =
+                    hotload_e2e::chaos::main(&layout, &me.to_string_lossy(), &args).await?;
+                if !summary.passed() {
+                    std::process::exit(1);
+                }
             }
             Command::Bench(BenchCommand::Rollout {
                 pods,

@@ -300,7 +300,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     });
     let mut pods = futures::stream::select_all(streams);
     let mut workers: HashMap<String, Worker> = HashMap::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: HashMap<u8, Vec<String>> = HashMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(nodes = args.nodes, "node agent running");
     loop {
@@ -327,6 +327,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 }
 
 struct Worker {
+    /// The Node whose watch the pod came from.
+    node: u8,
     updates: watch::Sender<Option<Pod>>,
     task: JoinHandle<()>,
 }
@@ -334,16 +336,19 @@ struct Worker {
 async fn dispatch(
     agent: &Arc<Agent>,
     workers: &mut HashMap<String, Worker>,
-    seen: &mut Vec<String>,
+    seen: &mut HashMap<u8, Vec<String>>,
     node: u8,
     event: WatchEvent<Pod>,
 ) {
+    // Each Node has a watch of its own, and each re-lists on its own (after an API server
+    // restart, say): what one Node's list did not show says nothing of another Node's pods.
+    let seen = seen.entry(node).or_default();
     match event {
         WatchEvent::Init => seen.clear(),
         WatchEvent::InitDone => {
-            // Pods that vanished while the watch was down.
+            // This Node's pods that vanished while its watch was down.
             for (uid, worker) in workers.iter() {
-                if !seen.contains(uid) {
+                if worker.node == node && !seen.contains(uid) {
                     worker.updates.send_replace(None);
                 }
             }
@@ -361,7 +366,14 @@ async fn dispatch(
             }
             let (updates, rx) = watch::channel(Some(pod.clone()));
             let task = tokio::spawn(pod::run(agent.clone(), pod, node, rx));
-            workers.insert(uid, Worker { updates, task });
+            workers.insert(
+                uid,
+                Worker {
+                    node,
+                    updates,
+                    task,
+                },
+            );
         }
         WatchEvent::Delete(pod) => {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
