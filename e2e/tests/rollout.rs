@@ -78,7 +78,9 @@ async fn a_new_version_reaches_every_pod_without_a_failed_request_and_a_revert_c
         let traffic = Traffic::start(ips.clone());
         let stop_stream = Arc::new(AtomicBool::new(false));
         let stream = watch_stream(ips[0].clone(), stop_stream.clone());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Traffic before and after the change, long enough on a busy machine (each request
+        // opens a new connection) that the count below means something.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let generation = demo
             .apply(&v2, json!({"strategy": {"maxUnavailable": 2}}))
             .await?;
@@ -92,7 +94,7 @@ async fn a_new_version_reaches_every_pod_without_a_failed_request_and_a_revert_c
         );
         ensure!(status["stableRevision"] == second, "{status:#}");
         ensure!(status["phase"] == "Completed", "{status:#}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let report = traffic.finish().await?;
         stop_stream.store(true, Ordering::Relaxed);
         let seen = stream.await??;
