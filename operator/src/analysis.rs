@@ -270,11 +270,7 @@ fn judge_error_rate(name: &str, max: &str, data: &HealthData<'_>) -> CheckResult
         );
     };
     let rate = data.target.error_rate().unwrap_or(0.0);
-    let (verdict, cmp) = if rate > limit {
-        (Verdict::Fail, ">")
-    } else {
-        (Verdict::Pass, "≤")
-    };
+    let (verdict, cmp) = beyond(rate > limit);
     let mut r = result(
         name,
         verdict,
@@ -305,11 +301,7 @@ fn judge_latency(
             let message = format!("latency.max {max:?} is not a duration");
             return (result(name, Verdict::Inconclusive, message), None);
         };
-        let (verdict, cmp) = if value > limit {
-            (Verdict::Fail, ">")
-        } else {
-            (Verdict::Pass, "≤")
-        };
+        let (verdict, cmp) = beyond(value > limit);
         let mut r = result(
             name,
             verdict,
@@ -337,11 +329,7 @@ fn judge_latency(
         }
     };
     let ratio = value.as_secs_f64() / baseline.max(1e-6);
-    let (verdict, cmp) = if ratio > max_ratio {
-        (Verdict::Fail, ">")
-    } else {
-        (Verdict::Pass, "≤")
-    };
+    let (verdict, cmp) = beyond(ratio > max_ratio);
     let mut r = result(
         name,
         verdict,
@@ -439,6 +427,15 @@ fn judge_value(name: &str, check: &PrometheusCheck, value: f64) -> CheckResult {
     r.value = Some(shown);
     r.limit = Some(limits.join(", "));
     r
+}
+
+/// A measurement against its upper limit: Fail and `>` beyond it, Pass and `≤` within.
+fn beyond(over: bool) -> (Verdict, &'static str) {
+    if over {
+        (Verdict::Fail, ">")
+    } else {
+        (Verdict::Pass, "≤")
+    }
 }
 
 fn result(name: &str, verdict: Verdict, message: String) -> CheckResult {
