@@ -52,6 +52,9 @@ enum BenchCommand {
         /// sidecar dials its own); more measures the per-stream cost alone.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         streams_per_connection: u32,
+        /// Simulated sidecars send no health reports (by default each sends one a second).
+        #[arg(long)]
+        silent: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -173,11 +176,16 @@ fn main() -> Result<()> {
             Command::Bench(BenchCommand::Rollout {
                 pods,
                 streams_per_connection,
+                silent,
                 json,
             }) => {
-                let report =
-                    hotload_e2e::bench::rollout(&layout, pods, streams_per_connection as usize)
-                        .await?;
+                let report = hotload_e2e::bench::rollout(
+                    &layout,
+                    pods,
+                    streams_per_connection as usize,
+                    silent,
+                )
+                .await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {

@@ -377,6 +377,16 @@ fn chart_renders_each_mode_and_refuses_bad_values() -> Result<()> {
         "watchNamespace reaches the operator"
     );
     ensure!(
+        default.contains("--channel-max-per-peer=256")
+            && default.contains("--channel-max-connections=20000"),
+        "the channel's connection bounds reach the operator"
+    );
+    let per_peer = chart::template("ops", &["channel.maxPerPeer=5000"])?;
+    ensure!(
+        per_peer.contains("--channel-max-per-peer=5000"),
+        "channel.maxPerPeer reaches the operator"
+    );
+    ensure!(
         !extras.contains("mutatingwebhookconfigurations"),
         "no webhook-patching permission when cert-manager injects the CA"
     );
@@ -408,6 +418,7 @@ fn chart_renders_each_mode_and_refuses_bad_values() -> Result<()> {
         (vec!["webhook.failurePolicy=Sometimes"], "failurePolicy"),
         (vec!["serviceAccount.create=false"], "serviceAccount.name"),
         (vec!["image.digest=sha256:abc"], "/image/digest"),
+        (vec!["channel.maxPerPeer=0"], "maxPerPeer"),
     ] {
         let bad = chart::template("ops", &values);
         let message = format!(

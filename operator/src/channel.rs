@@ -134,13 +134,13 @@ pub struct ChannelLimits {
 }
 
 impl ChannelLimits {
-    /// The defaults, for at most `max_connections` sidecars.
-    pub fn new(max_connections: usize) -> Self {
+    /// The defaults, for at most `max_connections` sidecars, `max_per_peer` of them from one
+    /// address.
+    pub fn new(max_connections: usize, max_per_peer: usize) -> Self {
         Self {
             connections: ConnectionLimits {
                 max_connections,
-                // Pods on the host network share their node's address.
-                max_per_peer: 256,
+                max_per_peer,
                 handshake_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
             },
@@ -816,7 +816,7 @@ mod tests {
     }
 
     fn test_limits() -> ChannelLimits {
-        let mut limits = ChannelLimits::new(16);
+        let mut limits = ChannelLimits::new(16, 16);
         limits.keepalive_interval = Duration::from_millis(200);
         limits.keepalive_timeout = Duration::from_secs(1);
         limits.connections.idle_timeout = Duration::from_millis(300);

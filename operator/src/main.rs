@@ -41,6 +41,10 @@ struct RunArgs {
         default_value_t = 20_000
     )]
     channel_max_connections: usize,
+    /// The most sidecar connections from one address. Pods on the host network share their
+    /// node's address, so this bounds how many of them one node can connect.
+    #[arg(long, env = "HOTLOAD_CHANNEL_MAX_PER_PEER", default_value_t = 256)]
+    channel_max_per_peer: usize,
     /// Where /live, /ready and /metrics are served.
     #[arg(long, env = "HOTLOAD_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
@@ -150,7 +154,7 @@ async fn run(args: RunArgs) -> Result<()> {
         bind(args.channel_addr).await?,
         service,
         &certs,
-        channel::ChannelLimits::new(args.channel_max_connections),
+        channel::ChannelLimits::new(args.channel_max_connections, args.channel_max_per_peer),
     );
     let hook = inject_config.map(|config| webhook::Webhook {
         config,

@@ -148,7 +148,7 @@ pub async fn run(
         })
         .collect();
     progress(&format!("connecting {pods} simulated sidecars"));
-    sim::attach_all_reporting(
+    sim::attach_all(
         &endpoint,
         NAMESPACE,
         fleet,
@@ -265,9 +265,8 @@ pub async fn serve(max_connections: usize) -> Result<()> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let mut limits = channel::ChannelLimits::new(max_connections);
     // Every simulated sidecar dials from 127.0.0.1; pods have addresses of their own.
-    limits.connections.max_per_peer = max_connections;
+    let limits = channel::ChannelLimits::new(max_connections, max_connections);
     let served =
         tokio::spawn(async move { channel::serve(listener, service, &certs, limits).await });
     let listening = Listening {
@@ -392,7 +391,7 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = channel::ChannelLimits::new(64);
+        let limits = channel::ChannelLimits::new(64, 64);
         tokio::spawn(async move { channel::serve(listener, service, &certs, limits).await });
         let endpoint = sim::Endpoint {
             url: format!("https://{addr}"),
@@ -404,7 +403,7 @@ mod tests {
             ("fleet-0".to_string(), "pod:fleet-0".to_string()),
             ("fleet-1".to_string(), "pod:fleet-1".to_string()),
         ];
-        sim::attach_all_reporting(
+        sim::attach_all(
             &endpoint,
             NAMESPACE,
             pods,

@@ -67,6 +67,9 @@ pub struct RolloutReport {
     pub pods: usize,
     /// Streams per TLS connection (1: one connection per sidecar, as in a real fleet).
     pub streams_per_connection: usize,
+    /// Every simulated sidecar sent a health report once a second, as a real one does
+    /// while its app reports (false: `--silent`).
+    pub health_reports: bool,
     /// Apply → every pod acked, maxUnavailable 100%.
     pub acked_seconds_100: f64,
     /// Apply → every pod acked, maxUnavailable 25%.
@@ -91,11 +94,12 @@ pub struct RolloutReport {
 }
 
 /// Runs the fleet benchmark with `pods` pods, `streams_per_connection` of them sharing a TLS
-/// connection.
+/// connection, each reporting health once a second unless `silent`.
 pub async fn rollout(
     layout: &Layout,
     pods: usize,
     streams_per_connection: usize,
+    silent: bool,
 ) -> Result<RolloutReport> {
     let setup = Instant::now();
     let client = ensure_virtual_node(layout).await?;
@@ -107,7 +111,9 @@ pub async fn rollout(
     )
     .await?;
     // A memory limit well above the target, so the figure is what the operator needs.
-    let chart = Chart::install(&ns, &["resources.limits.memory=1Gi"])?;
+    // Every simulated sidecar dials from this process's one address; pods have their own.
+    let per_peer = format!("channel.maxPerPeer={}", pods.max(1));
+    let chart = Chart::install(&ns, &["resources.limits.memory=1Gi", &per_peer])?;
     Chart::wait_ready(&ns).await?;
     let names = create_pods(&ns, pods).await?;
     progress(&format!("{pods} pods created; issuing tokens"));
@@ -123,12 +129,14 @@ pub async fn rollout(
         tokens.len()
     ));
     let (tx, mut answers) = mpsc::unbounded_channel();
+    let health = (!silent).then(|| sim::HealthSwitch::new(true.into()));
     sim::attach_all(
         &endpoint,
         &ns.name,
         names.iter().cloned().zip(tokens).collect(),
         streams_per_connection,
         tx,
+        health,
     )
     .await?;
     eventually(
@@ -174,6 +182,7 @@ pub async fn rollout(
     Ok(RolloutReport {
         pods,
         streams_per_connection,
+        health_reports: !silent,
         acked_seconds_100: rollouts[0].acked_seconds,
         acked_seconds_25: rollouts[1].acked_seconds,
         rollback_seconds,

@@ -87,28 +87,18 @@ pub async fn pod_token_for(client: &Client, pod: &Pod, audience: &str) -> Result
         .context("TokenRequest returned no token")
 }
 
-/// Opens one stream per pod (`pods`: name and token), `per_connection` streams sharing a
-/// TLS connection; every answer is sent to `answers`. The sidecars dial at once, as a fleet
-/// does when the operator starts, and each retries a refused attach (as the real one does).
-pub async fn attach_all(
-    endpoint: &Endpoint,
-    namespace: &str,
-    pods: Vec<(String, String)>,
-    per_connection: usize,
-    answers: mpsc::UnboundedSender<Answer>,
-) -> Result<()> {
-    attach_all_reporting(endpoint, namespace, pods, per_connection, answers, None).await
-}
-
 /// Turns the simulated sidecars' health reports on and off, all at once.
 pub type HealthSwitch = Arc<AtomicBool>;
 
 /// The plugin the simulated health reports are about.
 pub const HEALTH_PLUGIN: &str = "handler";
 
-/// [`attach_all`], each sidecar also sending a [`health_report`] once a second while
-/// `health` is on (its second starts at an offset of its own, as real sidecars' do).
-pub async fn attach_all_reporting(
+/// Opens one stream per pod (`pods`: name and token), `per_connection` streams sharing a
+/// TLS connection; every answer is sent to `answers`. The sidecars dial at once, as a fleet
+/// does when the operator starts, and each retries a refused attach (as the real one does).
+/// With `health`, each also sends a [`health_report`] once a second while it is on (its
+/// second starts at an offset of its own, as real sidecars' do).
+pub async fn attach_all(
     endpoint: &Endpoint,
     namespace: &str,
     pods: Vec<(String, String)>,
