@@ -17,6 +17,15 @@ export interface HostConfig {
   maxModuleBytes?: number;
   /** Longest a compile may take before the load fails. Default 120000. */
   compileTimeoutMs?: number;
+  /**
+   * Compiled modules kept by digest that no revision uses, so a revision loaded again skips
+   * the compile (modules of revisions in use are kept besides). Default 8; 0 keeps none.
+   */
+  moduleCacheEntries?: number;
+  /** Most wasm bytes of the kept modules that no revision uses. Default 64 MiB. */
+  moduleCacheBytes?: number;
+  /** Idle worker threads kept warm for the next load or a replaced instance. Default (null): instancesPerRevision. */
+  spareThreads?: number | null;
 }
 
 export const DEFAULTS: Readonly<Required<HostConfig>>;
@@ -71,6 +80,8 @@ export interface Loaded {
   selfChecked: boolean;
   /** Bytes of state handed over, or null when none was. */
   stateBytes: number | null;
+  /** PluginHost: the compiled module came from the host's cache (compileMs is then 0). */
+  cached?: boolean;
   compileMs?: number;
   totalMs: number;
   /** Time of the swap itself. */
@@ -141,6 +152,12 @@ export class PluginHost {
   loadFile(plugin: string, revision: string, path: string, digest: string, config?: Uint8Array | string | null): Promise<Loaded>;
   unload(plugin: string): Promise<boolean>;
   close(): Promise<void>;
+  /** What the host keeps warm: compiled modules by digest (least recently used first), idle threads, threads started so far. */
+  warm(): {
+    modules: Array<{ digest: string; users: number; bytes: number }>;
+    idleThreads: number;
+    threadsStarted: number;
+  };
 }
 
 export interface ModuleLoadRequest {

@@ -1,15 +1,20 @@
 // PluginHost: named plugin slots, each holding its serving revision; the Node counterpart
 // of hotload-host's PluginHost, held to the same conformance cases (sdk/conformance/).
 //
-//  load(req) ── size, digest (thread pool) ─ compile thread: parse, instrument, compile, ABI
-//      │        check ─ pool of instance threads ─ configure ─ self_check ─ state hand-over ─ beforeUnload
+//  load(req) ── size, digest (libuv's pool) ─ compiled module by digest (module-cache.js), or a
+//      │        compile on a pooled thread: parse, instrument, compile, ABI check ─ instances in
+//      │        warm pooled threads (worker-pool.js): instantiate, configure, self_check ─ state
+//      │        hand-over ─ beforeUnload
 //      └──────────────── slot.current = next   ◄── the only critical section (one assignment)
 //  call(name) ── slot.current, acquire ── check out an instance ── handle ── release
 //  pin(name)  ── slot.current, acquire ── Pinned ── call, call, … ── release()
 //
 // Everything before the assignment happens off the request path (hashing in libuv's thread
 // pool, compiling and every guest call on threads of their own); a failure anywhere leaves
-// the slot as it was. A call holds a reference on the revision it started on, so it finishes there.
+// the slot as it was. A call holds a reference on the revision it started on, so it finishes
+// there. A load of a revision whose module this host compiled before starts no thread and
+// compiles nothing: the module comes from the cache, the threads from the pool, and the
+// swapped-out revision gives its threads back for the next load.
 
 import { readFile } from 'node:fs/promises';
 
@@ -17,7 +22,9 @@ import { compileModule } from './compile.js';
 import { parseSha256, sha256DigestAsync } from './digest.js';
 import { CallError, LoadError } from './errors.js';
 import { HealthTable } from './health.js';
-import { Revision } from './revision.js';
+import { ModuleCache } from './module-cache.js';
+import { Revision, yieldToCalls } from './revision.js';
+import { WorkerPool } from './worker-pool.js';
 
 /** Limits and knobs of a host; every field has a production default (hotload-host's). */
 export const DEFAULTS = Object.freeze({
@@ -35,6 +42,18 @@ export const DEFAULTS = Object.freeze({
   maxModuleBytes: 64 << 20,
   /** Longest a compile may take; past it the load fails and the old revision serves. */
   compileTimeoutMs: 120_000,
+  /**
+   * Compiled modules kept by digest that no revision uses (a revision loaded again skips the
+   * compile); modules of revisions in use are kept besides, always.
+   */
+  moduleCacheEntries: 8,
+  /** Most wasm bytes of the modules kept that no revision uses. */
+  moduleCacheBytes: 64 << 20,
+  /**
+   * Idle worker threads the host keeps warm for the next load or for a replaced instance;
+   * null: instancesPerRevision (so a swap starts no thread).
+   */
+  spareThreads: null,
 });
 
 const RETRY = Symbol('retry');
@@ -118,6 +137,10 @@ export class PluginHost {
   #slots = new Map();
   #closed = false;
   #health = new HealthTable();
+  /** @type {ModuleCache} */
+  #modules;
+  /** @type {WorkerPool} */
+  #threads;
 
   /**
    * @param {Partial<typeof DEFAULTS>} [config]
@@ -128,7 +151,20 @@ export class PluginHost {
     if (this.config.maxMemoryBytes % 65536 !== 0) {
       throw new RangeError('maxMemoryBytes must be a whole number of 64 KiB pages');
     }
+    this.config.spareThreads ??= Math.max(1, this.config.instancesPerRevision);
     this.hooks = hooks;
+    this.#modules = new ModuleCache(this.config.moduleCacheEntries, this.config.moduleCacheBytes);
+    this.#threads = new WorkerPool(this.config, this.config.spareThreads);
+  }
+
+  /**
+   * What the host keeps warm, for tests and benchmarks: the compiled modules by digest (least
+   * recently used first, with how many revisions use each), the idle threads, and how many
+   * threads the host has started since it was made.
+   * @returns {{modules: Array<{digest: string, users: number, bytes: number}>, idleThreads: number, threadsStarted: number}}
+   */
+  warm() {
+    return { modules: this.#modules.entries(), idleThreads: this.#threads.idle, threadsStarted: this.#threads.started };
   }
 
   #hook(name, ...args) {
@@ -211,7 +247,7 @@ export class PluginHost {
    * the promise rejects with a LoadError.
    * @param {{plugin: string, revision: string, digest: string, config?: Uint8Array|string|null, wasm: Uint8Array}} req
    * @returns {Promise<{revision: string, swapped: boolean, selfChecked: boolean, stateBytes: number|null,
-   *   compileMs: number, totalMs: number, swapMs: number}>}
+   *   cached: boolean, compileMs: number, totalMs: number, swapMs: number}>}
    */
   async load(req) {
     try {
@@ -269,42 +305,45 @@ export class PluginHost {
     return slot;
   }
 
-  /** Compiles and checks a module on a thread of its own; rejects with a LoadError. */
-  async #compile(id, wasm) {
-    const r = await compileModule(wasm, this.config);
+  /**
+   * The compiled module of `id.digest` from the cache, else compiled and checked on a pooled
+   * thread and kept; rejects with a LoadError. The caller releases the lease.
+   */
+  async #compiled(id, wasm) {
+    const hit = this.#modules.lease(id.digest);
+    if (hit) return { compiled: hit, cached: true };
+    const r = await compileModule(wasm, this.config, this.#threads);
     if (!r.ok) throw LoadError.of(r.kind, id.plugin, id.revision, r.detail);
-    return r;
+    return { compiled: this.#modules.add(id.digest, r.module, r.caps, wasm.length), cached: false };
   }
 
   async #loadInto(slot, id, wasm, start) {
     const { plugin, revision } = id;
     const old = slot.current;
     if (old && old.id.revision === revision && old.id.digest === id.digest && sameBytes(old.id.config, id.config)) {
-      return { revision, swapped: false, selfChecked: false, stateBytes: null, compileMs: 0,
+      return { revision, swapped: false, selfChecked: false, stateBytes: null, cached: false, compileMs: 0,
         totalMs: performance.now() - start, swapMs: 0 };
     }
     const t = performance.now();
-    const { module, caps } = await this.#compile(id, wasm);
-    const compileMs = performance.now() - t;
-    const next = new Revision(id, caps, module, this.config);
+    const { compiled, cached } = await this.#compiled(id, wasm);
+    const compileMs = cached ? 0 : performance.now() - t;
+    const { caps } = compiled;
+    const next = new Revision(id, compiled, this.#threads, this.config);
     try {
       await next.fill();
     } catch (err) {
-      if (err.phase === 'configure') throw LoadError.guest('configure', plugin, revision, err.failure);
+      if (err.phase === 'configure' || err.phase === 'self_check') throw LoadError.guest(err.phase, plugin, revision, err.failure);
       if (err.failure?.type === 'fault') throw LoadError.instantiate(plugin, revision, err.failure.fault);
       throw err;
     }
     try {
-      if (caps.selfCheck) {
-        const f = await next.forEachInstance('self_check', {});
-        if (f) throw LoadError.guest('self_check', plugin, revision, f);
-      }
       let stateBytes = null;
       if (old && old.caps.saveState && caps.restoreState) {
         old.acquire();
         let saved;
         try {
-          saved = await old.run('save_state', {});
+          await yieldToCalls();
+          saved = await old.run({ op: 'save_state', timeoutMs: this.config.callTimeoutMs });
         } catch (err) {
           // The old revision had no free instance: its pool is busy, not broken.
           throw LoadError.guest('save_state', plugin, revision, { type: 'fault', fault: { type: 'other', message: err.message } });
@@ -313,7 +352,7 @@ export class PluginHost {
         }
         if (!saved.ok) throw LoadError.guest('save_state', plugin, revision, saved.failure);
         const snapshot = saved.value ?? new Uint8Array(0);
-        const f = await next.forEachInstance('restore_state', { state: snapshot });
+        const f = await next.forEachInstance({ op: 'restore_state', state: snapshot });
         if (f) throw LoadError.guest('restore_state', plugin, revision, f);
         stateBytes = snapshot.length;
       }
@@ -324,7 +363,7 @@ export class PluginHost {
       const swapMs = performance.now() - s;
       old?.retire();
       this.#hook('afterLoad', { plugin, revision, previous: old?.id.revision ?? null, swapMs });
-      return { revision, swapped: true, selfChecked: caps.selfCheck, stateBytes, compileMs,
+      return { revision, swapped: true, selfChecked: caps.selfCheck, stateBytes, cached, compileMs,
         totalMs: performance.now() - start, swapMs };
     } catch (err) {
       next.destroy();
@@ -355,6 +394,7 @@ export class PluginHost {
   async close() {
     this.#closed = true;
     await Promise.all([...this.#slots.keys()].map((p) => this.unload(p)));
+    this.#threads.close();
   }
 }
 

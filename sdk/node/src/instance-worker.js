@@ -1,18 +1,26 @@
-// One plugin instance, alone in a worker thread. The main thread times every request and
-// terminates this thread when a request outlives its deadline: that is what bounds a plugin
-// that loops forever (V8 has no epoch interruption that an embedder in JavaScript can use,
-// but Worker.terminate() stops a thread in the middle of guest code).
+// A pooled worker thread (worker-pool.js): it holds at most one plugin instance at a time,
+// and serves one revision after another (`reset` drops the instance it held), or compiles a
+// module for a load. The main thread times every request and terminates this thread when a
+// request outlives its deadline: that is what bounds a plugin that loops forever (V8 has no
+// epoch interruption that an embedder in JavaScript can use, but Worker.terminate() stops a
+// thread in the middle of guest code).
 //
 // Requests (one at a time): {op, timeoutMs, ...}; answers {ok: true, value} or
-// {ok: false, failure} with a GuestFailure (errors.js).
+// {ok: false, failure} with a GuestFailure (errors.js). `reset` has no answer. `start` runs
+// several steps in one request, each under a deadline of its own: as step i begins it writes
+// (i, now) into the shared `steps` array (no message), where the main thread's deadline timer
+// looks before it terminates the thread; a failure names its step.
 
 import { parentPort, workerData } from 'node:worker_threads';
 
 import * as abi from './abi.js';
+import { checkedCompile } from './checked-compile.js';
 import { GROW_GLOBAL } from './wasm-binary.js';
 import { ExitSignal, TimeoutSignal, WASI_MODULE, sandboxedWasi } from './wasi.js';
 
 const { limitBytes, limitPages } = workerData;
+/** [index of the step of `start` running, process.hrtime when it began], read by the main thread. */
+const steps = new BigInt64Array(workerData.steps);
 let exports = null;
 let memory;
 let deadline = 0;
@@ -63,12 +71,54 @@ function status(code) {
   }
 }
 
+/** What an op returns when it sends no answer. */
+const SILENT = Symbol('silent');
+
+/** The steps of `start`: a fresh instance made ready, and self-checked when loading. */
+const START = ['instantiate', 'initialize', 'configure'];
+const START_CHECKED = [...START, 'self_check'];
+
+/** A failure of step `step` of a multi-step request. */
+class StepFailure {
+  constructor(step, cause) {
+    this.step = step;
+    this.cause = cause;
+  }
+}
+
 const ops = {
+  // One request, one wake-up of this thread, instead of one per step.
+  start(msg) {
+    ops.reset();
+    const names = msg.selfCheck ? START_CHECKED : START;
+    for (let i = 0; i < names.length; i++) {
+      if (i > 0) {
+        Atomics.store(steps, 1, process.hrtime.bigint());
+        Atomics.store(steps, 0, BigInt(i));
+        deadline = performance.now() + msg.timeoutMs;
+      }
+      try {
+        ops[names[i]](msg);
+      } catch (err) {
+        throw new StepFailure(i, err);
+      }
+    }
+  },
+  compile({ bytes }) {
+    ops.reset();
+    return checkedCompile(new Uint8Array(bytes), limitBytes);
+  },
+  reset() {
+    // The instance (and its memory) becomes garbage; the next revision instantiates afresh.
+    exports = null;
+    memory = undefined;
+    return SILENT;
+  },
   instantiate({ module }) {
-    const wasi = sandboxedWasi(() => memory, () => deadline);
     const imports = {};
+    // Built only for a module that imports WASI (a third of a small module's instantiation).
     for (const imp of WebAssembly.Module.imports(module)) {
-      if (imp.module === WASI_MODULE) imports[WASI_MODULE] = wasi;
+      if (imp.module === WASI_MODULE) imports[WASI_MODULE] ??= sandboxedWasi(() => memory, () => deadline);
     }
     const instance = new WebAssembly.Instance(module, imports);
     exports = instance.exports;
@@ -100,17 +150,30 @@ const ops = {
   },
 };
 
+function answer(value) {
+  if (value === SILENT) return;
+  const transfer = value instanceof Uint8Array ? [value.buffer] : [];
+  parentPort.postMessage({ ok: true, value }, transfer);
+}
+
+function failureOf(err) {
+  return err?.status !== undefined && err.message === 'status' ? { type: 'status', code: err.status } : fault(err);
+}
+
+function fail(err) {
+  if (err instanceof StepFailure) parentPort.postMessage({ ok: false, failure: failureOf(err.cause), step: err.step });
+  else parentPort.postMessage({ ok: false, failure: failureOf(err) });
+}
+
 parentPort.on('message', (msg) => {
   deadline = performance.now() + msg.timeoutMs;
   try {
     const value = ops[msg.op](msg);
-    const transfer = value instanceof Uint8Array ? [value.buffer] : [];
-    parentPort.postMessage({ ok: true, value }, transfer);
+    // Only `compile` is asynchronous; guest calls answer without a trip through a promise.
+    if (value instanceof Promise) value.then(answer, fail);
+    else answer(value);
   } catch (err) {
-    const failure = err?.status !== undefined && err.message === 'status'
-      ? { type: 'status', code: err.status }
-      : fault(err);
-    parentPort.postMessage({ ok: false, failure });
+    fail(err);
   }
 });
 parentPort.postMessage({ ready: true });

@@ -1,17 +1,13 @@
-// The main thread's handle on one plugin instance: a worker thread (instance-worker.js) that
-// runs one request at a time, each under a deadline. Past the deadline the thread is
-// terminated, which stops guest code wherever it is, and the request fails with a timeout;
-// the instance is dead and its pool replaces it.
+// One plugin instance: a revision's module instantiated in a worker thread borrowed from the
+// host's pool (worker-pool.js). Requests run one at a time, each under a deadline; past it the
+// thread is terminated, which stops guest code wherever it is, the request fails with a
+// timeout and the instance is dead. Discarding an instance gives its thread back: reset for
+// the next revision if it is alive, replaced in the background if it is not.
 
-import { Worker } from 'node:worker_threads';
+/** The phase of each step of the worker's `start`: instantiate, initialize, configure, self_check. */
+const START_PHASES = ['instantiate', 'instantiate', 'configure', 'self_check'];
 
-const WORKER_URL = new URL('./instance-worker.js', import.meta.url);
-/** How long a thread may take to start (not guest code: no plugin deadline applies). */
-const SPAWN_TIMEOUT_MS = 30_000;
-
-const TIMEOUT = Object.freeze({ type: 'fault', fault: { type: 'timeout' } });
-
-/** Why a fresh instance could not be made ready: `phase` is instantiate or configure. */
+/** Why a fresh instance could not be made ready: `phase` is instantiate, configure or self_check. */
 export class InstanceError extends Error {
   constructor(phase, failure) {
     super(`${phase} failed`);
@@ -21,98 +17,69 @@ export class InstanceError extends Error {
 }
 
 export class Instance {
-  /** @type {Worker} */
-  #worker;
-  #pending = null;
-  dead = false;
+  #thread;
+  #pool;
+  #discarded = false;
 
-  constructor(worker) {
-    this.#worker = worker;
-    worker.on('message', (msg) => this.#settle(msg));
-    worker.on('error', (err) => this.#crash(`worker thread failed: ${err?.message ?? err}`));
-    worker.on('exit', (code) => this.#crash(`worker thread exited with code ${code}`));
+  constructor(thread, pool) {
+    this.#thread = thread;
+    this.#pool = pool;
+  }
+
+  /** The thread was terminated (deadline) or crashed. */
+  get dead() {
+    return this.#thread.dead;
   }
 
   /**
-   * Starts a thread and makes the instance ready: instantiate (start function), `_initialize`,
-   * `configure`, each under its own deadline as hotload-host arms one per guest call.
+   * Borrows a thread and makes the instance ready: instantiate (start function), `_initialize`,
+   * `configure` and, when `selfCheck`, `self_check`, each under its own deadline as hotload-host
+   * arms one per guest call (in one request to the thread: see instance-worker.js).
+   * @param {import('./worker-pool.js').WorkerPool} pool
    * @returns {Promise<Instance>} or rejects with an InstanceError
    */
-  static async start(module, config, limits) {
-    const worker = new Worker(WORKER_URL, {
-      workerData: { limitBytes: limits.maxMemoryBytes, limitPages: Math.floor(limits.maxMemoryBytes / 65536) },
-    });
-    worker.unref();
+  static async start(pool, module, config, limits, selfCheck = false) {
+    return Instance.startOn(await Instance.thread(pool), pool, module, config, limits, selfCheck);
+  }
+
+  /** A thread from `pool`, or an InstanceError saying why none could be started. */
+  static async thread(pool) {
     try {
-      await new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('worker thread did not start in time')), SPAWN_TIMEOUT_MS);
-        worker.once('message', () => { clearTimeout(timer); resolve(); });
-        worker.once('error', (e) => { clearTimeout(timer); reject(e); });
-        worker.once('exit', (c) => { clearTimeout(timer); reject(new Error(`worker thread exited with code ${c}`)); });
-      });
+      return await pool.lease();
     } catch (err) {
-      void worker.terminate();
       throw new InstanceError('instantiate', { type: 'fault', fault: { type: 'other', message: err.message } });
     }
-    const inst = new Instance(worker);
-    for (const [op, phase, payload] of [
-      ['instantiate', 'instantiate', { module }],
-      ['initialize', 'instantiate', {}],
-      ['configure', 'configure', { config }],
-    ]) {
-      const r = await inst.request(op, payload, limits.callTimeoutMs);
-      if (!r.ok) {
-        inst.kill();
-        // A start function or `_initialize` fails as a fault of instantiation.
-        const f = r.failure;
-        throw new InstanceError(phase, phase === 'instantiate' && f.type !== 'fault'
-          ? { type: 'fault', fault: { type: 'other', message: `_initialize: returned ${f.type}` } } : f);
-      }
-    }
-    return inst;
+  }
+
+  /** start() on a thread already leased from `pool` (given back on failure). */
+  static async startOn(thread, pool, module, config, limits, selfCheck = false) {
+    const inst = new Instance(thread, pool);
+    const r = await inst.request({ op: 'start', timeoutMs: limits.callTimeoutMs, module, config, selfCheck }, limits.callTimeoutMs);
+    if (r.ok) return inst;
+    inst.discard();
+    const phase = START_PHASES[r.step] ?? 'instantiate';
+    const f = r.failure;
+    // A start function or `_initialize` fails as a fault of instantiation.
+    throw new InstanceError(phase, phase === 'instantiate' && f.type !== 'fault'
+      ? { type: 'fault', fault: { type: 'other', message: `_initialize: returned ${f.type}` } } : f);
   }
 
   /**
-   * Runs one guest call. Resolves {ok: true, value} or {ok: false, failure}; never rejects.
+   * Runs one guest call, `msg` = {op, timeoutMs, ...payload}. Resolves {ok: true, value} or
+   * {ok: false, failure}; never rejects.
    * @returns {Promise<{ok: true, value: any} | {ok: false, failure: object}>}
    */
-  request(op, payload, timeoutMs) {
-    if (this.dead) {
-      return Promise.resolve({ ok: false, failure: { type: 'fault', fault: { type: 'other', message: 'instance is gone' } } });
-    }
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.#pending = null;
-        this.kill();
-        resolve({ ok: false, failure: TIMEOUT });
-      }, timeoutMs);
-      this.#pending = { resolve, timer };
-      this.#worker.postMessage({ op, timeoutMs, ...payload });
-    });
+  request(msg, timeoutMs) {
+    return this.#thread.request(msg, timeoutMs);
   }
 
-  #settle(msg) {
-    const p = this.#pending;
-    if (!p) return;
-    this.#pending = null;
-    clearTimeout(p.timer);
-    p.resolve(msg);
-  }
-
-  #crash(message) {
-    this.dead = true;
-    const p = this.#pending;
-    if (!p) return;
-    this.#pending = null;
-    clearTimeout(p.timer);
-    p.resolve({ ok: false, failure: { type: 'fault', fault: { type: 'other', message } } });
-  }
-
-  /** Stops the thread (wherever its guest code is); the instance is never used again. */
-  kill() {
-    if (!this.dead) {
-      this.dead = true;
-      void this.#worker.terminate();
-    }
+  /**
+   * The instance is never used again (faulted, or its revision is gone); its thread goes back
+   * to the pool. Idempotent.
+   */
+  discard() {
+    if (this.#discarded) return;
+    this.#discarded = true;
+    this.#pool.giveBack(this.#thread);
   }
 }

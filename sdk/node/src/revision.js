@@ -1,13 +1,20 @@
-// One loaded revision of a plugin: a fixed pool of warm instances (each a worker thread)
-// that calls check out, as hotload-host's revision.rs. An instance that faulted (trap,
-// deadline, memory limit) is discarded, never reused, and a fresh one is made on the next
-// checkout. A call or a pin holds a reference on the revision it started on; a revision
-// that was swapped out stops its threads when the last reference is released, which is
-// how a swap never cuts a call off.
+// One loaded revision of a plugin: a fixed pool of warm instances (each in a worker thread
+// borrowed from the host's pool) that calls check out, as hotload-host's revision.rs. An
+// instance that faulted (trap, deadline, memory limit) is discarded, never reused, and a
+// fresh one is made on the next checkout, in a thread the pool has ready. A call or a pin
+// holds a reference on the revision it started on; a revision that was swapped out gives its
+// threads back when the last reference is released, which is how a swap never cuts a call
+// off.
 
 import { CallError, failureText as failureWords } from './errors.js';
 import { errorKindOf } from './health.js';
 import { Instance } from './instance.js';
+
+/**
+ * Lets the event loop run what is waiting (answers of calls in flight) before the next step
+ * of a load: a load's steps are short, but a call should not queue behind several of them.
+ */
+export const yieldToCalls = () => new Promise((resolve) => setImmediate(resolve));
 
 /**
  * @typedef {{plugin: string, revision: string, digest: string, config: Uint8Array}} RevisionId
@@ -23,34 +30,58 @@ export class Revision {
   /** Where its calls count (set when it starts serving; see health.js). */
   health = null;
 
+  #compiled;
+  #threads;
+
   /**
    * @param {RevisionId} id
-   * @param {{configure: boolean, selfCheck: boolean, saveState: boolean, restoreState: boolean}} caps
-   * @param {WebAssembly.Module} module
+   * @param {import('./module-cache.js').ModuleLease} compiled its module and ABI capabilities,
+   *   released when the revision is destroyed
+   * @param {import('./worker-pool.js').WorkerPool} threads the host's
    * @param {object} cfg the host's resolved config
    */
-  constructor(id, caps, module, cfg) {
+  constructor(id, compiled, threads, cfg) {
     this.id = id;
-    this.caps = caps;
-    this.module = module;
+    /** @type {{configure: boolean, selfCheck: boolean, saveState: boolean, restoreState: boolean}} */
+    this.caps = compiled.caps;
+    this.#compiled = compiled;
+    this.#threads = threads;
     this.cfg = cfg;
     this.target = Math.max(1, cfg.instancesPerRevision);
   }
 
-  /** Makes every instance of the pool ready; rejects with an InstanceError. */
+  /**
+   * Makes every instance of the pool ready, each self-checked if the plugin has a self-check;
+   * rejects with an InstanceError. The threads are borrowed together (any that must be
+   * started start in parallel: that is the slow part), then the instances are made one after
+   * the other, one request each, yielding to the event loop in between: one loading thread at
+   * a time leaves the cores to the threads serving calls.
+   */
   async fill() {
-    const made = await Promise.allSettled(Array.from({ length: this.target }, () => this.#instantiate()));
-    for (const m of made) if (m.status === 'fulfilled') this.idle.push(m.value);
+    const threads = await Promise.allSettled(Array.from({ length: this.target }, () => Instance.thread(this.#threads)));
+    let failure = null;
+    for (const t of threads) {
+      if (t.status === 'rejected') failure ??= t.reason;
+      else if (failure) this.#threads.giveBack(t.value);
+      else {
+        try {
+          await yieldToCalls();
+          this.idle.push(await Instance.startOn(t.value, this.#threads, this.#compiled.module, this.id.config, this.cfg,
+            this.caps.selfCheck));
+        } catch (err) {
+          failure = err;
+        }
+      }
+    }
     this.live = this.idle.length;
-    const failed = made.find((m) => m.status === 'rejected');
-    if (failed) {
+    if (failure) {
       this.destroy();
-      throw failed.reason;
+      throw failure;
     }
   }
 
   #instantiate() {
-    return Instance.start(this.module, this.id.config, this.cfg);
+    return Instance.start(this.#threads, this.#compiled.module, this.id.config, this.cfg);
   }
 
   /** A call or a pin starts using this revision. */
@@ -70,11 +101,14 @@ export class Revision {
     if (this.refs === 0) this.destroy();
   }
 
-  /** Stops every idle thread now, and every busy one as it comes back. */
+  /** Gives every idle thread back now, and every busy one as it comes back. */
   destroy() {
-    if (!this.destroyed && this.health) this.health.users--;
+    if (!this.destroyed) {
+      if (this.health) this.health.users--;
+      this.#compiled.release();
+    }
     this.destroyed = true;
-    for (const inst of this.idle) inst.kill();
+    for (const inst of this.idle) inst.discard();
     this.idle = [];
   }
 
@@ -125,7 +159,7 @@ export class Revision {
   /** Returns an instance; a faulted (or dead) one is dropped and replaced lazily. */
   checkin(inst, faulted) {
     if (faulted || inst.dead || this.destroyed) {
-      inst.kill();
+      inst.discard();
       this.live--;
       if (!this.destroyed) this.#wakeOne('retry');
       return;
@@ -133,10 +167,13 @@ export class Revision {
     if (!this.#wakeOne(inst)) this.idle.push(inst);
   }
 
-  /** Runs one guest operation on a checked-out instance; a failure discards the instance. */
-  async run(op, payload) {
+  /**
+   * Runs one guest operation (`{op, ...payload}`) on a checked-out instance, under the call
+   * deadline; a failure discards the instance.
+   */
+  async run(msg) {
     const inst = await this.checkout();
-    const r = await inst.request(op, payload, this.cfg.callTimeoutMs);
+    const r = await inst.request(msg, this.cfg.callTimeoutMs);
     this.checkin(inst, !r.ok);
     return r;
   }
@@ -163,19 +200,21 @@ export class Revision {
   async #handle(input) {
     // A view into a larger buffer (Node's Buffer pool) would be cloned whole to the thread.
     const own = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength ? input : Uint8Array.prototype.slice.call(input);
-    const r = await this.run('handle', { input: own });
+    const r = await this.run({ op: 'handle', timeoutMs: this.cfg.callTimeoutMs, input: own });
     if (r.ok) return Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
     throw new CallError('handle', this.id.plugin, this.id.revision,
       `plugin ${this.id.plugin} revision ${this.id.revision}: handle failed: ${failureWords(r.failure)}`, r.failure);
   }
 
   /**
-   * Runs `op` on every instance, one after the other (before the revision is published, so
-   * all are idle). Resolves null, or the first GuestFailure.
+   * Runs one guest operation (`{op, ...payload}`) on every instance, one after the other
+   * (before the revision is published, so all are idle), each yielding to the event loop
+   * first. Resolves null, or the first GuestFailure.
    */
-  async forEachInstance(op, payload) {
+  async forEachInstance(msg) {
     for (const inst of this.idle) {
-      const r = await inst.request(op, payload, this.cfg.callTimeoutMs);
+      await yieldToCalls();
+      const r = await inst.request({ ...msg, timeoutMs: this.cfg.callTimeoutMs }, this.cfg.callTimeoutMs);
       if (!r.ok) return r.failure;
     }
     return null;

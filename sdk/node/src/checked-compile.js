@@ -1,0 +1,53 @@
+// One compile with every check a load makes before instantiating: parse the module, check
+// its memory against the limit, rewrite memory.grow (wasm-binary.js), compile, check the ABI
+// and the imports. Runs inside a pooled worker thread (instance-worker.js, op `compile`), so
+// nothing of it runs on the app's event loop; the main thread bounds it by compileTimeoutMs.
+//
+// Resolves {module, caps} (a WebAssembly.Module crosses threads without a copy of its code)
+// or {refused: {kind, detail}} with the words of hotload-host.
+
+import * as abi from './abi.js';
+import { WASI_FUNCTIONS, WASI_MODULE } from './wasi.js';
+import { WasmFormatError, instrumentMemoryGrow, parseModule } from './wasm-binary.js';
+
+const refuse = (kind, detail) => ({ refused: { kind, detail } });
+
+/**
+ * @param {Uint8Array} bytes the module as delivered
+ * @param {number} limit the host's maxMemoryBytes
+ * @returns {Promise<{module: WebAssembly.Module, caps: object} | {refused: {kind: string, detail: string}}>}
+ */
+export async function checkedCompile(bytes, limit) {
+  let info;
+  let instrumented;
+  try {
+    info = parseModule(bytes);
+    const mems = info.memories;
+    if (mems.length > 1) throw new WasmFormatError(`module declares ${mems.length} memories, at most 1 is allowed`);
+    if (mems.length === 1 && mems[0].min * 65536 > limit) {
+      throw new WasmFormatError(`memory minimum of ${mems[0].min} pages (${mems[0].min * 65536} bytes) exceeds the limit of ${limit} bytes`);
+    }
+    instrumented = instrumentMemoryGrow(bytes, info, Math.floor(limit / 65536));
+  } catch (err) {
+    if (err instanceof WasmFormatError) return refuse('invalid_wasm', `invalid wasm: ${err.message}`);
+    throw err;
+  }
+  let module;
+  try {
+    module = await WebAssembly.compile(instrumented);
+  } catch (err) {
+    return refuse('invalid_wasm', `invalid wasm: ${err.message}`);
+  }
+  let caps;
+  try {
+    caps = abi.checkExports(info.exports);
+  } catch (err) {
+    return refuse('abi', `ABI violation: ${err.message}`);
+  }
+  const bad = info.imports.find((i) => i.module !== WASI_MODULE || i.kind !== 'func' || !WASI_FUNCTIONS.has(i.name));
+  if (bad) {
+    return refuse('abi',
+      `ABI violation: imports cannot be satisfied (plugins get none): unknown import: \`${bad.module}::${bad.name}\` has not been defined`);
+  }
+  return { module, caps };
+}
