@@ -5,8 +5,9 @@ the conformance taggers (sdk/conformance/build.sh builds them); prints one JSON 
   (median of the rounds' means);
 - swap_ns_*: `Loaded.swap_seconds`, the one assignment `slot.current = new`;
 - load_cached_ms_*: `Loaded.total_seconds` of alternating v1/v2 loads whose compiled module
-  the host keeps by digest in memory (cache "hit"): digest, ABI check, 4 instances,
-  self-check, state hand-over, swap; no compile;
+  the host keeps by digest in memory (cache "hit"): digest, ABI check and link (kept with the
+  module), `HostConfig.instances_at_load` instances (default 1; the rest of the pool of 4 is
+  built when calls first need it), self-check, state hand-over, swap; no compile;
 - p99 of single calls (back to back), steady and while a thread swaps v1<->v2 every ~10 ms.
 
 Run from sdk/python with the SDK's venv: ~/.cache/hotload/venv/bin/python bench/swap.py

@@ -7,7 +7,8 @@
   `max_memory_bytes` (virtual; pages are committed when touched). Growing past the limit is
   refused and recorded for the call in progress, which then fails with a memory-limit
   fault (as hotload-host's resource limiter makes it trap), never a plugin that limps on
-  after `memory.grow` returned -1.
+  after `memory.grow` returned -1. The host copies requests and responses through that
+  mapping itself (`LinearMemory`), with no call into wasmtime and the GIL held throughout.
 - WASI: sandboxed preview1 (clocks and randomness; no files, environment, arguments or
   sockets). `poll_oneoff`, the one call that blocks (every language's sleep), is replaced
   by one that sleeps no later than the call's deadline and then traps as a timeout.
@@ -18,12 +19,14 @@ progress is found through a thread-local: a guest call runs on the thread that m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import mmap
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +49,13 @@ class HostConfig:
     call_timeout: float = 0.5
     #: Granularity of the epoch ticker (the deadline's precision), in seconds.
     epoch_tick: float = 0.005
-    #: Warm instances per revision: the most calls one plugin serves in parallel.
+    #: Most instances per revision: the most calls one plugin serves in parallel.
     instances_per_revision: int = 4
+    #: Instances a load builds, self-checks and hands the state to before the swap (at most
+    #: `instances_per_revision`); the others are built the same way when calls first need
+    #: them. Each costs the load tens of µs of Python that calls running meanwhile wait for
+    #: (the GIL), and a swapped-out revision's instances cost as much to free.
+    instances_at_load: int = 1
     #: How long a call waits for a free instance before it fails `busy`, in seconds.
     checkout_timeout: float = 2.0
     #: Most named plugins one host holds.
@@ -168,6 +176,49 @@ def _free_memory(env):  # noqa: ANN001, ANN202 - ctypes callback
     _memories.pop(env, None)
 
 
+class LinearMemory:
+    """A linear memory this host created, read and written in place: its mapping never moves
+    and its size is the one wasmtime asks the host for, so no wasmtime call is needed (each
+    would drop and retake the GIL, and let a loading thread in, on every request)."""
+
+    __slots__ = ("_mem",)
+
+    def __init__(self, mem: dict):
+        self._mem = mem
+
+    def size(self) -> int:
+        """Current size in bytes."""
+        return self._mem["size"]
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """`length` bytes at `ptr` (the caller checked the range)."""
+        return self._mem["buf"][ptr : ptr + length]
+
+    def write(self, ptr: int, data: bytes) -> None:
+        """Writes data at `ptr` (the caller checked the range)."""
+        self._mem["buf"][ptr : ptr + len(data)] = data
+
+
+@contextlib.contextmanager
+def new_memories() -> Iterator[list[int]]:
+    """Records the memories created on this thread meanwhile (an instantiation's)."""
+    created: list[int] = []
+    _local.new_memories = created
+    try:
+        yield created
+    finally:
+        _local.new_memories = None
+
+
+def created_memory(created: list[int], addr: int | None) -> LinearMemory | None:
+    """The memory at `addr` among those recorded in `created`, if this host made it."""
+    for key in created:
+        mem = _memories.get(key)
+        if mem is not None and mem["addr"] == addr:
+            return LinearMemory(mem)
+    return None
+
+
 @ffi.wasmtime_new_memory_callback_t
 def _new_memory(env, _ty, minimum, _maximum, _reserved, _guard, out):  # noqa: ANN001, ANN202
     limit = _limits[env]
@@ -186,6 +237,9 @@ def _new_memory(env, _ty, minimum, _maximum, _reserved, _guard, out):  # noqa: A
         "size": minimum,
         "limit": limit,
     }
+    created = getattr(_local, "new_memories", None)
+    if created is not None:
+        created.append(key)
     out[0].env = key
     out[0].get_memory = _get_memory
     out[0].grow_memory = _grow_memory

@@ -1,7 +1,7 @@
 """`PluginHost`: named plugin slots, each holding its serving revision.
 
-    load(req) ── size, digest ── compile on a thread (budget; cache) ── ABI check
-        │        ── instantiate pool ── configure ── self_check
+    load(req) ── size, digest ── compile on a thread (budget; cache) ── ABI check, link
+        │        ── instantiate (instances_at_load) ── configure ── self_check
         │        ── state hand-over (old.save_state → new.restore_state) ── before_unload
         └──────── slot.current = new   ◄── the only critical section (one assignment)
     call(name) ── slot.current ── checkout instance ── handle ── return
@@ -9,7 +9,10 @@
 
 Everything before the assignment happens on the loading thread, off the request path; a
 failure anywhere leaves the slot untouched. A call holds a reference to the revision it
-started on, so it finishes there; a `Pinned` holds one for a whole request.
+started on, so it finishes there; a `Pinned` holds one for a whole request. The ABI check
+and link of a module are kept with it by digest, so a cached load only instantiates; a
+swapped-out revision's instances are freed by the next load or health report, not by the
+call that let go of it last (teardown.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .health import HealthTable
 from .hooks import LoadEvent, UnloadEvent, fire
 from .instance import Limits, describe_exports
 from .revision import Revision, RevisionId
+from .teardown import free_retired
 
 log = logging.getLogger("hotload")
 
@@ -100,6 +104,17 @@ def plan_load(current: RevisionId | None, wanted: RevisionId) -> str:
     return "already_serving" if current == wanted else "swap"
 
 
+class _Compiled:
+    """A compiled module kept by digest, with what loads work out from it alone."""
+
+    __slots__ = ("linked", "module")
+
+    def __init__(self, module: wasmtime.Module):
+        self.module = module
+        # (capabilities, InstancePre), once a load has checked and linked the module.
+        self.linked: tuple[abi.Capabilities, wasmtime.InstancePre] | None = None
+
+
 class _Slot:
     __slots__ = ("current", "loading")
 
@@ -162,7 +177,7 @@ class PluginHost:
         self._health = HealthTable()
         # Compiled modules by digest, most recent last: a reload of a digest this process
         # compiled already (a revision rolled back to, a new config) skips the compile.
-        self._compiled: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
         self._compiled_lock = threading.Lock()
         self._fingerprint = hashlib.sha256(
             f"wasmtime-py {_wasmtime_version()} {self.config.max_memory_bytes}".encode()
@@ -175,6 +190,7 @@ class PluginHost:
     def close(self) -> None:
         """Stops the epoch ticker; the host serves no guest code with a deadline after this."""
         self._ticker.stop()
+        free_retired()
 
     def __enter__(self) -> PluginHost:
         return self
@@ -211,6 +227,7 @@ class PluginHost:
         with calls, sorted by plugin and revision), as entries of the protocol's `health`
         message: plugin, revision, calls, errors {trap, timeout, memory, failed}, latency_us
         (20 buckets). Counting starts afresh. A Client sends it about once a second."""
+        free_retired()  # with a Client, within a second of the last call on a revision
         return self._health.take()
 
     def _current(self, plugin: str) -> Revision:
@@ -246,6 +263,7 @@ class PluginHost:
 
     def load(self, req: LoadRequest) -> Loaded:
         """Loads a revision; on any failure the previous revision keeps serving."""
+        free_retired()
         try:
             loaded = self._try_load(req)
         except LoadError as err:
@@ -331,21 +349,9 @@ class PluginHost:
             return LoadError(kind, p, r, failure=failure)
 
         t = time.monotonic()
-        module, cache = self._module(rid, wasm)
+        compiled, cache = self._module(rid, wasm)
         compile_seconds = time.monotonic() - t
-        try:
-            caps = abi.check_exports(describe_exports(module))
-        except abi.AbiViolation as err:
-            raise LoadError(errors.ABI, p, r, reason=str(err)) from None
-        try:
-            pre = self._linker.instantiate_pre(module)
-        except wasmtime.WasmtimeError as err:
-            raise LoadError(
-                errors.ABI,
-                p,
-                r,
-                reason=f"imports cannot be satisfied (plugins get none): {one_line(str(err))}",
-            ) from None
+        caps, pre = self._linked(rid, compiled)
         limits = Limits(self.config.deadline_ticks(), self.config.call_timeout)
         try:
             new = Revision(
@@ -356,13 +362,14 @@ class PluginHost:
                 self.config.instances_per_revision,
                 limits,
                 self.config.checkout_timeout,
+                self.config.instances_at_load,
             )
         except GuestError as err:
             raise guest(getattr(err, "phase", errors.INSTANTIATE), err.failure) from None
         self_checked = False
         if caps.self_check:
             try:
-                new.for_each_instance(lambda i: i.self_check())
+                new.self_check()
             except GuestError as err:
                 raise guest(errors.SELF_CHECK, err.failure) from None
             self_checked = True
@@ -382,7 +389,7 @@ class PluginHost:
             except CallError as err:
                 raise guest(errors.SAVE_STATE, Failure(errors.OTHER, detail=str(err))) from None
             try:
-                new.for_each_instance(lambda i: i.restore_state(snapshot))
+                new.hand_over(snapshot)
             except GuestError as err:
                 raise guest(errors.RESTORE_STATE, err.failure) from None
             state_bytes = len(snapshot)
@@ -408,20 +415,45 @@ class PluginHost:
             swap,
         )
 
-    def _module(self, rid: RevisionId, wasm: bytes) -> tuple[wasmtime.Module, str]:
+    def _module(self, rid: RevisionId, wasm: bytes) -> tuple[_Compiled, str]:
         """The compiled module: from the cache directory, else compiled on a thread of its
         own within the compile budget; compiled modules are kept by digest (in memory)."""
         with self._compiled_lock:
-            module = self._compiled.get(rid.digest)
-            if module is not None:
+            compiled = self._compiled.get(rid.digest)
+            if compiled is not None:
                 self._compiled.move_to_end(rid.digest)
-                return module, "hit"
+                return compiled, "hit"
         module, cache = self._compile_or_read_cache(rid, wasm)
+        compiled = _Compiled(module)
         with self._compiled_lock:
-            self._compiled[rid.digest] = module
+            self._compiled[rid.digest] = compiled
             while len(self._compiled) > 2 * self.config.max_plugins:
                 self._compiled.popitem(last=False)
-        return module, cache
+        return compiled, cache
+
+    def _linked(
+        self, rid: RevisionId, compiled: _Compiled
+    ) -> tuple[abi.Capabilities, wasmtime.InstancePre]:
+        """The module's ABI capabilities and its imports resolved against the host's linker,
+        each worked out once per compiled module (both depend on the module alone)."""
+        if compiled.linked is not None:
+            return compiled.linked
+        p, r = rid.plugin, rid.revision
+        try:
+            caps = abi.check_exports(describe_exports(compiled.module))
+        except abi.AbiViolation as err:
+            raise LoadError(errors.ABI, p, r, reason=str(err)) from None
+        try:
+            pre = self._linker.instantiate_pre(compiled.module)
+        except wasmtime.WasmtimeError as err:
+            raise LoadError(
+                errors.ABI,
+                p,
+                r,
+                reason=f"imports cannot be satisfied (plugins get none): {one_line(str(err))}",
+            ) from None
+        compiled.linked = (caps, pre)
+        return compiled.linked
 
     def _compile_or_read_cache(self, rid: RevisionId, wasm: bytes) -> tuple[wasmtime.Module, str]:
         p, r = rid.plugin, rid.revision

@@ -11,7 +11,7 @@ from wasmtime import _ffi as ffi
 
 from . import abi, errors
 from .abi import Capabilities
-from .engine import GuestCall, begin_call, classify, sandboxed_wasi
+from .engine import GuestCall, begin_call, classify, created_memory, new_memories, sandboxed_wasi
 from .errors import Failure, GuestError
 
 
@@ -49,35 +49,62 @@ class PluginInstance:
         self.clock_origin = time.monotonic_ns()
         self.store = wasmtime.Store(engine)
         self.store.set_wasi(sandboxed_wasi())
+        self._context = self.store._context()
         # A start function is guest code too: it runs under the same deadline.
         call = self._arm()
         try:
-            instance = pre.instantiate(self.store)
-            exports = instance.exports(self.store)
-            init = exports.get(abi.INITIALIZE)
-            if isinstance(init, wasmtime.Func):
+            with new_memories() as created:
+                instance = pre.instantiate(self.store)
+            init = self._export(instance, abi.INITIALIZE)
+            if init is not None and init.kind == _EXTERN_FUNC:
                 # WASI reactors (Go -buildmode=c-shared, wasi-libc) initialise here.
                 call = self._arm()
-                init(self.store)
+                wasmtime.Func._from_raw(init.of.func)(self.store)
         except Exception as err:  # noqa: BLE001 - any failure to start is the guest's
             raise GuestError(classify(err, call)) from err
         if call.grow_refused is not None:
             raise GuestError(classify(RuntimeError("memory"), call))
-        self.memory = exports[abi.MEMORY]
-        self._alloc = exports[abi.ALLOC]
-        self._handle = exports[abi.HANDLE]
-        self._configure = exports[abi.CONFIGURE] if caps.configure else None
-        self._self_check = exports[abi.SELF_CHECK] if caps.self_check else None
-        self._save_state = exports[abi.SAVE_STATE] if caps.save_state else None
-        self._restore_state = exports[abi.RESTORE_STATE] if caps.restore_state else None
+        exported = self._export(instance, abi.MEMORY)
+        memory = None
+        if exported is not None and exported.kind == _EXTERN_MEMORY:
+            data = _memory_data(self._context, ctypes.byref(exported.of.memory))
+            memory = created_memory(created, ctypes.cast(data, ctypes.c_void_p).value)
+        if memory is None:
+            # The ABI check saw an exported memory, which only this host's creator makes.
+            raise GuestError(Failure(errors.OTHER, detail="exported memory not made by the host"))
+        self.memory = memory
+        # Exports by name, once (the ABI check at load vouched for their types).
+        self._alloc = self._func(instance, abi.ALLOC)
+        self._handle = self._func(instance, abi.HANDLE)
+        self._configure = self._func(instance, abi.CONFIGURE) if caps.configure else None
+        self._self_check = self._func(instance, abi.SELF_CHECK) if caps.self_check else None
+        self._save_state = self._func(instance, abi.SAVE_STATE) if caps.save_state else None
+        self._restore_state = (
+            self._func(instance, abi.RESTORE_STATE) if caps.restore_state else None
+        )
+
+    def _export(self, instance: wasmtime.Instance, name: str) -> ffi.wasmtime_extern_t | None:
+        """One export by name (wasmtime-py's `exports()` wraps every export in Python)."""
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        found = _export_get(
+            self._context, ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
+        )
+        return item if found else None
+
+    def _func(self, instance: wasmtime.Instance, name: str) -> ffi.wasmtime_func_t:
+        item = self._export(instance, name)
+        if item is None or item.kind != _EXTERN_FUNC:
+            raise GuestError(Failure(errors.OTHER, detail=f"export `{name}` not found"))
+        return item.of.func
 
     def _arm(self) -> GuestCall:
-        self.store.set_epoch_deadline(self.limits.ticks)
+        _set_epoch_deadline(self._context, self.limits.ticks)
         return begin_call(self.limits.timeout, self.clock_origin)
 
-    def _run(self, call: GuestCall, func: wasmtime.Func, *args: int) -> int:
+    def _run(self, call: GuestCall, func: ffi.wasmtime_func_t, *args: int) -> int:
         try:
-            result = _call_i32s(self.store, func, args)
+            result = _call_i32s(self._context, func, args)
         except Exception as err:  # noqa: BLE001 - traps, interrupts, host errors
             raise GuestError(classify(err, call)) from err
         if call.grow_refused is not None:
@@ -90,19 +117,19 @@ class PluginInstance:
         if length > 0xFFFF_FFFF:
             raise GuestError(Failure(errors.BAD_RANGE, ptr=0, length=0xFFFF_FFFF))
         ptr = self._run(call, self._alloc, _i32(length)) & 0xFFFF_FFFF
-        if abi.checked_range(ptr, length, self.memory.data_len(self.store)) is None:
+        if abi.checked_range(ptr, length, self.memory.size()) is None:
             raise GuestError(Failure(errors.BAD_RANGE, ptr=ptr, length=length))
         if length:
-            self.memory.write(self.store, data, ptr)
+            self.memory.write(ptr, data)
         return _i32(ptr), _i32(length)
 
     def _read(self, packed: int) -> bytes:
         ptr, length = abi.unpack(packed)
-        if abi.checked_range(ptr, length, self.memory.data_len(self.store)) is None:
+        if abi.checked_range(ptr, length, self.memory.size()) is None:
             raise GuestError(Failure(errors.BAD_RANGE, ptr=ptr, length=length))
         if not length:
             return b""
-        return bytes(self.memory.read(self.store, ptr, ptr + length))
+        return self.memory.read(ptr, length)
 
     @staticmethod
     def _status(code: int) -> None:
@@ -148,9 +175,43 @@ class PluginInstance:
 
 _ARGS = [(ffi.wasmtime_val_t * n) for n in range(3)]
 _I32 = ffi.WASMTIME_I32.value
+_EXTERN_FUNC = ffi.WASMTIME_EXTERN_FUNC.value
+_EXTERN_MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
 
 
-def _call_i32s(store: wasmtime.Store, func: wasmtime.Func, args: tuple[int, ...]) -> int:
+def _holding_gil(name: str, restype, *argtypes):  # noqa: ANN001, ANN202
+    """A wasmtime C function called without wasmtime-py's Python wrapper and with the GIL
+    held. Only for short calls that run no guest code: ctypes otherwise drops and retakes the
+    GIL around each, and every time another thread waiting for it gets in first (a loading
+    thread's Python delays a call; a call's delays a load). Calls that run guest code
+    (instantiate, wasmtime_func_call) must release it: the epoch ticker needs it to stop them.
+    """
+    address = ctypes.cast(getattr(ffi.dll, name), ctypes.c_void_p).value
+    return ctypes.PYFUNCTYPE(restype, *argtypes)(address)
+
+
+_CONTEXT = ctypes.POINTER(ffi.wasmtime_context_t)
+_set_epoch_deadline = _holding_gil(
+    "wasmtime_context_set_epoch_deadline", None, _CONTEXT, ctypes.c_uint64
+)
+_export_get = _holding_gil(
+    "wasmtime_instance_export_get",
+    ctypes.c_bool,
+    _CONTEXT,
+    ctypes.POINTER(ffi.wasmtime_instance_t),
+    ctypes.POINTER(ctypes.c_char),
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_extern_t),
+)
+_memory_data = _holding_gil(
+    "wasmtime_memory_data",
+    ctypes.POINTER(ctypes.c_uint8),
+    _CONTEXT,
+    ctypes.POINTER(ffi.wasmtime_memory_t),
+)
+
+
+def _call_i32s(context, func: ffi.wasmtime_func_t, args: tuple[int, ...]) -> int:  # noqa: ANN001
     """Calls an ABI export (i32 parameters, one i32/i64 result, or none for _initialize).
 
     The C API directly: wasmtime-py's generic `Func.__call__` looks the type up and converts
@@ -164,8 +225,8 @@ def _call_i32s(store: wasmtime.Store, func: wasmtime.Func, args: tuple[int, ...]
     results = (ffi.wasmtime_val_t * 1)()
     trap = ctypes.POINTER(ffi.wasm_trap_t)()
     error = ffi.wasmtime_func_call(
-        store._context(),
-        ctypes.byref(func._func),
+        context,
+        ctypes.byref(func),
         params,
         len(args),
         results,

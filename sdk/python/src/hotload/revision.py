@@ -1,15 +1,25 @@
-"""One loaded revision of a plugin: a fixed pool of warm instances that calls check out.
+"""One loaded revision of a plugin: a pool of up to `instances` instances that calls check out.
 
 Instances live across calls because plugins keep state that the ABI hands over across a
 swap. An instance that faulted (trap, deadline, memory limit) is dropped, never lent again,
 and a fresh one is made on a later checkout. A call holds a reference to the revision it
 started on, which is how a swap never cuts a call off.
+
+A load builds only `warm` instances (`HostConfig.instances_at_load`, one by default), which
+run the self-check and take the handed-over state before the revision is published. The
+rest of the pool is built when a checkout first finds every built instance lent out, and
+each passes the same steps (configure, self-check, the load's snapshot) before it serves:
+it is the instance the load would have built, kept idle until needed. Why: with the GIL,
+every instance a load builds is tens of µs of Python that the calls running meanwhile wait
+for (docs/benchmarks.md, "App SDKs"), and an app that never calls a plugin from two threads
+at once never needs a second instance.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +31,13 @@ from .abi import Capabilities
 from .errors import CallError, Failure, GuestError
 from .health import _Entry, error_kind
 from .instance import Limits, PluginInstance
+from .teardown import retire
+
+_PHASE = {
+    errors.CONFIGURE: "configure",
+    errors.SELF_CHECK: "self-check",
+    errors.RESTORE_STATE: "restore-state",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,7 @@ class Revision:
         instances: int,
         limits: Limits,
         checkout_timeout: float,
+        warm: int = 1,
     ):
         self.id = rid
         self.caps = caps
@@ -56,14 +74,21 @@ class Revision:
         self._cond = threading.Condition()
         self._idle: list[PluginInstance] = []
         self._live = 0
-        for _ in range(self._target):
+        # Instances of the first pool not built yet: each is built the way the load builds
+        # its warm ones (self-check, snapshot); a replacement for a faulted one only configures.
+        self._unbuilt = self._target - min(self._target, max(1, warm))
+        # The state handed over at load (None: none), for the instances built after it.
+        self._snapshot: bytes | None = None
+        for _ in range(self._target - self._unbuilt):
             self._idle.append(self.instantiate())
         self._live = len(self._idle)
+        # When the revision goes, its instances are freed by a later load (see teardown.py).
+        weakref.finalize(self, retire, self._idle).atexit = False
         # Where its calls count; set when it starts serving (see health.py).
         self.health: _Entry | None = None
 
     def instantiate(self) -> PluginInstance:
-        """A new configured instance; raises GuestError(kind in {instantiate, configure})."""
+        """A new configured instance; raises GuestError(phase in {instantiate, configure})."""
         try:
             inst = PluginInstance(self._pre, self._engine, self.caps, self._limits)
         except GuestError as err:
@@ -74,6 +99,35 @@ class Revision:
         except GuestError as err:
             err.phase = errors.CONFIGURE
             raise
+        return inst
+
+    def self_check(self) -> None:
+        """Runs the self-check on every instance built (only before the revision is published)."""
+        if self.caps.self_check:
+            self.for_each_instance(lambda i: i.self_check())
+
+    def hand_over(self, snapshot: bytes) -> None:
+        """Restores the old revision's snapshot into every instance built, and keeps it for the
+        ones built later (only before the revision is published)."""
+        self._snapshot = snapshot
+        self.for_each_instance(lambda i: i.restore_state(snapshot))
+
+    def _prepared(self) -> PluginInstance:
+        """An instance of the first pool, built as at load: configured, self-checked, given the
+        load's snapshot; raises GuestError(phase) like a load's step would."""
+        inst = self.instantiate()
+        if self.caps.self_check:
+            try:
+                inst.self_check()
+            except GuestError as err:
+                err.phase = errors.SELF_CHECK
+                raise
+        if self._snapshot is not None:
+            try:
+                inst.restore_state(self._snapshot)
+            except GuestError as err:
+                err.phase = errors.RESTORE_STATE
+                raise
         return inst
 
     @contextmanager
@@ -98,6 +152,9 @@ class Revision:
                     return self._idle.pop()
                 if self._live < self._target:
                     self._live += 1
+                    first = self._unbuilt > 0
+                    if first:
+                        self._unbuilt -= 1
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -109,14 +166,17 @@ class Revision:
                     )
                 self._cond.wait(left)
         try:
-            return self.instantiate()
+            return self._prepared() if first else self.instantiate()
         except GuestError as err:
             with self._cond:
                 self._live -= 1
+                if first:
+                    self._unbuilt += 1
                 self._cond.notify()
             failure = err.failure
-            if getattr(err, "phase", "") == errors.CONFIGURE and failure.kind == errors.STATUS:
-                failure = Failure(errors.OTHER, detail=f"configure: {failure}")
+            phase = getattr(err, "phase", "")
+            if phase in _PHASE and failure.kind == errors.STATUS:
+                failure = Failure(errors.OTHER, detail=f"{_PHASE[phase]}: {failure}")
             raise CallError(
                 errors.REINSTANTIATE, self.id.plugin, self.id.revision, failure=failure
             ) from err
