@@ -5,22 +5,17 @@ import com.dylibso.chicory.runtime.TrapException;
 import com.dylibso.chicory.runtime.WasmRuntimeException;
 import com.dylibso.chicory.wasi.WasiExitException;
 import java.time.Duration;
-import java.util.concurrent.CancellationException;
-import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.FutureTask;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
-import java.util.concurrent.atomic.AtomicInteger;
 
 /**
- * Runs guest code under a deadline. Chicory runs a guest on the calling thread and stops it
- * only when that thread is interrupted (its interpreter checks, and so does WASI's sleep), so
- * every guest operation runs on a pooled worker thread while the caller waits for it; at the
- * deadline the caller interrupts the worker, waits for it to stop, and reports a timeout. The
- * instance it ran on is discarded by the caller, never lent again.
+ * Runs guest code under a deadline, on the calling thread. Chicory stops a guest only when its
+ * thread is interrupted (its interpreter and compiled code check at calls and loop back-edges,
+ * and so does WASI's sleep), so the {@link Watchdog} interrupts the caller at the deadline and
+ * the interrupt is cleared when the operation returns. The instance a timed-out operation ran
+ * on is discarded by the caller, never lent again.
+ *
+ * <p>Why not a worker thread per operation: handing every call to another thread and waiting
+ * for it costs two thread wake-ups per call, which on a busy machine is most of a call's time
+ * and nearly all of its tail.
  */
 final class Guest {
     private Guest() {}
@@ -41,60 +36,46 @@ final class Guest {
         }
     }
 
-    private static final AtomicInteger THREADS = new AtomicInteger();
-    private static final ExecutorService EXEC = Executors.newCachedThreadPool(r -> {
-        Thread t = new Thread(r, "hotload-guest-" + THREADS.incrementAndGet());
-        t.setDaemon(true);
-        return t;
-    });
-    /** How long an interrupted guest may take to notice before the caller gives up waiting. */
-    private static final long STOP_WAIT_MS = 5_000;
-
-    /** Runs op on a worker thread, interrupting it at the deadline. */
+    /**
+     * Runs op on this thread, stopping it at the deadline. A thread already interrupted (the
+     * app canceling) fails at once, {@code canceled}, and stays interrupted. An operation
+     * started inside another one runs under the outer deadline.
+     */
     static <T> T run(Duration timeout, Op<T> op) throws Fault {
-        CountDownLatch done = new CountDownLatch(1);
-        FutureTask<T> task = new FutureTask<>(() -> {
-            try {
-                return op.run();
-            } finally {
-                done.countDown();
-            }
-        });
-        EXEC.execute(task);
-        try {
-            return task.get(timeout.toNanos(), TimeUnit.NANOSECONDS);
-        } catch (TimeoutException e) {
-            if (task.cancel(true)) {
-                await(done);
-                throw new Fault(Failure.timeout());
-            }
-            return outcome(task);
-        } catch (InterruptedException e) {
-            task.cancel(true);
-            await(done);
-            Thread.currentThread().interrupt();
-            throw new Fault(Failure.canceled());
-        } catch (ExecutionException e) {
-            throw new Fault(classify(e.getCause()));
+        Watchdog.Watch watch = Watchdog.current();
+        if (watch.busy()) {
+            return runUnarmed(op);
         }
-    }
-
-    /** The result of a task that completed just as its deadline passed. */
-    private static <T> T outcome(FutureTask<T> task) throws Fault {
+        if (Thread.currentThread().isInterrupted()) {
+            throw new Fault(Failure.canceled());
+        }
+        long deadline = watch.arm(timeout);
+        T result = null;
+        Throwable thrown = null;
+        boolean fired;
         try {
-            return task.get();
-        } catch (ExecutionException e) {
-            throw new Fault(classify(e.getCause()));
-        } catch (InterruptedException | CancellationException e) {
+            result = op.run();
+        } catch (Throwable t) { // every guest failure (StackOverflowError too) becomes a Failure
+            thrown = t;
+        } finally {
+            fired = watch.disarm(deadline);
+        }
+        if (thrown == null) {
+            return result; // even one that completed just as its deadline passed
+        }
+        if (fired) {
             throw new Fault(Failure.timeout());
         }
+        throw thrown instanceof Fault ? (Fault) thrown : new Fault(classify(thrown));
     }
 
-    private static void await(CountDownLatch done) {
+    private static <T> T runUnarmed(Op<T> op) throws Fault {
         try {
-            done.await(STOP_WAIT_MS, TimeUnit.MILLISECONDS);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
+            return op.run();
+        } catch (Fault f) {
+            throw f;
+        } catch (Throwable t) {
+            throw new Fault(classify(t));
         }
     }
 

@@ -29,11 +29,27 @@ final class LimitedMemory implements Memory {
     }
 
     private final Memory delegate;
+    private final MemoryLimits declared;
     private final long limit;
 
     LimitedMemory(MemoryLimits limits, long limit) {
-        this.delegate = new ByteArrayMemory(limits);
+        this.delegate = new ByteArrayMemory(withinLimit(limits, limit));
+        this.declared = limits;
         this.limit = limit;
+    }
+
+    /**
+     * The limits to give Chicory's memory: the module's, with the maximum lowered to what the
+     * limit allows. Why: {@link ByteArrayMemory} allocates a page table as long as the maximum
+     * up front (32,767 entries, 128 KiB, for a memory that declares none), for every instance
+     * of every load; growth past the limit traps here before it reaches the delegate anyway.
+     */
+    static MemoryLimits withinLimit(MemoryLimits limits, long limit) {
+        long pages = Math.max(limit / PAGE_SIZE, limits.initialPages());
+        if (pages >= limits.maximumPages()) {
+            return limits;
+        }
+        return new MemoryLimits(limits.initialPages(), (int) pages, limits.shared());
     }
 
     @Override
@@ -57,7 +73,7 @@ final class LimitedMemory implements Memory {
 
     @Override
     public int maximumPages() {
-        return delegate.maximumPages();
+        return declared.maximumPages();
     }
 
     @Override

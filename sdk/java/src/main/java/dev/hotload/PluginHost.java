@@ -68,6 +68,8 @@ public final class PluginHost implements AutoCloseable {
     }
 
     private final CompileCache cache;
+    /** Every plugin's serving revision and the one before it, compiled. */
+    private final CompiledModules modules;
 
     /**
      * A host with the given limits. Close it when done.
@@ -76,6 +78,7 @@ public final class PluginHost implements AutoCloseable {
      */
     public PluginHost(HostConfig cfg) {
         this.cfg = cfg;
+        this.modules = new CompiledModules(2 * cfg.maxPlugins);
         try {
             this.cache = cfg.cacheDir == null ? null : new CompileCache(cfg.cacheDir);
         } catch (java.io.IOException e) {
@@ -308,35 +311,13 @@ public final class PluginHost implements AutoCloseable {
         String p = id.plugin();
         String rv = id.revision();
         long t = System.nanoTime();
-        WasmModule module;
-        try {
-            module = Parser.parse(wasm);
-        } catch (RuntimeException e) {
-            throw LoadException.invalidWasm(p, rv, firstLine(e.getMessage()), e);
-        }
-        Abi.Capabilities caps = checkModule(module, p, rv);
-        Function<Instance, Machine> machine = null;
-        String cacheOutcome = "uncached";
-        if (cfg.compile) {
-            try {
-                MachineFactoryCompiler.Builder b = MachineFactoryCompiler.builder(module).withInterpreterFallback(InterpreterFallback.SILENT);
-                CompileCache.Tracking tracking = cache == null ? null : new CompileCache.Tracking(cache);
-                if (tracking != null) {
-                    b.withCache(tracking);
-                }
-                machine = b.compile();
-                if (tracking != null) {
-                    cacheOutcome = tracking.hit.get() && !tracking.miss.get() ? "hit" : "miss";
-                }
-            } catch (RuntimeException e) {
-                throw LoadException.invalidWasm(p, rv, firstLine(e.getMessage()), e);
-            }
-        }
+        Lookup found = compiled(id.digest(), wasm, p, rv);
         Duration compile = Duration.ofNanos(System.nanoTime() - t);
-        boolean initialize = exportNames(module).contains(Abi.INITIALIZE);
+        CompiledModules.Compiled c = found.module();
+        Abi.Capabilities caps = c.caps();
         Revision rev;
         try {
-            rev = Revision.create(id, new Revision.Spec(module, machine, caps, initialize, cfg.instancesPerRevision, cfg.maxMemoryBytes,
+            rev = Revision.create(id, new Revision.Spec(c.module(), c.machine(), caps, c.initialize(), cfg.instancesPerRevision, cfg.maxMemoryBytes,
                     cfg.callTimeout, cfg.checkoutTimeout));
         } catch (Revision.InstantiateFailure e) {
             if (e.configure) {
@@ -380,7 +361,48 @@ public final class PluginHost implements AutoCloseable {
             old.release();
         }
         cfg.hooks.afterLoad(new Hooks.LoadEvent(p, rv, previous, swap));
-        return new Loaded(rv, true, selfChecked, stateBytes, cacheOutcome, compile, Duration.ofNanos(System.nanoTime() - start), swap);
+        return new Loaded(rv, true, selfChecked, stateBytes, found.outcome(), compile, Duration.ofNanos(System.nanoTime() - start), swap);
+    }
+
+    /** A module ready to instantiate, and where it came from ({@link Loaded#cache()}). */
+    private record Lookup(CompiledModules.Compiled module, String outcome) {}
+
+    /**
+     * The module for digest: from memory when this host has loaded it before (a hit), else
+     * parsed, checked against the ABI and compiled (through the cache directory, if any).
+     */
+    private Lookup compiled(String digest, byte[] wasm, String p, String rv) throws LoadException {
+        CompiledModules.Compiled known = modules.get(digest);
+        if (known != null) {
+            return new Lookup(known, "hit");
+        }
+        WasmModule module;
+        try {
+            module = Parser.parse(wasm);
+        } catch (RuntimeException e) {
+            throw LoadException.invalidWasm(p, rv, firstLine(e.getMessage()), e);
+        }
+        Abi.Capabilities caps = checkModule(module, p, rv);
+        Function<Instance, Machine> machine = null;
+        String cacheOutcome = "uncached";
+        if (cfg.compile) {
+            try {
+                MachineFactoryCompiler.Builder b = MachineFactoryCompiler.builder(module).withInterpreterFallback(InterpreterFallback.SILENT);
+                CompileCache.Tracking tracking = cache == null ? null : new CompileCache.Tracking(cache);
+                if (tracking != null) {
+                    b.withCache(tracking);
+                }
+                machine = b.compile();
+                if (tracking != null) {
+                    cacheOutcome = tracking.hit.get() && !tracking.miss.get() ? "hit" : "miss";
+                }
+            } catch (RuntimeException e) {
+                throw LoadException.invalidWasm(p, rv, firstLine(e.getMessage()), e);
+            }
+        }
+        CompiledModules.Compiled c = new CompiledModules.Compiled(module, caps, machine, exportNames(module).contains(Abi.INITIALIZE));
+        modules.put(digest, c);
+        return new Lookup(c, cacheOutcome);
     }
 
     /**

@@ -3,7 +3,7 @@
  *
  * <pre>
  * sidecar ══ app socket (protocol v2) ══► AppClient ─ load/unload ─► PluginHost ─ slots ─► Revision ─ pool ─► PluginInstance
- *                                            ▲ loaded / failed / unloaded        │ call / pin           (Chicory, on Guest threads)
+ *                                            ▲ loaded / failed / unloaded        │ call / pin           (Chicory, on the caller's thread)
  * </pre>
  *
  * {@link dev.hotload.PluginHost} owns the plugins (load, atomic swap, call, pin, unload);

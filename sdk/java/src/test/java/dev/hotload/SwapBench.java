@@ -23,9 +23,9 @@ import org.junit.jupiter.api.Test;
  *   <li>call_ns: ns per {@code host.call} of tagger-v1 with a 5-byte input, one thread, after
  *       warm-up (median of the rounds' means);
  *   <li>swap_ns: {@link Loaded#swap()}, the one volatile store of the new revision;
- *   <li>load_cached_ms: {@link Loaded#total()} of alternating v1/v2 loads, each a hit of
- *       {@code cacheDir} (digest, Chicory's compiled classes read from disk and defined,
- *       ABI check, 4 instances, self-check, state hand-over, swap);
+ *   <li>load_cached_ms: {@link Loaded#total()} of alternating v1/v2 loads, each a cache hit
+ *       (digest, the module this host compiled before, kept in memory: no parse, no class
+ *       defined; 4 instances, self-check, state hand-over, swap);
  *   <li>p99 of single calls, steady and while another thread swaps v1/v2 every ~10 ms.
  * </ul>
  */

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.dylibso.chicory.wasm.types.MemoryLimits;
 import java.nio.charset.StandardCharsets;
 import java.util.HashMap;
 import java.util.Map;
@@ -101,5 +102,21 @@ class UnitTest {
                 LoadException.guest(LoadException.Kind.SELF_CHECK, "p", "r", Failure.status(7)).getMessage());
         assertEquals("plugin p: cannot load more than 2 plugins", LoadException.tooManyPlugins("p", "r", 2).getMessage());
         assertEquals("plugin p: not loaded", CallException.notLoaded("p").getMessage());
+    }
+
+    @Test
+    void chicorysMemoryIsSizedToTheLimitNotTheWasmMaximum() {
+        long limit = 64L << 20; // 1024 pages
+        MemoryLimits none = new MemoryLimits(2);
+        assertEquals(1024, LimitedMemory.withinLimit(none, limit).maximumPages());
+        assertEquals(2, LimitedMemory.withinLimit(none, limit).initialPages());
+        MemoryLimits small = new MemoryLimits(1, 10);
+        assertEquals(10, LimitedMemory.withinLimit(small, limit).maximumPages(), "a lower declared maximum stays");
+        assertEquals(3, LimitedMemory.withinLimit(new MemoryLimits(3), 65536).maximumPages(),
+                "never below the initial size");
+        LimitedMemory m = new LimitedMemory(none, limit);
+        assertEquals(none.maximumPages(), m.maximumPages(), "the guest still sees its own maximum");
+        assertEquals(2, m.grow(1022), "grows right up to the limit");
+        assertThrows(LimitedMemory.MemoryLimitExceeded.class, () -> m.grow(1));
     }
 }
