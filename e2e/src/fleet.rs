@@ -66,6 +66,18 @@ impl Demo {
         app: Deployment,
         values: &[&str],
     ) -> Result<Self> {
+        Self::start_trusting(e2e_bin, ns, app, values, None).await
+    }
+
+    /// As [`Demo::start_with_chart`], with one more CA (PEM) in the pods' `artifact-ca`
+    /// bundle, for another artifact host (an OCI registry of the test's own).
+    pub async fn start_trusting(
+        e2e_bin: &str,
+        ns: &TestNamespace,
+        app: Deployment,
+        values: &[&str],
+        extra_ca_pem: Option<&str>,
+    ) -> Result<Self> {
         // Fail fast on unreachable artifact hosts, so rollbacks are quick to test.
         let mut all = vec!["sidecar.args={--attempts=2,--connect-timeout-ms=5000}"];
         all.extend_from_slice(values);
@@ -74,7 +86,7 @@ impl Demo {
         let artifacts = ArtifactServer::start().await?;
         let ca: ConfigMap = serde_json::from_value(json!({
             "metadata": {"name": "artifact-ca"},
-            "data": {"ca.crt": artifacts.ca_pem},
+            "data": {"ca.crt": format!("{}{}", artifacts.ca_pem, extra_ca_pem.unwrap_or_default())},
         }))?;
         ns.api::<ConfigMap>()
             .create(&PostParams::default(), &ca)
@@ -105,6 +117,17 @@ impl Demo {
 
     /// Applies the release as a GitOps tool would: server-side apply of the whole spec.
     pub async fn apply(&self, artifact: &Artifact, extra: Value) -> Result<i64> {
+        self.apply_pulling(artifact, None, extra).await
+    }
+
+    /// As [`Demo::apply`], the artifact pulled with the credentials of Secret
+    /// `pull_secret` (`spec.artifact.pullSecret`) when one is named.
+    pub async fn apply_pulling(
+        &self,
+        artifact: &Artifact,
+        pull_secret: Option<&str>,
+        extra: Value,
+    ) -> Result<i64> {
         let mut spec = json!({
             "plugin": "handler",
             "selector": {"matchLabels": {"app": "demo"}},
@@ -112,6 +135,9 @@ impl Demo {
         });
         if let Some(key) = &artifact.signature_key {
             spec["artifact"]["signature"] = json!({"publicKey": key});
+        }
+        if let Some(secret) = pull_secret {
+            spec["artifact"]["pullSecret"] = json!(secret);
         }
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
             spec.extend(extra.clone());

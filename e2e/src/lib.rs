@@ -28,6 +28,7 @@ pub mod netplan;
 pub mod node;
 pub mod pki;
 pub mod prometheus;
+pub mod registry;
 pub mod runtime;
 pub mod sdk_apps;
 pub mod testing;

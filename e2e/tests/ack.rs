@@ -241,7 +241,7 @@ async fn new_pods_wait_not_ready_while_the_artifact_host_is_down_and_converge_wh
             .await?;
 
         // The host goes down; two new pods must fetch the stable revision from it.
-        demo.artifacts.stop();
+        demo.artifacts.stop().await?;
         scale(&demo, 5).await?;
         let retrying = eventually("the new pods retrying the fetch", WAIT, || async {
             let status = demo.status().await?;

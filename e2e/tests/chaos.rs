@@ -1,8 +1,8 @@
-//! The chaos harness in CI, bounded: four fixed seeds of `hotload-e2e chaos` on one fleet
-//! (two operator replicas, four pre-forked demo pods under traffic). Between them the seeds
-//! inject every kind of fault the harness knows and apply every kind of release action
-//! (`chaos::plan::tests` holds the full reachability check); each run must keep every
-//! invariant. A failure prints the seed's plan, log and violations, and
+//! The chaos harness in CI, bounded: three fixed seeds of `hotload-e2e chaos` on one fleet
+//! (two operator replicas, four pre-forked demo pods under traffic, an HTTPS artifact server
+//! and an OCI registry). Between them the seeds inject every kind of fault the harness knows,
+//! apply every kind of release action, and deliver revisions over OCI (`chaos::plan::tests`
+//! holds the full reachability check); each run must keep every invariant. A failure prints the seed's plan, log and violations, and
 //! `hotload-e2e chaos --runs 1 --seed S` replays it.
 //!
 //! Seed 47 is the harness's first finding: an abort that landed while the target was
@@ -18,9 +18,12 @@ use hotload_e2e::testing;
 
 const E2E: &str = env!("CARGO_BIN_EXE_hotload-e2e");
 
-/// Chosen so that together they reach every fault kind and every action in few seconds of
-/// plan; 47 aborts once the rollout has completed and a pod was deleted.
-const SEEDS: [u64; 4] = [15, 27, 52, 47];
+/// Chosen so that together they reach every fault kind, every action and OCI delivery in
+/// few seconds of plan: 92 fills a pod's emptyDir while v2 rolls out over OCI (the pod must
+/// download it) and cuts the operator leader off for 15 s (longer than it may go without
+/// renewing its lease); 385 takes the OCI registry down and slows it while revisions come
+/// from it; 47 aborts once the rollout has completed and a pod was deleted.
+const SEEDS: [u64; 3] = [92, 385, 47];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_seeds_keep_every_invariant() {
@@ -28,12 +31,18 @@ async fn chaos_seeds_keep_every_invariant() {
         let kinds: BTreeSet<&str> = SEEDS
             .iter()
             .flat_map(|s| plan::plan(*s).steps)
-            .flat_map(|s| [Some(s.action.kind()), s.fault.map(|f| f.kind())])
+            .flat_map(|s| {
+                [
+                    Some(s.action.kind()),
+                    s.over_oci().then_some("over-oci"),
+                    s.fault.map(|f| f.kind()),
+                ]
+            })
             .flatten()
             .collect();
         ensure!(
-            kinds.len() == plan::ACTION_KINDS.len() + plan::FAULT_KINDS.len(),
-            "the CI seeds no longer reach every kind: {kinds:?}"
+            kinds.len() == plan::ACTION_KINDS.len() + plan::FAULT_KINDS.len() + 1,
+            "the CI seeds no longer reach every kind and OCI delivery: {kinds:?}"
         );
         run_seeds(ns, &SEEDS).await
     })

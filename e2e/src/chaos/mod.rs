@@ -1,8 +1,9 @@
 //! `hotload-e2e chaos --runs N --seed S`: randomized chaos on the local cluster.
 //!
 //! One fleet serves every run: the chart with two operator replicas (a leader and a
-//! standby), and a Deployment of demo-app pods with two pre-forked workers each, their
-//! sidecars injected. Each run, decided by its seed ([`plan`]):
+//! standby), a Deployment of demo-app pods with two pre-forked workers each, their sidecars
+//! injected (their store a 32 MiB emptyDir), the HTTPS artifact server and an OCI registry
+//! ([`crate::registry`]) with a pull secret. Each run, decided by its seed ([`plan`]):
 //!
 //! ```text
 //! baseline (4 pods, v1, settled) ─► traffic on ─► steps: action, fault, pause ─► outages end
@@ -27,12 +28,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
+use crate::artifacts::digest_of;
 use crate::fleet::{Artifact, Demo, RELEASE};
 use crate::layout::Layout;
+use crate::registry::Registry;
 use crate::testing::{self, TestNamespace, eventually};
 use crate::workload::{deployment, tag_of, tagger, tagger_failing_self_check};
 use invariants::{PodAnswers, Violation};
-use plan::{Action, BASE_PODS, Plan};
+use plan::{Action, BASE_PODS, Plan, Step};
 
 /// Operator replicas in the fleet: a leader and a standby.
 pub const OPERATOR_REPLICAS: usize = 2;
@@ -42,6 +45,12 @@ pub const WORKERS: u16 = 2;
 const PROBES: usize = 8;
 /// How long an API call may keep failing (an API server restart) before the run gives up.
 const API_PATIENCE: Duration = Duration::from_secs(60);
+/// The size of the demo pods' store emptyDir (the node agent mounts a tmpfs that size).
+pub const STORE_SIZE_LIMIT: &str = "32Mi";
+/// The Secret with the registry's pull credentials that OCI releases name.
+const PULL_SECRET: &str = "chaos-registry";
+/// The registry repository the plugins are pushed to.
+const REPOSITORY: &str = "chaos/tagger";
 
 /// Options of `hotload-e2e chaos`.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,25 +70,35 @@ pub struct ChaosArgs {
     pub keep: bool,
 }
 
-/// The artifacts every run draws from.
+/// The artifacts a run draws from.
 pub struct Artifacts {
     good: [Artifact; 2],
     signed: [Artifact; 2],
     broken: Artifact,
+    /// The same plugins in the OCI registry: v1, v2, broken.
+    oci_good: [Artifact; 2],
+    oci_broken: Artifact,
 }
 
 /// The fleet the runs act on.
 pub struct Fleet {
     /// The demo fleet (namespace, chart, artifact server, Deployment).
     pub demo: Demo,
-    artifacts: Artifacts,
+    /// The OCI registry some releases pull from.
+    pub registry: Registry,
+    key: signing::CosignKey,
+    /// Tagger v1: plain, signed, and in the registry.
+    v1: [Artifact; 3],
     layout: Layout,
 }
 
 impl Fleet {
-    /// Installs the chart (two operator replicas) and starts the demo pods in `ns`; publishes
-    /// tagger v1 and v2 (plain and signed) and a revision whose self-check fails.
+    /// Starts the OCI registry, installs the chart (two operator replicas) and starts the
+    /// demo pods in `ns` (trusting the registry's CA, with its pull secret); publishes tagger
+    /// v1 plain and signed on the artifact server and in the registry. Each run publishes
+    /// its own v2 and broken revision ([`Fleet::artifacts_for`]).
     pub async fn start(e2e_bin: &str, ns: &TestNamespace) -> Result<Self> {
+        let registry = Registry::start().await?;
         let mut app = deployment(i32::from(BASE_PODS))?;
         let container = app
             .spec
@@ -92,49 +111,120 @@ impl Fleet {
             "--listen=0.0.0.0:8080".into(),
             format!("--workers={WORKERS}"),
         ]);
-        let replicas = format!("replicaCount={OPERATOR_REPLICAS}");
-        let demo = Demo::start_with_chart(e2e_bin, ns, app, &[&replicas]).await?;
-        let key = signing::CosignKey::generate()?;
-        let mut good = Vec::new();
-        let mut signed = Vec::new();
-        for version in [1, 2] {
-            let bytes = tagger(version)?;
-            good.push(demo.publish(&format!("tagger-v{version}.wasm"), &bytes));
-            let file = format!("tagger-v{version}-signed.wasm");
-            let mut artifact = demo.publish(&file, &bytes);
-            demo.publish(&format!("{file}.sig"), key.sign(&bytes)?.as_bytes());
-            artifact.signature_key = Some(key.public_pem.clone());
-            signed.push(artifact);
+        // The pod brings the store volume the webhook would add, with a size limit, so a
+        // full emptyDir is a few MiB of memory.
+        if let Some(spec) = app.spec.template.spec.as_mut() {
+            spec.volumes = Some(vec![serde_json::from_value(json!({
+                "name": "hotload", "emptyDir": {"sizeLimit": STORE_SIZE_LIMIT}}))?]);
         }
-        let broken = demo.publish("tagger-broken.wasm", &tagger_failing_self_check()?);
-        let pair = |v: Vec<Artifact>| -> Result<[Artifact; 2]> {
-            v.try_into()
-                .map_err(|_| anyhow::anyhow!("two versions expected"))
-        };
+        let replicas = format!("replicaCount={OPERATOR_REPLICAS}");
+        let demo =
+            Demo::start_trusting(e2e_bin, ns, app, &[&replicas], Some(&registry.ca_pem)).await?;
+        ns.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&Default::default(), &registry.pull_secret(PULL_SECRET)?)
+            .await?;
+        let key = signing::CosignKey::generate()?;
+        let v1 = tagger(1)?;
+        let good = demo.publish("tagger-v1.wasm", &v1);
+        let signed = publish_signed(&demo, &key, "tagger-v1-signed.wasm", &v1)?;
+        let oci = push(&registry, "v1", &v1).await?;
         Ok(Self {
             demo,
-            artifacts: Artifacts {
-                good: pair(good)?,
-                signed: pair(signed)?,
-                broken,
-            },
+            registry,
+            key,
+            v1: [good, signed, oci],
             layout: Layout::from_env(),
         })
     }
 
-    fn good(&self, version: u8) -> &Artifact {
-        &self.artifacts.good[usize::from(version.clamp(1, 2) - 1)]
-    }
-
-    fn signed(&self, version: u8) -> &Artifact {
-        &self.artifacts.signed[usize::from(version.clamp(1, 2) - 1)]
+    /// The artifacts of the run of `seed`: v1 as every run has it (the baseline, cached in
+    /// every pod), and v2 and the broken revision marked with the seed (a custom section),
+    /// so each run's rollouts download, and a full emptyDir bites.
+    pub async fn artifacts_for(&self, seed: u64) -> Result<Artifacts> {
+        let v2 = marked(tagger(2)?, seed);
+        let broken = marked(tagger_failing_self_check()?, seed);
+        let [good_v1, signed_v1, oci_v1] = self.v1.clone();
+        Ok(Artifacts {
+            good: [
+                good_v1,
+                self.demo.publish(&format!("tagger-v2-s{seed}.wasm"), &v2),
+            ],
+            signed: [
+                signed_v1,
+                publish_signed(
+                    &self.demo,
+                    &self.key,
+                    &format!("tagger-v2-s{seed}-signed.wasm"),
+                    &v2,
+                )?,
+            ],
+            broken: self
+                .demo
+                .publish(&format!("tagger-broken-s{seed}.wasm"), &broken),
+            oci_good: [
+                oci_v1,
+                push(&self.registry, &format!("v2-s{seed}"), &v2).await?,
+            ],
+            oci_broken: push(&self.registry, &format!("broken-s{seed}"), &broken).await?,
+        })
     }
 }
 
-/// One spec as applied: the artifact and the rest of the spec.
+/// Publishes `bytes` as `file` with a cosign signature (`file.sig`) the release requires.
+fn publish_signed(
+    demo: &Demo,
+    key: &signing::CosignKey,
+    file: &str,
+    bytes: &[u8],
+) -> Result<Artifact> {
+    let mut artifact = demo.publish(file, bytes);
+    demo.publish(&format!("{file}.sig"), key.sign(bytes)?.as_bytes());
+    artifact.signature_key = Some(key.public_pem.clone());
+    Ok(artifact)
+}
+
+/// Pushes `bytes` to the registry as `REPOSITORY:tag`; the artifact names it by digest.
+async fn push(registry: &Registry, tag: &str, bytes: &[u8]) -> Result<Artifact> {
+    let manifest = registry.push(REPOSITORY, tag, bytes).await?;
+    Ok(Artifact {
+        file: format!("{REPOSITORY}:{tag} (OCI)"),
+        url: registry.url(REPOSITORY, &manifest),
+        digest: digest_of(bytes),
+        signature_key: None,
+    })
+}
+
+/// `module` with a custom section naming the run of `seed` (engines ignore it; the digest
+/// is the run's own).
+fn marked(mut module: Vec<u8>, seed: u64) -> Vec<u8> {
+    const NAME: &[u8] = b"hotload-chaos-run";
+    // Both lengths are below 128, so each is one byte of LEB128.
+    let size = 1 + NAME.len() + 8;
+    module.extend([0, size as u8, NAME.len() as u8]);
+    module.extend_from_slice(NAME);
+    module.extend_from_slice(&seed.to_le_bytes());
+    module
+}
+
+impl Artifacts {
+    fn good(&self, version: u8) -> &Artifact {
+        &self.good[usize::from(version.clamp(1, 2) - 1)]
+    }
+
+    fn oci_good(&self, version: u8) -> &Artifact {
+        &self.oci_good[usize::from(version.clamp(1, 2) - 1)]
+    }
+
+    fn signed(&self, version: u8) -> &Artifact {
+        &self.signed[usize::from(version.clamp(1, 2) - 1)]
+    }
+}
+
+/// One spec as applied: the artifact, the pull secret it names, and the rest of the spec.
 #[derive(Clone)]
 struct Applied {
     artifact: Artifact,
+    pull_secret: Option<&'static str>,
     extra: Value,
 }
 
@@ -354,24 +444,37 @@ async fn converge(demo: &Demo, bound: Duration) -> (Option<Duration>, Vec<Violat
     }
 }
 
-/// The spec's strategy and policy for `action`, and the artifact it names.
-fn spec_for(fleet: &Fleet, action: &Action) -> Option<Applied> {
-    let (artifact, extra) = match action {
+/// The spec's strategy and policy for `step`'s action, and the artifact it names (from the
+/// registry when the step delivers over OCI).
+fn spec_for(artifacts: &Artifacts, step: &Step) -> Option<Applied> {
+    let oci = step.over_oci();
+    let good = |version: u8| {
+        if oci {
+            artifacts.oci_good(version)
+        } else {
+            artifacts.good(version)
+        }
+    };
+    let (artifact, extra) = match &step.action {
         Action::Good {
             version,
             max_unavailable,
             min_ready_seconds,
         } => (
-            fleet.good(*version),
+            good(*version),
             json!({"strategy": {"maxUnavailable": max_unavailable,
                                 "minReadySeconds": min_ready_seconds}}),
         ),
         Action::Broken { max_unavailable } => (
-            &fleet.artifacts.broken,
+            if oci {
+                &artifacts.oci_broken
+            } else {
+                &artifacts.broken
+            },
             json!({"strategy": {"maxUnavailable": max_unavailable}}),
         ),
         Action::Signed { version } => (
-            fleet.signed(*version),
+            artifacts.signed(*version),
             json!({"strategy": {"maxUnavailable": 1}}),
         ),
         Action::Canary {
@@ -379,7 +482,7 @@ fn spec_for(fleet: &Fleet, action: &Action) -> Option<Applied> {
             percent,
             pause_seconds,
         } => (
-            fleet.good(*version),
+            good(*version),
             json!({"strategy": {"maxUnavailable": 1, "steps": [
                 {"percent": percent, "pause": {"duration": format!("{pause_seconds}s")}}]}}),
         ),
@@ -387,6 +490,7 @@ fn spec_for(fleet: &Fleet, action: &Action) -> Option<Applied> {
     };
     Some(Applied {
         artifact: artifact.clone(),
+        pull_secret: oci.then_some(PULL_SECRET),
         extra,
     })
 }
@@ -394,7 +498,8 @@ fn spec_for(fleet: &Fleet, action: &Action) -> Option<Applied> {
 /// The baseline every run starts from: v1 everywhere, all at once.
 fn baseline(fleet: &Fleet) -> Applied {
     Applied {
-        artifact: fleet.good(1).clone(),
+        artifact: fleet.v1[0].clone(),
+        pull_secret: None,
         extra: json!({"strategy": {"maxUnavailable": "100%"}}),
     }
 }
@@ -402,7 +507,7 @@ fn baseline(fleet: &Fleet) -> Applied {
 /// Applies `spec` (server-side apply, as GitOps does), through API server restarts.
 async fn apply(demo: &Demo, spec: &Applied) -> Result<i64> {
     patiently("applying the release", || {
-        demo.apply(&spec.artifact, spec.extra.clone())
+        demo.apply_pulling(&spec.artifact, spec.pull_secret, spec.extra.clone())
     })
     .await
 }
@@ -430,12 +535,54 @@ async fn cli(fleet: &Fleet, verb: &str, log: &mut Log) -> Result<()> {
     Ok(())
 }
 
-/// Outages of the artifact host under way: when each ends, and what it is.
-type Outages = Vec<(Instant, String)>;
+/// A fault under way: when it ends, what it is, and how it is undone.
+struct Outage {
+    end: Instant,
+    what: String,
+    restore: faults::Restore,
+}
+
+/// Faults under way.
+type Outages = Vec<Outage>;
+
+/// Ends the outages due by `now` (all when `now` is None). Ending one restores its target
+/// entirely (a host comes back whole), so overlapping outages of a target end with the
+/// first.
+async fn end_outages(
+    fleet: &Fleet,
+    outages: &mut Outages,
+    log: &mut Log,
+    now: Option<Instant>,
+) -> Result<()> {
+    let due: BTreeSet<String> = outages
+        .iter()
+        .filter(|o| now.is_none_or(|now| o.end <= now))
+        .map(|o| o.restore.target())
+        .collect();
+    let (ending, left): (Vec<Outage>, Vec<Outage>) = std::mem::take(outages)
+        .into_iter()
+        .partition(|o| due.contains(&o.restore.target()));
+    *outages = left;
+    let mut restored = BTreeSet::new();
+    let mut failed = None;
+    for outage in ending {
+        if restored.insert(outage.restore.target()) {
+            match faults::restore(&fleet.demo, &fleet.registry, &outage.restore).await {
+                Ok(done) => log.line(format_args!("ended: {} ({done})", outage.what)),
+                Err(e) => {
+                    log.line(format_args!("could not end: {}: {e:#}", outage.what));
+                    failed.get_or_insert(e);
+                }
+            }
+        } else {
+            log.line(format_args!("ended: {}", outage.what));
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
 
 /// Sleeps until `deadline`, pointing the traffic at the pods Ready meanwhile and ending
-/// outages as they fall due (each second at least). Ending one outage restores the host
-/// entirely, so overlapping outages end with the first.
+/// outages as they fall due (each second at least).
 async fn sleep_until(
     fleet: &Fleet,
     traffic: &traffic::Traffic,
@@ -445,12 +592,8 @@ async fn sleep_until(
 ) -> Result<()> {
     loop {
         let now = Instant::now();
-        if outages.iter().any(|(end, _)| *end <= now) {
-            faults::restore_artifacts(&fleet.demo).await?;
-            for (_, what) in outages.iter() {
-                log.line(format_args!("ended: {what}"));
-            }
-            outages.clear();
+        if outages.iter().any(|o| o.end <= now) {
+            end_outages(fleet, outages, log, Some(now)).await?;
         }
         if let Ok(ready) = fleet.demo.ready_pods_now().await
             && !ready.is_empty()
@@ -463,7 +606,7 @@ async fn sleep_until(
         }
         let next = outages
             .iter()
-            .map(|(end, _)| *end)
+            .map(|o| o.end)
             .chain([deadline, now + Duration::from_secs(1)])
             .min()
             .unwrap_or(deadline);
@@ -489,11 +632,12 @@ async fn recreate(demo: &Demo) -> Result<()> {
     .await
 }
 
-/// Brings the fleet to the baseline: the artifact host up and fast, 4 pods, v1 settled
-/// (the release made afresh if it cannot settle).
+/// Brings the fleet to the baseline: the artifact host and the registry up and fast, 4
+/// pods, v1 settled (the release made afresh if it cannot settle).
 async fn reset(fleet: &Fleet, log: &mut Log) -> Result<()> {
     let demo = &fleet.demo;
     faults::restore_artifacts(demo).await?;
+    faults::restore_registry(&fleet.registry).await?;
     patiently("scaling to the baseline", || {
         faults::scale(demo, i32::from(BASE_PODS))
     })
@@ -548,6 +692,7 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
     };
     log.line(format_args!("run of seed {seed}"));
     reset(fleet, &mut log).await?;
+    let artifacts = fleet.artifacts_for(seed).await?;
     let traffic = traffic::Traffic::start(demo.ready_pods_now().await?, Instant::now());
     let mut applied = vec![baseline(fleet)];
     let mut faulted = BTreeSet::new();
@@ -558,7 +703,12 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
     let outcome: Result<()> = async {
         for (i, step) in plan.steps.iter().enumerate() {
             let at = Instant::now();
-            log.line(format_args!("step {}: {}", i + 1, step.action));
+            log.line(format_args!(
+                "step {}: {}{}",
+                i + 1,
+                step.action,
+                if step.over_oci() { " over OCI" } else { "" }
+            ));
             *action_counts.entry(step.action.kind()).or_insert(0) += 1;
             match &step.action {
                 Action::Abort => cli(fleet, "abort", &mut log).await?,
@@ -574,8 +724,8 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
                     }
                     None => log.line("nothing to revert"),
                 },
-                action => {
-                    let spec = spec_for(fleet, action).context("an apply action")?;
+                _ => {
+                    let spec = spec_for(&artifacts, step).context("an apply action")?;
                     let generation = apply(demo, &spec).await?;
                     log.line(format_args!(
                         "applied {} {} (generation {generation})",
@@ -593,7 +743,7 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
                     at + step.fault_after,
                 )
                 .await?;
-                let injected = faults::inject(&fleet.layout, demo, fault).await?;
+                let injected = faults::inject(&fleet.layout, demo, &fleet.registry, fault).await?;
                 if injected.skipped {
                     log.line(format_args!("fault skipped: {}", injected.what));
                 } else {
@@ -603,15 +753,19 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
                 if let Some(pod) = injected.pod {
                     faulted.insert(pod);
                 }
-                if let Some(after) = injected.restore_after {
-                    outages.push((Instant::now() + after, fault.to_string()));
+                if let Some((after, restore)) = injected.restore {
+                    outages.push(Outage {
+                        end: Instant::now() + after,
+                        what: fault.to_string(),
+                        restore,
+                    });
                 }
                 last_fault = Instant::now();
             }
             sleep_until(fleet, &traffic, &mut outages, &mut log, at + step.gap).await?;
         }
         // Outages still under way end at their planned time.
-        if let Some(end) = outages.iter().map(|(end, _)| *end).max() {
+        if let Some(end) = outages.iter().map(|o| o.end).max() {
             sleep_until(fleet, &traffic, &mut outages, &mut log, end).await?;
             last_fault = Instant::now();
         }
@@ -619,8 +773,10 @@ pub async fn run_one(fleet: &Fleet, seed: u64, converge_bound: Duration) -> Resu
     }
     .await;
     if outcome.is_err() {
-        // Never leave the artifact host down for the next run.
+        // Never leave a fault in place for the next run.
+        let _ = end_outages(fleet, &mut outages, &mut log, None).await;
         let _ = faults::restore_artifacts(demo).await;
+        let _ = faults::restore_registry(&fleet.registry).await;
     }
     let mut violations = Vec::new();
     let converged_after = match outcome {
@@ -784,7 +940,11 @@ pub async fn main(layout: &Layout, e2e_bin: &str, args: &ChaosArgs) -> Result<Su
         println!("{}", ns.dump().await);
     }
     if args.keep {
-        std::mem::forget(fleet);
+        // The namespace and its pods stay; the registry is a child process and must not
+        // outlive this one (the kept release is the baseline, over HTTPS).
+        let Fleet { demo, registry, .. } = fleet;
+        drop(registry);
+        std::mem::forget(demo);
     } else {
         drop(fleet);
         let _ =

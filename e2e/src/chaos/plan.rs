@@ -3,8 +3,14 @@
 //! on every machine, so a failing run is replayed with `--runs 1 --seed S`.
 //!
 //! ```text
-//! seed ─► Rng (SplitMix64) ─► Plan { steps: [Step { action, fault?, fault_after, gap }, …] }
+//! seed ─► Rng (SplitMix64) ─────────► Plan { steps: [Step { action, fault?, fault_after, gap,
+//! seed ^ EXTENSION_SALT ─► Rng ─────►                       delivery }, …] }
 //! ```
+//!
+//! The second stream decides what the harness learnt later (OCI delivery; the registry, the
+//! operator's network and a full emptyDir as faults), so a seed recorded before keeps its
+//! actions, its first faults and their timing: the later faults land only in steps that had
+//! none.
 
 use std::fmt;
 use std::time::Duration;
@@ -17,6 +23,14 @@ pub const MAX_STEPS: usize = 6;
 pub const MAX_GAP: Duration = Duration::from_millis(4_000);
 /// Longest any outage or slowdown of the artifact host lasts.
 pub const MAX_OUTAGE_SECONDS: u8 = 8;
+/// Shortest and longest time the operator leader is cut off from the API server. It steps
+/// down when it has not renewed its 15 s lease for 10 s, and the standby takes the lease
+/// once it has seen it unchanged for 15 s: some cuts end before either, some after both.
+pub const CUT_OFF_SECONDS: (u8, u8) = (6, 20);
+/// Shortest and longest time a pod's emptyDir stays full.
+pub const FULL_SECONDS: (u8, u8) = (3, 10);
+/// Seeds the second stream (see the module doc).
+pub const EXTENSION_SALT: u64 = 0x6f63_692d_6e65_7473;
 /// The Deployment's size at the start of every run.
 pub const BASE_PODS: u8 = 4;
 /// Fewest and most pods a scale fault asks for.
@@ -183,10 +197,21 @@ pub enum Fault {
     DeletePod { pod: u8 },
     /// Scale the Deployment to `replicas`.
     Scale { replicas: u8 },
+    /// The OCI registry's process is killed, and started again after `seconds` on the same
+    /// port and storage.
+    RegistryDown { seconds: u8 },
+    /// The OCI registry answers `delay_ms` late (each connection and each request) for
+    /// `seconds`.
+    RegistrySlow { seconds: u8, delay_ms: u16 },
+    /// The operator leader's pod loses the API server (its packets to it are dropped) for
+    /// `seconds`; everything else in the pod's network stays up.
+    OperatorCutOff { seconds: u8 },
+    /// A pod's `hotload` emptyDir (the sidecar's store) is filled up for `seconds`.
+    EmptyDirFull { pod: u8, seconds: u8 },
 }
 
 /// Every fault kind, by [`Fault::kind`].
-pub const FAULT_KINDS: [&str; 9] = [
+pub const FAULT_KINDS: [&str; 13] = [
     "kill-leader",
     "kill-standby",
     "kill-sidecar",
@@ -196,6 +221,10 @@ pub const FAULT_KINDS: [&str; 9] = [
     "artifacts-slow",
     "delete-pod",
     "scale",
+    "registry-down",
+    "registry-slow",
+    "operator-cut-off",
+    "emptydir-full",
 ];
 
 impl Fault {
@@ -211,7 +240,46 @@ impl Fault {
             Fault::ArtifactsSlow { .. } => "artifacts-slow",
             Fault::DeletePod { .. } => "delete-pod",
             Fault::Scale { .. } => "scale",
+            Fault::RegistryDown { .. } => "registry-down",
+            Fault::RegistrySlow { .. } => "registry-slow",
+            Fault::OperatorCutOff { .. } => "operator-cut-off",
+            Fault::EmptyDirFull { .. } => "emptydir-full",
         }
+    }
+
+    /// A fault of the kinds the second stream decides.
+    fn random_later(rng: &mut Rng) -> Self {
+        let pod = rng.range(0, 255) as u8;
+        let seconds = rng.range(2, u64::from(MAX_OUTAGE_SECONDS)) as u8;
+        match rng.range(0, 3) {
+            0 => Fault::RegistryDown { seconds },
+            1 => Fault::RegistrySlow {
+                seconds,
+                delay_ms: rng.range(500, 3_000) as u16,
+            },
+            2 => Fault::OperatorCutOff {
+                seconds: rng.range(u64::from(CUT_OFF_SECONDS.0), u64::from(CUT_OFF_SECONDS.1))
+                    as u8,
+            },
+            _ => Fault::EmptyDirFull {
+                pod,
+                seconds: rng.range(u64::from(FULL_SECONDS.0), u64::from(FULL_SECONDS.1)) as u8,
+            },
+        }
+    }
+
+    /// How long the fault lasts before the harness ends it (None: it is over at once).
+    pub fn lasts(&self) -> Option<Duration> {
+        let seconds = match self {
+            Fault::ArtifactsDown { seconds }
+            | Fault::ArtifactsSlow { seconds, .. }
+            | Fault::RegistryDown { seconds }
+            | Fault::RegistrySlow { seconds, .. }
+            | Fault::OperatorCutOff { seconds }
+            | Fault::EmptyDirFull { seconds, .. } => *seconds,
+            _ => return None,
+        };
+        Some(Duration::from_secs(u64::from(seconds)))
     }
 
     fn random(rng: &mut Rng) -> Self {
@@ -250,8 +318,30 @@ impl fmt::Display for Fault {
             }
             Fault::DeletePod { pod } => write!(f, "delete pod #{pod}"),
             Fault::Scale { replicas } => write!(f, "scale to {replicas}"),
+            Fault::RegistryDown { seconds } => write!(f, "OCI registry down for {seconds}s"),
+            Fault::RegistrySlow { seconds, delay_ms } => {
+                write!(f, "OCI registry {delay_ms} ms slow for {seconds}s")
+            }
+            Fault::OperatorCutOff { seconds } => {
+                write!(
+                    f,
+                    "operator leader cut off from the API server for {seconds}s"
+                )
+            }
+            Fault::EmptyDirFull { pod, seconds } => {
+                write!(f, "emptyDir of pod #{pod} full for {seconds}s")
+            }
         }
     }
+}
+
+/// Where a step's release fetches its artifact from (for actions that apply one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The HTTPS artifact server.
+    Https,
+    /// The OCI registry, digest-pinned, with a pull secret.
+    Oci,
 }
 
 /// One step: an action, then perhaps a fault `fault_after` later, then a pause of `gap`
@@ -266,6 +356,20 @@ pub struct Step {
     pub fault_after: Duration,
     /// How long after the action the next step starts (at least `fault_after`).
     pub gap: Duration,
+    /// Where the action's artifact comes from (good, broken and canary actions; a signed
+    /// revision always comes over HTTPS, a revert as it came before).
+    pub delivery: Delivery,
+}
+
+impl Step {
+    /// Whether the step's action fetches its artifact from the OCI registry.
+    pub fn over_oci(&self) -> bool {
+        self.delivery == Delivery::Oci
+            && matches!(
+                self.action,
+                Action::Good { .. } | Action::Broken { .. } | Action::Canary { .. }
+            )
+    }
 }
 
 /// A whole run, decided by its seed.
@@ -280,6 +384,7 @@ pub struct Plan {
 /// The plan of the run with `seed`.
 pub fn plan(seed: u64) -> Plan {
     let mut rng = Rng::new(seed);
+    let mut later = Rng::new(seed ^ EXTENSION_SALT);
     let count = rng.range(MIN_STEPS as u64, MAX_STEPS as u64) as usize;
     let steps = (0..count)
         .map(|_| {
@@ -287,11 +392,19 @@ pub fn plan(seed: u64) -> Plan {
             let fault = rng.chance(75).then(|| Fault::random(&mut rng));
             let gap_ms = rng.range(300, MAX_GAP.as_millis() as u64);
             let fault_after_ms = rng.range(0, gap_ms);
+            // Drawn for every step, so the second stream stays aligned with the first.
+            let delivery = if later.chance(50) {
+                Delivery::Oci
+            } else {
+                Delivery::Https
+            };
+            let later_fault = Fault::random_later(&mut later);
             Step {
                 action,
-                fault,
+                fault: fault.or(Some(later_fault)),
                 fault_after: Duration::from_millis(fault_after_ms),
                 gap: Duration::from_millis(gap_ms),
+                delivery,
             }
         })
         .collect();
@@ -314,6 +427,9 @@ impl fmt::Display for Plan {
         )?;
         for (i, step) in self.steps.iter().enumerate() {
             write!(f, "  {}. {}", i + 1, step.action)?;
+            if step.over_oci() {
+                write!(f, " over OCI")?;
+            }
             if let Some(fault) = &step.fault {
                 write!(f, "; +{:.1}s {fault}", step.fault_after.as_secs_f32())?;
             }
@@ -370,6 +486,44 @@ mod tests {
     }
 
     #[test]
+    fn later_faults_fill_only_steps_the_first_stream_left_without_one() {
+        // What a seed recorded before the second stream decided stays as it was: the same
+        // actions and timing, and the same faults where it had one.
+        const FIRST: [&str; 9] = [
+            "kill-leader",
+            "kill-standby",
+            "kill-sidecar",
+            "kill-worker",
+            "restart-apiserver",
+            "artifacts-down",
+            "artifacts-slow",
+            "delete-pod",
+            "scale",
+        ];
+        let mut oci = 0;
+        for seed in 0..500 {
+            let mut rng = Rng::new(seed);
+            let count = rng.range(MIN_STEPS as u64, MAX_STEPS as u64) as usize;
+            let plan = plan(seed);
+            assert_eq!(plan.steps.len(), count);
+            for step in &plan.steps {
+                assert_eq!(step.action, Action::random(&mut rng), "seed {seed}");
+                let first = rng.chance(75).then(|| Fault::random(&mut rng));
+                let gap = rng.range(300, MAX_GAP.as_millis() as u64);
+                assert_eq!(step.gap, Duration::from_millis(gap));
+                assert_eq!(step.fault_after, Duration::from_millis(rng.range(0, gap)));
+                let fault = step.fault.as_ref().expect("every step has a fault");
+                match first {
+                    Some(first) => assert_eq!(fault, &first, "seed {seed}"),
+                    None => assert!(!FIRST.contains(&fault.kind()), "seed {seed}"),
+                }
+                oci += usize::from(step.over_oci());
+            }
+        }
+        assert!(oci > 200, "{oci} steps over OCI");
+    }
+
+    #[test]
     fn lengths_timings_and_sizes_stay_within_their_bounds() {
         for seed in 0..2_000 {
             let plan = plan(seed);
@@ -410,6 +564,19 @@ mod tests {
                     }
                     Some(Fault::Scale { replicas }) => {
                         assert!((SCALE_RANGE.0..=SCALE_RANGE.1).contains(&replicas))
+                    }
+                    Some(Fault::RegistryDown { seconds }) => {
+                        assert!((2..=MAX_OUTAGE_SECONDS).contains(&seconds))
+                    }
+                    Some(Fault::RegistrySlow { seconds, delay_ms }) => {
+                        assert!((2..=MAX_OUTAGE_SECONDS).contains(&seconds));
+                        assert!((500..=3_000).contains(&delay_ms));
+                    }
+                    Some(Fault::OperatorCutOff { seconds }) => {
+                        assert!((CUT_OFF_SECONDS.0..=CUT_OFF_SECONDS.1).contains(&seconds))
+                    }
+                    Some(Fault::EmptyDirFull { seconds, .. }) => {
+                        assert!((FULL_SECONDS.0..=FULL_SECONDS.1).contains(&seconds))
                     }
                     _ => {}
                 }

@@ -12,6 +12,7 @@
 
 pub mod container;
 pub mod dns;
+pub mod emptydir;
 pub mod env;
 pub mod pod;
 pub mod probe;
@@ -227,6 +228,7 @@ impl Agent {
 
 /// Runs the node agent until SIGTERM.
 pub async fn run(args: AgentArgs) -> Result<()> {
+    emptydir::enter_own_mount_namespace();
     let client = crate::cluster::client_for(&args.kubeconfig).await?;
     let images = ImageMap::load(&args.state_dir.join("images.json"))?;
     let (services, writer) = reflector::store();

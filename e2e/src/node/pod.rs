@@ -541,6 +541,7 @@ async fn finish(
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     agent.unregister_pod_dir(&namespace, &name);
+    super::emptydir::unmount_below(dir);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir(agent.pod_cgroup_dir(&uid));
     if !gone {

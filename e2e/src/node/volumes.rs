@@ -1,7 +1,7 @@
-//! Materialises a pod's volumes as directories under its pod directory; containers then
-//! bind-mount them. Files are written to a temporary name and renamed into place, so a
-//! reader never sees half a file (the kubelet uses an atomic `..data` symlink swap for the
-//! same reason).
+//! Materialises a pod's volumes as directories under its pod directory (an emptyDir is a
+//! size-limited tmpfs, see [`super::emptydir`]); containers then bind-mount them. Files are
+//! written to a temporary name and renamed into place, so a reader never sees half a file
+//! (the kubelet uses an atomic `..data` symlink swap for the same reason).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -44,6 +44,14 @@ pub enum VolumeError {
         path: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// An emptyDir's tmpfs could not be mounted.
+    #[error("volume {volume:?}: {reason}")]
+    Mount {
+        /// The volume's name.
+        volume: String,
+        /// Why.
+        reason: String,
     },
     /// A volume type this node agent does not provide.
     #[error(
@@ -123,8 +131,13 @@ async fn write_volume(
         volume: name.clone(),
         source,
     };
-    if volume.empty_dir.is_some() {
-        return Ok(());
+    if let Some(empty_dir) = &volume.empty_dir {
+        return super::emptydir::mount_tmpfs(path, empty_dir).map_err(|reason| {
+            VolumeError::Mount {
+                volume: name.clone(),
+                reason,
+            }
+        });
     }
     if let Some(cm) = &volume.config_map {
         let data = config_map(client, namespace, &cm.name, cm.optional.unwrap_or(false))
