@@ -27,6 +27,7 @@ fmt:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
 	$(HELM) lint --strict charts/hotload
 
 ## unit: every test that needs no cluster

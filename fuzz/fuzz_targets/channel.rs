@@ -1,5 +1,6 @@
 //! Channel messages (gRPC, protobuf): what the operator does with a `SidecarMessage` a
-//! sidecar sent (`operator::channel::report`, `registry::kept_reason`) and what the sidecar
+//! sidecar sent (`operator::channel::report`, `registry::kept_reason`, and for a health
+//! report `operator::channel::health_counts`) and what the sidecar
 //! does with an `OperatorMessage` (`sidecar::channel::assignment`, the artifact reference
 //! and digest it then parses). The first byte picks the direction; the rest is the message.
 #![no_main]
@@ -24,6 +25,12 @@ fuzz_target!(|data: &[u8]| {
         let states = match message.kind {
             Some(sidecar_message::Kind::Hello(hello)) => hello.plugins,
             Some(sidecar_message::Kind::State(state)) => vec![state],
+            Some(sidecar_message::Kind::Health(health)) => {
+                let (kept, refused) = channel::health_counts(&health);
+                // Every revision is either kept or refused with a reason.
+                assert_eq!(kept.len() + refused.len(), health.revisions.len());
+                Vec::new()
+            }
             None => Vec::new(),
         };
         for state in &states {
