@@ -111,3 +111,14 @@ def test_the_last_call_on_a_swapped_out_revision_leaves_its_instances_to_the_nex
         host.take_health()
         assert freed_on == ["MainThread"]
         assert host.call("auth", b"x") == b"v02:xv02:"
+
+
+def test_an_unload_frees_the_revision_s_instances_at_once() -> None:
+    from hotload import teardown
+
+    with PluginHost(HostConfig(instances_per_revision=2, instances_at_load=2)) as host:
+        load(host, "r1", "tagger-v1.wasm")
+        host.call("auth", b"x")
+        assert host.unload("auth")
+        # No Client, no later load: nothing else would free them.
+        assert teardown._retired == [], "the unloaded revision's instances were left queued"

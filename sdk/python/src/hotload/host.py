@@ -509,9 +509,14 @@ class PluginHost:
             return False
         with slot.loading:
             old, slot.current = slot.current, None
-        if old is not None:
+        unloaded = old is not None
+        if unloaded:
             fire(self.hooks, "before_unload", UnloadEvent(plugin, old.id.revision, None))
-        return old is not None
+        # Without calls in flight this was the last reference: its instances are queued now
+        # and freed here (an app without a Client may never load again).
+        del old
+        free_retired()
+        return unloaded
 
 
 def _quote(s: str) -> str:
