@@ -12,6 +12,20 @@
 //! most [`HostConfig::max_memory_bytes`], one table of at most [`MAX_TABLE_ELEMENTS`]
 //! elements, and at most [`MAX_INSTANCE_METADATA_BYTES`] of instance metadata (functions,
 //! globals and the like). Guest stacks get wasmtime's default of 512 KiB.
+//!
+//! Swaps must not slow the calls that run meanwhile (docs/benchmarks.md, "App SDKs"). Every
+//! load builds a revision's instances and frees the old revision's, and wasmtime's defaults
+//! do that with virtual memory: a freed linear memory is reset with `madvise(DONTNEED)` and a
+//! memory image is `mmap`ped per module. Each unmapping of resident pages makes the kernel
+//! flush the TLB of every core running the process, with an interrupt (a TLB shootdown), so
+//! the core serving a call stops for it; and the next instance in that slot page-faults
+//! again on its first writes. So the pool resets memories and tables with `memset` up to
+//! [`KEEP_RESIDENT_BYTES`] of dirty pages (found with the `PAGEMAP_SCAN` ioctl where the
+//! kernel has it, Linux 6.7+), and reuses freed slots before untouched ones. Memory images
+//! stay mapped per module (copy-on-write): copying the data segments into every instance
+//! instead would spare the shootdowns of unmapping an image, but it made instantiating the
+//! Go plugin (megabytes of data) several times slower (its conformance case: 43 s against
+//! 8 s in a debug build), and loads must stay short.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Limits and knobs of a host; every field has a production default.
 #[derive(Debug, Clone)]
@@ -56,6 +70,12 @@ pub struct HostConfig {
 
 /// Most elements a plugin's table may have (declared or grown to).
 pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Dirty bytes of a freed linear memory (and of a table) that are reset in place with
+/// `memset` and stay resident for the next instance in that slot; beyond this the rest is
+/// returned to the kernel with `madvise`, which interrupts every core running the process.
+/// Also the most a free slot keeps resident.
+pub(crate) const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// Most bytes of wasmtime's per-instance metadata, which grows with the functions, globals
 /// and tables a module declares.
@@ -103,7 +123,13 @@ pub(crate) fn build_engine(cfg: &HostConfig) -> wasmtime::Result<Engine> {
         .max_tables_per_module(1)
         .table_elements(MAX_TABLE_ELEMENTS)
         .max_core_instance_size(MAX_INSTANCE_METADATA_BYTES)
-        .max_memory_size(cfg.max_memory_bytes);
+        .max_memory_size(cfg.max_memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES)
+        .pagemap_scan(Enabled::Auto)
+        // Reuse a freed slot (its pages resident) before an untouched one, which would
+        // page-fault on every first write; this also bounds what free slots keep resident.
+        .max_unused_warm_slots(0);
     let mut config = Config::new();
     config
         .epoch_interruption(true)

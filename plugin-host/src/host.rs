@@ -10,7 +10,8 @@
 //!  pin(name)  ── slot.current.load_full() ── Pinned ── call, call, … ── drop
 //! ```
 //! Everything before the store happens off the request path; a failure anywhere leaves the
-//! slot untouched. A call holds an `Arc` to the revision it started on, so it finishes there;
+//! slot untouched. So does everything after: the old revision is freed by the host's reaper
+//! thread, whoever drops it last (`teardown.rs`). A call holds an `Arc` to the revision it started on, so it finishes there;
 //! a [`Pinned`] holds one for as long as a request needs several calls on one revision.
 
 use std::collections::HashMap;
@@ -31,7 +32,8 @@ use crate::health::Meters;
 use crate::hooks::{HostHooks, LoadEvent, NoHooks, UnloadEvent};
 use crate::instance::{CallLimit, StoreState, describe_exports};
 use crate::pinned::Pinned;
-use crate::revision::{InstanceError, Revision, RevisionId, RevisionLimits};
+use crate::revision::{InstanceError, Remains, Revision, RevisionId, RevisionLimits};
+use crate::teardown::{Reaper, ReaperThread};
 
 /// A request to make `revision` of `plugin` the serving one.
 #[derive(Debug, Clone)]
@@ -137,6 +139,11 @@ pub struct PluginHost {
     /// The counters of every revision that served and has counts left to take.
     meters: Meters,
     _ticker: EpochTicker,
+    /// Frees dropped revisions off the request path (see `teardown.rs`).
+    reaper: Arc<Reaper<Remains>>,
+    /// Declared after `slots`: revisions the host still holds are freed by the reaper too,
+    /// before its thread ends.
+    _reaper_thread: ReaperThread<Remains>,
 }
 
 /// The host could not start.
@@ -148,6 +155,9 @@ pub enum HostError {
     /// The epoch thread could not be spawned.
     #[error("cannot start epoch ticker thread: {0}")]
     Ticker(#[from] std::io::Error),
+    /// The reaper thread could not be spawned.
+    #[error("cannot start reaper thread: {0}")]
+    Reaper(std::io::Error),
 }
 
 impl PluginHost {
@@ -160,6 +170,7 @@ impl PluginHost {
     pub fn with_hooks(config: HostConfig, hooks: Arc<dyn HostHooks>) -> Result<Self, HostError> {
         let engine = build_engine(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        let (reaper, reaper_thread) = Reaper::start().map_err(HostError::Reaper)?;
         let mut linker = Linker::new(&engine);
         // The only imports plugins get: sandboxed WASI preview1 (see instance.rs), whose
         // sleep is bounded by the call's deadline (see wasi_poll.rs).
@@ -175,6 +186,8 @@ impl PluginHost {
             hooks,
             meters: Meters::default(),
             _ticker: ticker,
+            reaper,
+            _reaper_thread: reaper_thread,
         })
     }
 
@@ -187,6 +200,11 @@ impl PluginHost {
     }
 
     fn slot_or_create(&self, plugin: &str) -> Result<Arc<Slot>, LoadError> {
+        // Every call takes the read lock: a load of a plugin that exists takes it too, not
+        // the write lock a preempted loader could hold while calls wait.
+        if let Some(s) = self.slot(plugin) {
+            return Ok(s);
+        }
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slots.get(plugin) {
             return Ok(s.clone());
@@ -395,14 +413,18 @@ impl PluginHost {
             },
             checkout_timeout: self.config.checkout_timeout,
         };
-        let new = Revision::new(id, caps, pre, limits).map_err(|e| match e {
-            InstanceError::Instantiate(fault) => LoadError::Instantiate {
-                plugin: p.clone(),
-                revision: r.clone(),
-                fault,
-            },
-            InstanceError::Configure(detail) => guest(Phase::Configure, detail),
-        })?;
+        // Revisions dropped before this load may still be being freed: their pool slots come
+        // back first, as when teardown ran inline.
+        self.reaper.settle();
+        let new =
+            Revision::new(id, caps, pre, limits, self.reaper.clone()).map_err(|e| match e {
+                InstanceError::Instantiate(fault) => LoadError::Instantiate {
+                    plugin: p.clone(),
+                    revision: r.clone(),
+                    fault,
+                },
+                InstanceError::Configure(detail) => guest(Phase::Configure, detail),
+            })?;
         let mut self_checked = false;
         if caps.self_check {
             new.for_each_instance(|i| i.self_check())

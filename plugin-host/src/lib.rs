@@ -65,6 +65,7 @@ mod instance;
 pub mod link;
 mod pinned;
 mod revision;
+mod teardown;
 mod wasi_poll;
 
 pub use cache::CacheOutcome;

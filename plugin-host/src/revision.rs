@@ -8,7 +8,9 @@
 //! lazily on the next checkout. The `Arc<Revision>` a call holds keeps the whole pool alive
 //! until the last in-flight call on it returns, which is how a swap never cuts a call off.
 //! Every call counts on the revision's [`Meter`] (see `health.rs`), which outlives it until
-//! its last counts are taken.
+//! its last counts are taken. Whoever drops the last `Arc` (often a call that was still
+//! running at the swap) only hands the instances to the host's reaper (`teardown.rs`), whose
+//! thread frees them.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use crate::abi::Capabilities;
 use crate::error::{CallError, Fault, GuestFailure};
 use crate::health::Meter;
 use crate::instance::{CallLimit, PluginInstance, StoreState};
+use crate::teardown::Reaper;
 
 /// Identity of a revision: what a repeated `Load` is compared against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,24 @@ pub(crate) struct Revision {
     checkout_timeout: Duration,
     pool: Mutex<Pool>,
     freed: Condvar,
+    reaper: Arc<Reaper<Remains>>,
+}
+
+/// What a dropped revision leaves to the reaper: its instances, and the module they run
+/// (the last reference to a module unmaps its code).
+pub(crate) struct Remains {
+    _instances: Vec<PluginInstance>,
+    _pre: InstancePre<StoreState>,
+}
+
+impl Drop for Revision {
+    fn drop(&mut self) {
+        let pool = self.pool.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.reaper.retire(Remains {
+            _instances: std::mem::take(&mut pool.idle),
+            _pre: self.pre.clone(),
+        });
+    }
 }
 
 /// An instance on loan; goes back to the pool on drop unless it faulted.
@@ -105,12 +126,14 @@ pub(crate) struct RevisionLimits {
 }
 
 impl Revision {
-    /// Creates the revision with `limits.instances` configured instances.
+    /// Creates the revision with `limits.instances` configured instances; `reaper` frees
+    /// them when the revision is dropped.
     pub(crate) fn new(
         id: RevisionId,
         caps: Capabilities,
         pre: InstancePre<StoreState>,
         limits: RevisionLimits,
+        reaper: Arc<Reaper<Remains>>,
     ) -> Result<Self, InstanceError> {
         let rev = Revision {
             meter: Arc::new(Meter::new(&id.plugin, &id.revision)),
@@ -126,6 +149,7 @@ impl Revision {
                 live: 0,
             }),
             freed: Condvar::new(),
+            reaper,
         };
         let mut idle = Vec::with_capacity(rev.target);
         for _ in 0..rev.target {
