@@ -759,6 +759,10 @@ pub struct RevisionRecord {
     /// The signature this revision had to carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignaturePolicy>,
+    /// The pull secret its artifact was fetched with, kept so a rollback to it still
+    /// authenticates after the spec moved to another artifact (or another registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
     /// When the rollout of this revision began.
     pub started_at: Time,
     /// Progressing, Stable, Failed, RolledBack or Superseded.

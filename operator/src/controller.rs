@@ -447,9 +447,7 @@ impl Shell<'_> {
     /// order) whose assignment did not go out: the release has not planned for their
     /// streams yet, so they are not told Synced.
     async fn assign<'p>(&self, plan: &'p Plan) -> Vec<&'p str> {
-        let credentials = self.credentials(plan).await;
-        // One directive per revision, shared by every pod it goes to.
-        let mut directives: HashMap<&Option<String>, Option<Arc<Directive>>> = HashMap::new();
+        let directives = self.directives(plan).await;
         let mut unsent: Vec<&str> = Vec::new();
         for (pod, revision) in &plan.assign {
             let source = self
@@ -460,11 +458,7 @@ impl Shell<'_> {
             let Some((stream, cached)) = source.and_then(|s| Some((s.stream?, &s.pod))) else {
                 continue;
             };
-            let directive = directives
-                .entry(revision)
-                .or_insert_with(|| self.directive(revision, &plan.status, &credentials))
-                .clone();
-            let Some(directive) = directive else {
+            let Some(directive) = directives.get(revision).cloned().flatten() else {
                 tracing::error!(release = %describe(self.release), pod = %pod, revision = ?revision, "revision is in neither the spec nor the history; not assigned");
                 unsent.push(pod);
                 continue;
@@ -484,71 +478,104 @@ impl Shell<'_> {
         unsent
     }
 
-    /// The pull credentials of the release, when it assigns anything and names a usable
-    /// secret. An unusable one is an event; the pods are assigned anyway and the sidecar
-    /// then reports the registry's refusal per pod.
-    async fn credentials(&self, plan: &Plan) -> Option<crate::credentials::Credentials> {
-        if plan.assign.is_empty() {
-            return None;
+    /// One directive per revision the plan assigns, shared by every pod it goes to (`None`:
+    /// the revision is in neither the spec nor the history). Each revision is fetched with
+    /// its own pull secret for its own URL: a rollback to a revision from a private
+    /// registry authenticates even when the spec now names a public artifact.
+    async fn directives<'p>(
+        &self,
+        plan: &'p Plan,
+    ) -> HashMap<&'p Option<String>, Option<Arc<Directive>>> {
+        let mut sources = HashMap::new();
+        for (_, revision) in &plan.assign {
+            sources.entry(revision).or_insert_with(|| match revision {
+                Some(r) => revision::source_of(r, &self.release.spec, &plan.status.history),
+                None => Some(revision::RevisionSource::default()),
+            });
         }
-        match pull_credentials(&self.ctx.client, self.release, self.namespace).await {
-            Ok(credentials) => credentials,
-            Err(why) => {
-                let note = planner::Note {
-                    warning: true,
-                    reason: "PullSecretUnusable",
-                    message: why,
-                };
-                publish(&self.ctx.recorder, self.release, &note, None).await;
+        let mut secrets = HashMap::new();
+        for source in sources.values().flatten() {
+            if let Some(name) = &source.pull_secret
+                && !secrets.contains_key(name)
+            {
+                secrets.insert(name.clone(), self.pull_secret(name).await);
+            }
+        }
+        let mut directives = HashMap::with_capacity(sources.len());
+        for (revision, source) in sources {
+            let Some(source) = source else {
+                directives.insert(revision, None);
+                continue;
+            };
+            let secret = source
+                .pull_secret
+                .as_ref()
+                .and_then(|n| secrets.get(n)?.as_ref());
+            let credentials = match secret {
+                Some(secret) => self.credentials(secret, &source.url).await,
+                None => None,
+            };
+            directives.insert(
+                revision,
+                Some(Arc::new(Directive {
+                    plugin: self.release.spec.plugin.clone(),
+                    revision: revision.clone(),
+                    url: source.url,
+                    digest: source.digest,
+                    config: source.config,
+                    signature_key: source.signature_key,
+                    credentials,
+                })),
+            );
+        }
+        directives
+    }
+
+    /// The pull secret `name` of the release's namespace. One that cannot be read is an
+    /// event; the pods are assigned anyway and the sidecar then reports the registry's
+    /// refusal per pod.
+    async fn pull_secret(&self, name: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.ctx.client.clone(), self.namespace);
+        match secrets.get(name).await {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                let why = format!(
+                    "release {}: pull secret {}/{name}: {e}",
+                    describe(self.release),
+                    self.namespace
+                );
+                self.unusable(why).await;
                 None
             }
         }
     }
 
-    /// What a pod assigned `revision` is sent (`None`: the revision is in neither the spec
-    /// nor the history).
-    fn directive(
+    /// The credentials `secret` holds for the host of `url` (an unusable secret is an
+    /// event, as above).
+    async fn credentials(
         &self,
-        revision: &Option<String>,
-        status: &PluginReleaseStatus,
-        credentials: &Option<crate::credentials::Credentials>,
-    ) -> Option<Arc<Directive>> {
-        let source = match revision {
-            Some(r) => revision::source_of(r, &self.release.spec, &status.history)?,
-            None => revision::RevisionSource::default(),
-        };
-        Some(Arc::new(Directive {
-            plugin: self.release.spec.plugin.clone(),
-            revision: revision.clone(),
-            url: source.url,
-            digest: source.digest,
-            config: source.config,
-            signature_key: source.signature_key,
-            credentials: credentials.clone(),
-        }))
+        secret: &k8s_openapi::api::core::v1::Secret,
+        url: &str,
+    ) -> Option<crate::credentials::Credentials> {
+        match crate::credentials::credentials_for(secret, url) {
+            Ok(credentials) => credentials,
+            Err(why) => {
+                self.unusable(format!("release {}: {why}", describe(self.release)))
+                    .await;
+                None
+            }
+        }
     }
-}
 
-/// The credentials of the release's pull secret for its artifact (`None` when it names
-/// none), or why the secret cannot be used.
-async fn pull_credentials(
-    client: &Client,
-    release: &PluginRelease,
-    namespace: &str,
-) -> Result<Option<crate::credentials::Credentials>, String> {
-    let Some(name) = release.spec.artifact.pull_secret.as_deref() else {
-        return Ok(None);
-    };
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        format!(
-            "release {}: pull secret {namespace}/{name}: {e}",
-            describe(release)
-        )
-    })?;
-    crate::credentials::credentials_for(&secret, &release.spec.artifact.url)
-        .map_err(|why| format!("release {}: {why}", describe(release)))
+    async fn unusable(&self, message: String) {
+        let note = planner::Note {
+            warning: true,
+            reason: "PullSecretUnusable",
+            message,
+        };
+        publish(&self.ctx.recorder, self.release, &note, None).await;
+    }
 }
 
 async fn write_status(

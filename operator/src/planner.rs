@@ -873,6 +873,7 @@ fn start_history(
             digest: spec.artifact.digest.clone(),
             config: spec.config.clone(),
             signature: spec.artifact.signature.clone(),
+            pull_secret: spec.artifact.pull_secret.clone(),
             started_at: Time(now),
             outcome: Outcome::Progressing,
             reason: None,

@@ -159,6 +159,7 @@ fn record(revision: String, outcome: Outcome, age: i64) -> RevisionRecord {
         revision,
         config: None,
         signature: None,
+        pull_secret: None,
         started_at: Time(t(1000 - age)),
         outcome,
         reason: None,

@@ -1144,3 +1144,33 @@ fn history_stays_within_its_byte_budget_and_keeps_target_and_stable() {
     let stable = fleet.status.stable_revision.clone().unwrap();
     assert!(fleet.status.history.iter().any(|r| r.revision == stable));
 }
+
+#[test]
+fn history_keeps_each_revisions_pull_secret_for_its_rollback() {
+    let mut private = spec(OLD, json!({"maxUnavailable": 1}));
+    private.artifact.pull_secret = Some("registry-creds".into());
+    let mut fleet = Fleet::stable(2, private);
+    // The next revision comes from a public HTTPS host, with no pull secret.
+    let mut public = spec(NEW, json!({"maxUnavailable": 1}));
+    public.artifact.url = "https://plugins.example/auth-2.wasm".into();
+    fleet.apply(public.clone());
+    fleet.plan();
+    let record = |revision: &str| {
+        fleet
+            .status
+            .history
+            .iter()
+            .find(|r| r.revision == revision)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(record(&rev(NEW)).pull_secret, None);
+    let stable = record(&rev(OLD));
+    assert_eq!(
+        stable.pull_secret.as_deref(),
+        Some("registry-creds"),
+        "a rollback to the stable revision must fetch it with the secret it was fetched with"
+    );
+    let back = crate::revision::source_of(&rev(OLD), &public, &fleet.status.history).unwrap();
+    assert_eq!(back.pull_secret.as_deref(), Some("registry-creds"));
+}

@@ -15,6 +15,8 @@ pub struct RevisionSource {
     pub config: Option<serde_json::Value>,
     /// The PEM public key its cosign signature must verify with, if one is required.
     pub signature_key: Option<String>,
+    /// The pull secret (in the release's namespace) its artifact is fetched with.
+    pub pull_secret: Option<String>,
 }
 
 /// Where `revision` comes from: the spec when it is the spec's revision, otherwise its
@@ -35,6 +37,7 @@ pub fn source_of(
                 .signature
                 .as_ref()
                 .map(|s| s.public_key.clone()),
+            pull_secret: spec.artifact.pull_secret.clone(),
         });
     }
     history
@@ -45,6 +48,7 @@ pub fn source_of(
             digest: r.digest.clone(),
             config: r.config.clone(),
             signature_key: r.signature.as_ref().map(|s| s.public_key.clone()),
+            pull_secret: r.pull_secret.clone(),
         })
 }
 
@@ -105,15 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn a_rollback_loads_the_stable_revisions_own_artifact_and_config() {
+    fn a_rollback_loads_the_stable_revisions_own_artifact_config_and_pull_secret() {
         let stable = spec(A, "oci://r/p:1", Some(serde_json::json!({"mode": "old"})));
-        let broken = spec(B, "oci://r/p:2", None);
+        // The spec moved to an artifact on a public HTTPS host: no pull secret any more.
+        let broken = spec(B, "https://mirror/p2.wasm", None);
         let record = RevisionRecord {
             revision: revision_of(&stable),
             url: stable.artifact.url.clone(),
             digest: A.into(),
             config: stable.config.clone(),
             signature: None,
+            pull_secret: Some("registry-creds".into()),
             started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 jiff::Timestamp::UNIX_EPOCH,
             ),
@@ -125,8 +131,14 @@ mod tests {
         assert_eq!(back.digest, A);
         assert_eq!(back.url, "oci://r/p:1");
         assert_eq!(back.config, Some(serde_json::json!({"mode": "old"})));
+        assert_eq!(
+            back.pull_secret.as_deref(),
+            Some("registry-creds"),
+            "the stable revision's registry still wants its credentials"
+        );
         let forward = source_of(&revision_of(&broken), &broken, &history).expect("the spec");
         assert_eq!(forward.digest, B);
+        assert_eq!(forward.pull_secret, None);
         assert_eq!(source_of("0123456789", &broken, &history), None);
     }
 
