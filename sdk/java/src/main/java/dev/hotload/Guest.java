@@ -8,10 +8,11 @@ import java.time.Duration;
 
 /**
  * Runs guest code under a deadline, on the calling thread. Chicory stops a guest only when its
- * thread is interrupted (its interpreter and compiled code check at calls and loop back-edges,
- * and so does WASI's sleep), so the {@link Watchdog} interrupts the caller at the deadline and
- * the interrupt is cleared when the operation returns. The instance a timed-out operation ran
- * on is discarded by the caller, never lent again.
+ * thread is interrupted (compiled code checks at calls and loop back-edges, interpreted code at
+ * every instruction through {@link PluginInstance}'s listener, WASI's sleep while it waits), so
+ * the {@link Watchdog} interrupts the caller at the deadline and the interrupt is cleared when
+ * the operation returns. The instance a timed-out operation ran on is discarded by the caller,
+ * never lent again.
  *
  * <p>Why not a worker thread per operation: handing every call to another thread and waiting
  * for it costs two thread wake-ups per call, which on a busy machine is most of a call's time
@@ -66,7 +67,30 @@ final class Guest {
         if (fired) {
             throw new Fault(Failure.timeout());
         }
-        throw thrown instanceof Fault ? (Fault) thrown : new Fault(classify(thrown));
+        if (thrown instanceof Fault) {
+            throw (Fault) thrown;
+        }
+        if (stoppedByInterrupt(thrown)) {
+            // The app's interrupt, since the deadline did not fire. WASI's sleep clears the
+            // thread's interrupt status when it stops on one, so set it again for the app.
+            Thread.currentThread().interrupt();
+            throw new Fault(Failure.canceled());
+        }
+        throw new Fault(classify(thrown));
+    }
+
+    /**
+     * Whether the guest stopped because its thread was interrupted: Chicory's own interrupt
+     * check, or host code (WASI's sleep) that caught an {@link InterruptedException} and wrapped
+     * it. Pure: looks only at the cause chain.
+     */
+    static boolean stoppedByInterrupt(Throwable t) {
+        for (Throwable c = t; c != null; c = c.getCause()) {
+            if (c instanceof ChicoryInterruptedException || c instanceof InterruptedException) {
+                return true;
+            }
+        }
+        return false;
     }
 
     private static <T> T runUnarmed(Op<T> op) throws Fault {

@@ -1,5 +1,7 @@
 package dev.hotload;
 
+import com.dylibso.chicory.runtime.ChicoryInterruptedException;
+import com.dylibso.chicory.runtime.ExecutionListener;
 import com.dylibso.chicory.runtime.ExportFunction;
 import com.dylibso.chicory.runtime.ImportValues;
 import com.dylibso.chicory.runtime.Instance;
@@ -23,6 +25,20 @@ import java.util.function.Function;
  */
 final class PluginInstance {
     private static final SecureRandom RANDOM = new SecureRandom();
+
+    /**
+     * Makes Chicory's interpreter stop on interrupt before every instruction it runs. On its
+     * own it checks only at calls, {@code call_indirect} and {@code br}, not at {@code br_if} or
+     * {@code br_table}, so the usual compiled loop ({@code loop ... br_if}) would never see the
+     * deadline when interpreted: with {@code compile(false)}, or in a function Chicory's compiler
+     * leaves to the interpreter (one too large for a JVM method). Compiled code never calls it
+     * (and checks at every back-edge itself), so it costs nothing there.
+     */
+    private static final ExecutionListener STOP_ON_INTERRUPT = (instruction, stack) -> {
+        if (Thread.currentThread().isInterrupted()) {
+            throw new ChicoryInterruptedException("Thread interrupted");
+        }
+    };
 
     private final Memory mem;
     private final Duration timeout;
@@ -68,7 +84,8 @@ final class PluginInstance {
             Instance.Builder b = Instance.builder(module)
                     .withImportValues(ImportValues.builder().addFunction(wasi.toHostFunctions()).build())
                     .withMemoryFactory(limits -> new LimitedMemory(limits, maxMemory))
-                    .withStart(false);
+                    .withStart(false)
+                    .withUnsafeExecutionListener(STOP_ON_INTERRUPT);
             if (machine != null) {
                 b.withMachineFactory(machine);
             }

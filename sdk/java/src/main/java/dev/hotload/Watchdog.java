@@ -8,9 +8,10 @@ import java.util.concurrent.locks.LockSupport;
 
 /**
  * Interrupts a thread whose guest call ran past its deadline, so that guest code can run on
- * the caller's own thread. Chicory's interpreter and compiled code check the running thread's
- * interrupt status at calls and loop back-edges and throw {@code ChicoryInterruptedException};
- * WASI's sleep stops on it too.
+ * the caller's own thread. Chicory's compiled code checks the running thread's interrupt status
+ * at calls and loop back-edges, and interpreted code before every instruction (a listener
+ * {@link PluginInstance} installs: the interpreter alone misses {@code br_if} and {@code
+ * br_table}), and throws {@code ChicoryInterruptedException}; WASI's sleep stops on it too.
  *
  * <pre>
  * caller:   arm(timeout) ── guest runs on this thread ── disarm() ─ fired? clear the interrupt
@@ -79,8 +80,15 @@ final class Watchdog {
 
         /**
          * Ends the operation armed with deadline; true when the watchdog fired on it. Its
-         * interrupt is then cleared (unless the app had interrupted the thread first: that one
-         * stays), so it never outlives the operation.
+         * interrupt is then cleared, so it never outlives the operation, unless the app had
+         * interrupted the thread first: that one stays, set again in case the guest's WASI sleep
+         * consumed it.
+         *
+         * <p>Not told apart: an app interrupt landing after the watchdog's and before this
+         * clears it. A thread's interrupt status is one bit, so the two are one interrupt, and
+         * keeping it would hand the deadline's interrupt to the app on every timeout. The window
+         * is the time the guest takes to notice (microseconds compiled, one instruction
+         * interpreted, at once in a sleep).
          */
         boolean disarm(long deadline) {
             if (state.compareAndSet(deadline, IDLE)) {
@@ -89,7 +97,9 @@ final class Watchdog {
             while (state.get() == FIRING) {
                 Thread.onSpinWait();
             }
-            if (!interruptedBefore) {
+            if (interruptedBefore) {
+                Thread.currentThread().interrupt();
+            } else {
                 Thread.interrupted();
             }
             state.set(IDLE);

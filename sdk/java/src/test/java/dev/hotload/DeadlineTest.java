@@ -2,16 +2,27 @@ package dev.hotload;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.dylibso.chicory.compiler.InterpreterFallback;
+import com.dylibso.chicory.compiler.MachineFactoryCompiler;
 import com.dylibso.chicory.runtime.ChicoryInterruptedException;
+import com.dylibso.chicory.runtime.Instance;
+import com.dylibso.chicory.runtime.Machine;
+import com.dylibso.chicory.runtime.TrapException;
+import com.dylibso.chicory.wasm.ChicoryException;
+import com.dylibso.chicory.wasm.Parser;
+import com.dylibso.chicory.wasm.WasmModule;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Set;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Function;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -138,6 +149,141 @@ class DeadlineTest {
                 }
             }
         }
+    }
+
+    /**
+     * Calls host's plugin "slow" on a thread of its own and waits at most 5 s for it: a guest
+     * the deadline cannot stop would otherwise hang the test for good.
+     */
+    private static Object callBounded(PluginHost host, String what) throws InterruptedException {
+        AtomicReference<Object> outcome = new AtomicReference<>();
+        Thread caller = new Thread(() -> {
+            try {
+                host.call("slow", X);
+                outcome.set("returned");
+            } catch (Throwable t) {
+                outcome.set(t);
+            }
+        }, "bounded-caller");
+        caller.setDaemon(true);
+        caller.start();
+        caller.join(5_000);
+        assertFalse(caller.isAlive(), what + ": the call was still running 5 s after its 100 ms deadline");
+        return outcome.get();
+    }
+
+    @Test
+    void loopsThroughBrIfAndBrTableStopAtTheDeadlineInterpretedOrCompiled() throws Exception {
+        for (boolean compile : new boolean[] {false, true}) {
+            for (String file : new String[] {"handle-loop-br-if.wasm", "handle-loop-br-table.wasm"}) {
+                String what = file + " compile=" + compile;
+                HostConfig cfg = HostConfig.builder().instancesPerRevision(1).callTimeout(Duration.ofMillis(100)).compile(compile).build();
+                try (PluginHost host = new PluginHost(cfg)) {
+                    load(host, "slow", "r1", file);
+                    for (int i = 0; i < 2; i++) {
+                        Object outcome = callBounded(host, what);
+                        CallException e = assertInstanceOf(CallException.class, outcome, what);
+                        assertEquals(Failure.Kind.TIMEOUT, e.failure().kind(), what + ": " + e.getMessage());
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void aFunctionTheCompilerLeavesToTheInterpreterStillStopsAtTheDeadline() throws Exception {
+        // What Chicory's compiler does with a function too large for a JVM method
+        // (InterpreterFallback.SILENT): that function alone runs in its interpreter.
+        WasmModule module = Parser.parse(Conformance.pluginBytes("handle-loop-br-if.wasm"));
+        int handle = -1;
+        for (int i = 0; i < module.exportSection().exportCount(); i++) {
+            if (module.exportSection().getExport(i).name().equals(Abi.HANDLE)) {
+                handle = module.exportSection().getExport(i).index();
+            }
+        }
+        Function<Instance, Machine> machine = MachineFactoryCompiler.builder(module)
+                .withInterpreterFallback(InterpreterFallback.FAIL)
+                .withInterpretedFunctions(Set.of(handle))
+                .compile();
+        PluginInstance inst = PluginInstance.create(module, machine, new Abi.Capabilities(), 1 << 24, Duration.ofMillis(100), false);
+        AtomicReference<Object> outcome = new AtomicReference<>();
+        Thread caller = new Thread(() -> {
+            try {
+                outcome.set(inst.handle(X));
+            } catch (Throwable t) {
+                outcome.set(t);
+            }
+        }, "bounded-caller");
+        caller.setDaemon(true);
+        caller.start();
+        caller.join(5_000);
+        assertFalse(caller.isAlive(), "the interpreted handle was still running 5 s after its 100 ms deadline");
+        Guest.Fault f = assertInstanceOf(Guest.Fault.class, outcome.get());
+        assertEquals(Failure.Kind.TIMEOUT, f.failure.kind(), f.getMessage());
+    }
+
+    @Test
+    void anAppInterruptDuringAWasiSleepIsCanceledAndTheThreadStaysInterrupted() throws Exception {
+        HostConfig cfg = HostConfig.builder().instancesPerRevision(1).callTimeout(Duration.ofSeconds(5)).build();
+        try (PluginHost host = new PluginHost(cfg)) {
+            load(host, "sleepy", "r1", "handle-sleep.wasm"); // sleeps 10 s in poll_oneoff
+            Thread caller = Thread.currentThread();
+            Thread app = new Thread(() -> {
+                try {
+                    Thread.sleep(100);
+                } catch (InterruptedException e) {
+                    return;
+                }
+                caller.interrupt();
+            });
+            app.start();
+            long start = System.nanoTime();
+            Object outcome;
+            try {
+                host.call("sleepy", X);
+                outcome = "returned";
+            } catch (CallException e) {
+                outcome = e;
+            }
+            long ms = (System.nanoTime() - start) / 1_000_000;
+            boolean interrupted = Thread.interrupted(); // cleared before join, which would throw
+            app.join();
+            CallException e = assertInstanceOf(CallException.class, outcome);
+            assertEquals(Failure.Kind.CANCELED, e.failure().kind(), e.getMessage());
+            assertTrue(ms < 2_000, "stopped after " + ms + " ms");
+            assertTrue(interrupted, "the app's interrupt was swallowed by the sleep");
+        }
+    }
+
+    @Test
+    void anAppInterruptThatCameFirstSurvivesATimeoutWhoseGuestConsumedIt() {
+        // The app interrupts, then the deadline passes before the guest notices, then the guest
+        // (as WASI's sleep does) clears the interrupt and throws: timeout, and still interrupted.
+        Guest.Fault f = assertThrows(Guest.Fault.class, () -> Guest.run(Duration.ofMillis(30), () -> {
+            Thread.currentThread().interrupt();
+            Watchdog.Watch watch = Watchdog.current();
+            long until = System.nanoTime() + 5_000_000_000L;
+            while (watch.state.get() >= 0 && System.nanoTime() < until) { // until the watchdog has fired
+                Thread.onSpinWait();
+            }
+            Thread.interrupted();
+            throw new ChicoryException("Thread interrupted", new InterruptedException());
+        }));
+        try {
+            assertEquals(Failure.Kind.TIMEOUT, f.failure.kind(), f.getMessage());
+            assertTrue(Thread.currentThread().isInterrupted(), "the app's interrupt was lost");
+        } finally {
+            Thread.interrupted();
+        }
+    }
+
+    @Test
+    void whatAnInterruptLooksLikeWhenAGuestStops() {
+        assertTrue(Guest.stoppedByInterrupt(new ChicoryInterruptedException("Thread interrupted")));
+        assertTrue(Guest.stoppedByInterrupt(new ChicoryException("Thread interrupted", new InterruptedException())));
+        assertTrue(Guest.stoppedByInterrupt(new RuntimeException(new ChicoryInterruptedException("x"))));
+        assertFalse(Guest.stoppedByInterrupt(new TrapException("unreachable")));
+        assertFalse(Guest.stoppedByInterrupt(new ChicoryException("Thread interrupted")));
     }
 
     @Test
