@@ -38,6 +38,20 @@ class DeadlineTest {
     }
 
     /** Spins until interrupted, as Chicory's machines do at calls and loop back-edges. */
+    /** Starts a thread that interrupts {@code caller} after {@code millis}, as an app would. */
+    private static Thread interruptAfter(Thread caller, long millis) {
+        Thread app = new Thread(() -> {
+            try {
+                Thread.sleep(millis);
+            } catch (InterruptedException e) {
+                return;
+            }
+            caller.interrupt();
+        });
+        app.start();
+        return app;
+    }
+
     private static Object spin() {
         while (true) {
             if (Thread.currentThread().isInterrupted()) {
@@ -76,16 +90,7 @@ class DeadlineTest {
             Thread.interrupted();
         }
         // Interrupted by the app while the guest runs: canceled, not timeout, and still interrupted.
-        Thread caller = Thread.currentThread();
-        Thread app = new Thread(() -> {
-            try {
-                Thread.sleep(50);
-            } catch (InterruptedException e) {
-                return;
-            }
-            caller.interrupt();
-        });
-        app.start();
+        interruptAfter(Thread.currentThread(), 50);
         try {
             Guest.Fault f = assertThrows(Guest.Fault.class, () -> Guest.run(Duration.ofSeconds(5), DeadlineTest::spin));
             assertEquals(Failure.Kind.CANCELED, f.failure.kind(), f.getMessage());
@@ -227,16 +232,7 @@ class DeadlineTest {
         HostConfig cfg = HostConfig.builder().instancesPerRevision(1).callTimeout(Duration.ofSeconds(5)).build();
         try (PluginHost host = new PluginHost(cfg)) {
             load(host, "sleepy", "r1", "handle-sleep.wasm"); // sleeps 10 s in poll_oneoff
-            Thread caller = Thread.currentThread();
-            Thread app = new Thread(() -> {
-                try {
-                    Thread.sleep(100);
-                } catch (InterruptedException e) {
-                    return;
-                }
-                caller.interrupt();
-            });
-            app.start();
+            Thread app = interruptAfter(Thread.currentThread(), 100);
             long start = System.nanoTime();
             Object outcome;
             try {
