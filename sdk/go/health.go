@@ -185,11 +185,15 @@ func (t *healthTable) take() []PluginHealth {
 	defer t.mu.Unlock()
 	var out []PluginHealth
 	for key, rh := range t.entries {
+		// Read before draining: a revision still serving may record between the drain and
+		// a later read, and dropping the entry then would lose that call. At zero no
+		// revision records here, and none can join while t.mu is held.
+		closed := rh.users.Load() == 0
 		c, pending := rh.take()
 		if c.Calls > 0 {
 			out = append(out, c)
 		}
-		if !pending && rh.users.Load() == 0 {
+		if !pending && closed {
 			delete(t.entries, key)
 		}
 	}
