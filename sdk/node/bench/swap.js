@@ -1,8 +1,8 @@
 // The Node SDK measured the way every app SDK is (docs/benchmarks.md, "App SDKs"), with the
 // conformance taggers (sdk/conformance/build.sh builds them); prints one JSON line:
 //   call_us       µs per `await host.call()` of tagger-v1 with a 5-byte input, one at a time,
-//                 after warm-up (median of the rounds' means): a message round trip to the
-//                 instance's worker thread and back;
+//                 after warm-up (median of the rounds' means): a round trip to the instance's
+//                 worker thread through shared memory (src/channel.js), two thread wake-ups;
 //   swap_ns_*     the load result's swapMs, the one assignment `slot.current = next`;
 //   load_cached_ms_*  totalMs of alternating v1/v2 loads after one load of each: the
 //                 compiled module comes from the host's in-memory cache by digest and the 4

@@ -23,7 +23,7 @@ import { parseSha256, sha256DigestAsync } from './digest.js';
 import { CallError, LoadError } from './errors.js';
 import { HealthTable } from './health.js';
 import { ModuleCache } from './module-cache.js';
-import { Revision, yieldToCalls } from './revision.js';
+import { Revision } from './revision.js';
 import { WorkerPool } from './worker-pool.js';
 
 /** Limits and knobs of a host; every field has a production default (hotload-host's). */
@@ -57,6 +57,7 @@ export const DEFAULTS = Object.freeze({
 });
 
 const RETRY = Symbol('retry');
+const EMPTY_STATE = new Uint8Array(0);
 
 function toBytes(v) {
   if (v == null) return new Uint8Array(0);
@@ -340,21 +341,19 @@ export class PluginHost {
       let stateBytes = null;
       if (old && old.caps.saveState && caps.restoreState) {
         old.acquire();
-        let saved;
+        let handed;
         try {
-          await yieldToCalls();
-          saved = await old.run({ op: 'save_state', timeoutMs: this.config.callTimeoutMs });
+          handed = await old.handOverTo(next);
         } catch (err) {
           // The old revision had no free instance: its pool is busy, not broken.
           throw LoadError.guest('save_state', plugin, revision, { type: 'fault', fault: { type: 'other', message: err.message } });
         } finally {
           old.release();
         }
+        const { saved, failure } = handed;
         if (!saved.ok) throw LoadError.guest('save_state', plugin, revision, saved.failure);
-        const snapshot = saved.value ?? new Uint8Array(0);
-        const f = await next.forEachInstance({ op: 'restore_state', state: snapshot });
-        if (f) throw LoadError.guest('restore_state', plugin, revision, f);
-        stateBytes = snapshot.length;
+        if (failure) throw LoadError.guest('restore_state', plugin, revision, failure);
+        stateBytes = (saved.value ?? EMPTY_STATE).length;
       }
       if (old) this.#hook('beforeUnload', { plugin, revision: old.id.revision, next: revision });
       next.health = this.#health.join(plugin, revision);

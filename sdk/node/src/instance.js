@@ -4,6 +4,8 @@
 // timeout and the instance is dead. Discarding an instance gives its thread back: reset for
 // the next revision if it is alive, replaced in the background if it is not.
 
+import { WorkerThread } from './worker-pool.js';
+
 /** The phase of each step of the worker's `start`: instantiate, initialize, configure, self_check. */
 const START_PHASES = ['instantiate', 'instantiate', 'configure', 'self_check'];
 
@@ -53,15 +55,52 @@ export class Instance {
 
   /** start() on a thread already leased from `pool` (given back on failure). */
   static async startOn(thread, pool, module, config, limits, selfCheck = false) {
+    const r = await thread.request(Instance.#startMessage(module, config, limits, selfCheck), limits.callTimeoutMs);
+    const made = Instance.made(r, thread, pool);
+    if (made instanceof InstanceError) throw made;
+    return made;
+  }
+
+  /**
+   * start() on each of `threads` (leased from `pool`), as one chain of requests: the main
+   * thread rings the first thread only, each rings the next (worker-pool.js); after a failure
+   * the rest are not started. Resolves, per thread in order, its Instance or the
+   * InstanceError saying why it is not (its thread given back).
+   * @returns {Promise<Array<Instance | InstanceError>>}
+   */
+  static async startAll(threads, pool, module, config, limits, selfCheck = false) {
+    const results = await WorkerThread.chain(Instance.startEntries(threads, module, config, limits, selfCheck));
+    return results.map((r, i) => Instance.made(r, threads[i], pool));
+  }
+
+  /**
+   * The requests that start an instance on each of `threads` (leased from the pool), for a
+   * chain of requests (worker-pool.js); Instance.made() turns each result into an Instance.
+   */
+  static startEntries(threads, module, config, limits, selfCheck = false) {
+    const msg = Instance.#startMessage(module, config, limits, selfCheck);
+    return threads.map((thread) => ({ thread, msg, timeoutMs: limits.callTimeoutMs }));
+  }
+
+  static #startMessage(module, config, limits, selfCheck) {
+    return { op: 'start', timeoutMs: limits.callTimeoutMs, module, config, selfCheck };
+  }
+
+  /** The Instance a start request made on `thread`, or the InstanceError saying why not (its thread given back). */
+  static made(r, thread, pool) {
     const inst = new Instance(thread, pool);
-    const r = await inst.request({ op: 'start', timeoutMs: limits.callTimeoutMs, module, config, selfCheck }, limits.callTimeoutMs);
     if (r.ok) return inst;
     inst.discard();
     const phase = START_PHASES[r.step] ?? 'instantiate';
     const f = r.failure;
     // A start function or `_initialize` fails as a fault of instantiation.
-    throw new InstanceError(phase, phase === 'instantiate' && f.type !== 'fault'
+    return new InstanceError(phase, phase === 'instantiate' && f.type !== 'fault'
       ? { type: 'fault', fault: { type: 'other', message: `_initialize: returned ${f.type}` } } : f);
+  }
+
+  /** The thread it lives in (for a chain of requests over several instances). */
+  get thread() {
+    return this.#thread;
   }
 
   /**

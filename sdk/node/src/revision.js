@@ -9,12 +9,10 @@
 import { CallError, failureText as failureWords } from './errors.js';
 import { errorKindOf } from './health.js';
 import { Instance } from './instance.js';
+import { DATA_BYTES } from './channel.js';
+import { WorkerThread } from './worker-pool.js';
 
-/**
- * Lets the event loop run what is waiting (answers of calls in flight) before the next step
- * of a load: a load's steps are short, but a call should not queue behind several of them.
- */
-export const yieldToCalls = () => new Promise((resolve) => setImmediate(resolve));
+const EMPTY = new Uint8Array(0);
 
 /**
  * @typedef {{plugin: string, revision: string, digest: string, config: Uint8Array}} RevisionId
@@ -54,23 +52,25 @@ export class Revision {
    * Makes every instance of the pool ready, each self-checked if the plugin has a self-check;
    * rejects with an InstanceError. The threads are borrowed together (any that must be
    * started start in parallel: that is the slow part), then the instances are made one after
-   * the other, one request each, yielding to the event loop in between: one loading thread at
-   * a time leaves the cores to the threads serving calls.
+   * the other, as one chain of requests (worker-pool.js): one loading thread at a time leaves
+   * the cores to the threads serving calls, and the main thread rings only the first.
    */
   async fill() {
     const threads = await Promise.allSettled(Array.from({ length: this.target }, () => Instance.thread(this.#threads)));
     let failure = null;
+    const leased = [];
     for (const t of threads) {
       if (t.status === 'rejected') failure ??= t.reason;
-      else if (failure) this.#threads.giveBack(t.value);
-      else {
-        try {
-          await yieldToCalls();
-          this.idle.push(await Instance.startOn(t.value, this.#threads, this.#compiled.module, this.id.config, this.cfg,
-            this.caps.selfCheck));
-        } catch (err) {
-          failure = err;
-        }
+      else leased.push(t.value);
+    }
+    if (failure) {
+      for (const t of leased) this.#threads.giveBack(t);
+    } else {
+      const made = await Instance.startAll(leased, this.#threads, this.#compiled.module, this.id.config, this.cfg,
+        this.caps.selfCheck);
+      for (const m of made) {
+        if (m instanceof Instance) this.idle.push(m);
+        else failure ??= m;
       }
     }
     this.live = this.idle.length;
@@ -198,25 +198,44 @@ export class Revision {
   }
 
   async #handle(input) {
-    // A view into a larger buffer (Node's Buffer pool) would be cloned whole to the thread.
-    const own = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength ? input : Uint8Array.prototype.slice.call(input);
-    const r = await this.run({ op: 'handle', timeoutMs: this.cfg.callTimeoutMs, input: own });
+    const r = await this.run({ op: 'handle', timeoutMs: this.cfg.callTimeoutMs, input });
     if (r.ok) return Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
     throw new CallError('handle', this.id.plugin, this.id.revision,
       `plugin ${this.id.plugin} revision ${this.id.revision}: handle failed: ${failureWords(r.failure)}`, r.failure);
   }
 
   /**
-   * Runs one guest operation (`{op, ...payload}`) on every instance, one after the other
-   * (before the revision is published, so all are idle), each yielding to the event loop
-   * first. Resolves null, or the first GuestFailure.
+   * The state hand-over from this (old) revision to `next` (not published yet, so all of its
+   * instances are idle): `save_state` on one instance of this revision, then `restore_state`
+   * of that snapshot on every instance of `next`, as one chain of requests that hands the
+   * snapshot from thread to thread (worker-pool.js): the main thread rings once. Resolves
+   * {saved, failure}: the save's result, and null or the first restore's GuestFailure. A
+   * snapshot too large to hand on in shared memory is restored by the main thread instead.
+   * Rejects (a CallError) if no instance of this revision is free in time.
+   */
+  async handOverTo(next) {
+    const inst = await this.checkout();
+    const timeoutMs = this.cfg.callTimeoutMs;
+    const restore = { op: 'restore_state', timeoutMs, state: EMPTY };
+    const entries = [{ thread: inst.thread, msg: { op: 'save_state', timeoutMs }, timeoutMs, pipe: true }];
+    for (const i of next.idle) entries.push({ thread: i.thread, msg: restore, timeoutMs, pipe: true });
+    const [saved, ...restored] = await WorkerThread.chain(entries);
+    this.checkin(inst, !saved.ok);
+    if (!saved.ok) return { saved, failure: null };
+    const snapshot = saved.value ?? EMPTY;
+    if (snapshot.length > DATA_BYTES) return { saved, failure: await next.forEachInstance({ op: 'restore_state', state: snapshot }) };
+    return { saved, failure: restored.find((r) => !r.ok)?.failure ?? null };
+  }
+
+  /**
+   * Runs one guest operation (`{op, ...payload}`) on every instance (before the revision is
+   * published, so all are idle), one after the other, as one chain of requests: the main
+   * thread rings the first instance's thread only. Resolves null, or the first GuestFailure.
    */
   async forEachInstance(msg) {
-    for (const inst of this.idle) {
-      await yieldToCalls();
-      const r = await inst.request({ ...msg, timeoutMs: this.cfg.callTimeoutMs }, this.cfg.callTimeoutMs);
-      if (!r.ok) return r.failure;
-    }
-    return null;
+    const timeoutMs = this.cfg.callTimeoutMs;
+    const one = { ...msg, timeoutMs };
+    const results = await WorkerThread.chain(this.idle.map((inst) => ({ thread: inst.thread, msg: one, timeoutMs })));
+    return results.find((r) => !r.ok)?.failure ?? null;
   }
 }
