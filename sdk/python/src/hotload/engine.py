@@ -9,9 +9,12 @@
   fault (as hotload-host's resource limiter makes it trap), never a plugin that limps on
   after `memory.grow` returned -1. The host copies requests and responses through that
   mapping itself (`LinearMemory`), with no call into wasmtime and the GIL held throughout.
+  A freed memory that used at most `KEEP_RESIDENT_BYTES` is zeroed and kept for the next
+  instance instead of unmapped.
 - WASI: sandboxed preview1 (clocks and randomness; no files, environment, arguments or
-  sockets). `poll_oneoff`, the one call that blocks (every language's sleep), is replaced
-  by one that sleeps no later than the call's deadline and then traps as a timeout.
+  sockets), set up only for modules that import it. `poll_oneoff`, the one call that
+  blocks (every language's sleep), is replaced by one that sleeps no later than the call's
+  deadline and then traps as a timeout.
 
 wasmtime's Python callbacks do not say which store they serve, so the guest call in
 progress is found through a thread-local: a guest call runs on the thread that made it.
@@ -19,14 +22,13 @@ progress is found through a thread-local: a guest call runs on the thread that m
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import itertools
 import math
 import mmap
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,15 +137,49 @@ def one_line(message: str) -> str:
 
 # ---- memory: a host memory creator that refuses growth past the limit ----------------
 
-_memories: dict[int, dict] = {}
-_limits: dict[int, int] = {}
-_ids = iter(range(1, 1 << 62))
-_ids_lock = threading.Lock()
+#: A freed linear memory that used at most this many bytes is zeroed and kept for the next
+#: instance (as hotload-host's `linear_memory_keep_resident`): an instance build then maps
+#: nothing, and a teardown unmaps nothing (every munmap of touched pages interrupts the
+#: other cores running this process, the threads serving calls). Larger ones are unmapped.
+KEEP_RESIDENT_BYTES = 1 << 20
+
+
+class _Memory:
+    """One linear memory this host made: its mapping, size and limit."""
+
+    __slots__ = ("addr", "anchor", "buf", "creator", "limit", "size")
+
+    def __init__(self, buf: mmap.mmap, limit: int, creator: int):
+        self.buf = buf
+        self.anchor = ctypes.c_char.from_buffer(buf)
+        self.addr = ctypes.addressof(self.anchor)
+        self.size = 0
+        self.limit = limit
+        self.creator = creator
+
+
+class _Creator:
+    """An engine's memory creator: the limit and the freed memories kept for reuse."""
+
+    __slots__ = ("free", "keep", "limit")
+
+    def __init__(self, limit: int, keep: int):
+        self.limit = limit
+        self.keep = keep
+        self.free: list[_Memory] = []
+
+
+# memset with the GIL held (it runs inside a store's teardown, itself called with the GIL).
+_memset = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)(
+    ctypes.cast(ctypes.memset, ctypes.c_void_p).value
+)
+_memories: dict[int, _Memory] = {}
+_creators: dict[int, _Creator] = {}
+_ids = itertools.count(1)  # next() is atomic under the GIL
 
 
 def _next_id() -> int:
-    with _ids_lock:
-        return next(_ids)
+    return next(_ids)
 
 
 def _error(message: str) -> int:
@@ -153,90 +189,99 @@ def _error(message: str) -> int:
 @ffi.wasmtime_memory_get_callback_t
 def _get_memory(env, size_p, capacity_p):  # noqa: ANN001, ANN202 - ctypes callback
     mem = _memories[env]
-    size_p[0] = mem["size"]
+    size_p[0] = mem.size
     # Capacity = size: every growth goes through _grow_memory, where the limit is enforced.
-    capacity_p[0] = mem["size"]
-    return mem["addr"]
+    capacity_p[0] = mem.size
+    return mem.addr
 
 
 @ffi.wasmtime_memory_grow_callback_t
 def _grow_memory(env, new_size):  # noqa: ANN001, ANN202 - ctypes callback
     mem = _memories[env]
-    if new_size > mem["limit"]:
+    if new_size > mem.limit:
         call = current_call()
         if call is not None and call.grow_refused is None:
-            call.grow_refused = (new_size, mem["limit"])
+            call.grow_refused = (new_size, mem.limit)
         return _error(f"memory limit exceeded: asked for {new_size} bytes")
-    mem["size"] = new_size
+    mem.size = new_size
     return 0
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 def _free_memory(env):  # noqa: ANN001, ANN202 - ctypes callback
-    _memories.pop(env, None)
+    mem = _memories.pop(env, None)
+    if mem is None:
+        return
+    creator = _creators.get(mem.creator)
+    if creator is not None and mem.size <= KEEP_RESIDENT_BYTES and len(creator.free) < creator.keep:
+        # Fresh pages read as zero; so must a reused memory's (data segments aside).
+        _memset(mem.addr, 0, mem.size)
+        mem.size = 0
+        creator.free.append(mem)
+    # Otherwise the last reference goes here: the mapping is unmapped.
 
 
 class LinearMemory:
     """A linear memory this host created, read and written in place: its mapping never moves
     and its size is the one wasmtime asks the host for, so no wasmtime call is needed (each
-    would drop and retake the GIL, and let a loading thread in, on every request)."""
+    would drop and retake the GIL, and let a loading thread in, on every request). `buf` is
+    the mapping; `state.size` its current size in bytes."""
 
-    __slots__ = ("_mem",)
+    __slots__ = ("buf", "state")
 
-    def __init__(self, mem: dict):
-        self._mem = mem
+    def __init__(self, mem: _Memory):
+        self.buf = mem.buf
+        self.state = mem
 
     def size(self) -> int:
         """Current size in bytes."""
-        return self._mem["size"]
+        return self.state.size
 
     def read(self, ptr: int, length: int) -> bytes:
         """`length` bytes at `ptr` (the caller checked the range)."""
-        return self._mem["buf"][ptr : ptr + length]
+        return self.buf[ptr : ptr + length]
 
     def write(self, ptr: int, data: bytes) -> None:
         """Writes data at `ptr` (the caller checked the range)."""
-        self._mem["buf"][ptr : ptr + len(data)] = data
+        self.buf[ptr : ptr + len(data)] = data
 
 
-@contextlib.contextmanager
-def new_memories() -> Iterator[list[int]]:
-    """Records the memories created on this thread meanwhile (an instantiation's)."""
-    created: list[int] = []
+def recording_memories(created: list[int] | None) -> None:
+    """Starts (into a list) or stops (None) recording the keys of the memories created on
+    this thread meanwhile (an instantiation's)."""
     _local.new_memories = created
-    try:
-        yield created
-    finally:
-        _local.new_memories = None
 
 
 def created_memory(created: list[int], addr: int | None) -> LinearMemory | None:
-    """The memory at `addr` among those recorded in `created`, if this host made it."""
+    """The memory at `addr` among those recorded in `created`, if this host made it (any of
+    them when `addr` is None and exactly one was made)."""
+    if addr is None and len(created) == 1:
+        mem = _memories.get(created[0])
+        return LinearMemory(mem) if mem is not None else None
     for key in created:
         mem = _memories.get(key)
-        if mem is not None and mem["addr"] == addr:
+        if mem is not None and mem.addr == addr:
             return LinearMemory(mem)
     return None
 
 
 @ffi.wasmtime_new_memory_callback_t
 def _new_memory(env, _ty, minimum, _maximum, _reserved, _guard, out):  # noqa: ANN001, ANN202
-    limit = _limits[env]
+    creator = _creators[env]
+    limit = creator.limit
     if minimum > limit:
         return _error(f"memory minimum size of {minimum} bytes exceeds the limit of {limit} bytes")
     try:
-        buf = mmap.mmap(-1, max(limit, mmap.PAGESIZE))
-    except OSError as err:
-        return _error(f"cannot map {limit} bytes for a linear memory: {err}")
-    anchor = ctypes.c_char.from_buffer(buf)
-    key = _next_id()
-    _memories[key] = {
-        "buf": buf,
-        "anchor": anchor,
-        "addr": ctypes.addressof(anchor),
-        "size": minimum,
-        "limit": limit,
-    }
+        mem = creator.free.pop()
+    except IndexError:
+        try:
+            buf = mmap.mmap(-1, max(limit, mmap.PAGESIZE))
+        except OSError as err:
+            return _error(f"cannot map {limit} bytes for a linear memory: {err}")
+        mem = _Memory(buf, limit, env)
+    mem.size = minimum
+    key = next(_ids)
+    _memories[key] = mem
     created = getattr(_local, "new_memories", None)
     if created is not None:
         created.append(key)
@@ -249,7 +294,7 @@ def _new_memory(env, _ty, minimum, _maximum, _reserved, _guard, out):  # noqa: A
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 def _free_creator(env):  # noqa: ANN001, ANN202 - ctypes callback
-    _limits.pop(env, None)
+    _creators.pop(env, None)
 
 
 def build_engine(cfg: HostConfig) -> wasmtime.Engine:
@@ -265,7 +310,8 @@ def build_engine(cfg: HostConfig) -> wasmtime.Engine:
     config.memory_may_move = True
     config.memory_init_cow = False
     key = _next_id()
-    _limits[key] = cfg.max_memory_bytes
+    # Enough freed memories for a swapped-out revision's instances to become the next one's.
+    _creators[key] = _Creator(cfg.max_memory_bytes, 2 * max(1, cfg.instances_per_revision))
     creator = ffi.wasmtime_memory_creator_t()
     creator.env = key
     creator.new_memory = _new_memory
@@ -417,8 +463,3 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
         raise wasmtime.WasmtimeError._from_ptr(err)
     linker.allow_shadowing = False
     return linker
-
-
-def sandboxed_wasi() -> wasmtime.WasiConfig:
-    """Clocks and randomness only: no preopens, environment, arguments; stdio closed."""
-    return wasmtime.WasiConfig()

@@ -82,12 +82,14 @@ class _Entry:
         self.users = 0  # live Revision objects counting here (under the table's lock)
 
     def record(self, seconds: float, kind: str | None) -> None:
+        # latency_bucket, inline: every call records.
+        bucket = bisect.bisect_left(LATENCY_BOUNDS_US, max(0, int(seconds * 1e6)))
         with self.lock:
             c = self.counts
             c["calls"] += 1
             if kind is not None:
                 c["errors"][kind] += 1
-            c["latency_us"][latency_bucket(seconds * 1e6)] += 1
+            c["latency_us"][bucket] += 1
 
     def mark_failed(self) -> None:
         with self.lock:
@@ -116,18 +118,19 @@ class HealthTable:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
 
-    def join(self, rev: object, plugin: str, revision: str) -> _Entry:
-        """The entry `rev`, which starts serving, counts in; it leaves when `rev` is freed."""
+    def join(self, plugin: str, revision: str) -> _Entry:
+        """The entry a revision that starts serving counts in; the revision calls `leave`
+        with it when it is freed."""
         key = (plugin, revision)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry(plugin, revision)
             entry.users += 1
-        weakref.finalize(rev, self._leave, entry)
         return entry
 
-    def _leave(self, entry: _Entry) -> None:
+    def leave(self, entry: _Entry) -> None:
+        """A revision counting in `entry` was freed."""
         with self._lock:
             entry.users -= 1
 

@@ -9,10 +9,10 @@
 
 Everything before the assignment happens on the loading thread, off the request path; a
 failure anywhere leaves the slot untouched. A call holds a reference to the revision it
-started on, so it finishes there; a `Pinned` holds one for a whole request. The ABI check
-and link of a module are kept with it by digest, so a cached load only instantiates; a
-swapped-out revision's instances are freed by the next load or health report, not by the
-call that let go of it last (teardown.py).
+started on, so it finishes there; a `Pinned` holds one for a whole request. The ABI check,
+link and the rest of a module's plan (instance.ModulePlan) are kept with it by digest, so
+a cached load only instantiates; a swapped-out revision's instances are freed by the next
+load or health report, not by the call that let go of it last (teardown.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .engine import EpochTicker, HostConfig, build_engine, build_linker, one_lin
 from .errors import CallError, Failure, GuestError, LoadError
 from .health import HealthTable
 from .hooks import LoadEvent, UnloadEvent, fire
-from .instance import Limits, describe_exports
+from .instance import Limits, ModulePlan, describe_exports
 from .revision import Revision, RevisionId
 from .teardown import free_retired
 
@@ -111,8 +111,8 @@ class _Compiled:
 
     def __init__(self, module: wasmtime.Module):
         self.module = module
-        # (capabilities, InstancePre), once a load has checked and linked the module.
-        self.linked: tuple[abi.Capabilities, wasmtime.InstancePre] | None = None
+        # Its ABI capabilities, imports and the rest, once a load has checked and linked it.
+        self.linked: ModulePlan | None = None
 
 
 class _Slot:
@@ -205,7 +205,11 @@ class PluginHost:
 
     def call(self, plugin: str, data: bytes) -> bytes:
         """Calls `plugin`'s handle with `data` on the revision serving right now."""
-        return self._current(plugin).call(data)
+        slot = self._slots.get(plugin)  # _current, inline: every call's path
+        rev = slot.current if slot is not None else None
+        if rev is None:
+            raise CallError(errors.NOT_LOADED, plugin)
+        return rev.call(data)
 
     def pin(self, plugin: str) -> Pinned:
         """Pins the serving revision for all the calls of one request (`with host.pin(p) as p:`)."""
@@ -351,13 +355,13 @@ class PluginHost:
         t = time.monotonic()
         compiled, cache = self._module(rid, wasm)
         compile_seconds = time.monotonic() - t
-        caps, pre = self._linked(rid, compiled)
+        plan = self._linked(rid, compiled, wasm)
+        caps = plan.caps
         limits = Limits(self.config.deadline_ticks(), self.config.call_timeout)
         try:
             new = Revision(
                 rid,
-                caps,
-                pre,
+                plan,
                 self._engine,
                 self.config.instances_per_revision,
                 limits,
@@ -393,17 +397,18 @@ class PluginHost:
             except GuestError as err:
                 raise guest(errors.RESTORE_STATE, err.failure) from None
             state_bytes = len(snapshot)
-        if old is not None:
+        if old is not None and self.hooks is not None:
             fire(self.hooks, "before_unload", UnloadEvent(p, old.id.revision, r))
-        new.health = self._health.join(new, p, r)
+        new.count_in(self._health)
         t = time.perf_counter()
         slot.current = new  # the swap: one reference assignment
         swap = time.perf_counter() - t
-        fire(
-            self.hooks,
-            "after_load",
-            LoadEvent(p, r, old.id.revision if old else None, cache, swap),
-        )
+        if self.hooks is not None:
+            fire(
+                self.hooks,
+                "after_load",
+                LoadEvent(p, r, old.id.revision if old else None, cache, swap),
+            )
         return Loaded(
             r,
             True,
@@ -431,11 +436,10 @@ class PluginHost:
                 self._compiled.popitem(last=False)
         return compiled, cache
 
-    def _linked(
-        self, rid: RevisionId, compiled: _Compiled
-    ) -> tuple[abi.Capabilities, wasmtime.InstancePre]:
-        """The module's ABI capabilities and its imports resolved against the host's linker,
-        each worked out once per compiled module (both depend on the module alone)."""
+    def _linked(self, rid: RevisionId, compiled: _Compiled, wasm: bytes) -> ModulePlan:
+        """The module's ABI capabilities, its imports resolved against the host's linker and
+        the rest of its ModulePlan, worked out once per compiled module (they depend on the
+        module alone)."""
         if compiled.linked is not None:
             return compiled.linked
         p, r = rid.plugin, rid.revision
@@ -452,7 +456,7 @@ class PluginHost:
                 r,
                 reason=f"imports cannot be satisfied (plugins get none): {one_line(str(err))}",
             ) from None
-        compiled.linked = (caps, pre)
+        compiled.linked = ModulePlan(compiled.module, wasm, caps, pre)
         return compiled.linked
 
     def _compile_or_read_cache(self, rid: RevisionId, wasm: bytes) -> tuple[wasmtime.Module, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +26,9 @@ from dataclasses import dataclass
 import wasmtime
 
 from . import errors
-from .abi import Capabilities
 from .errors import CallError, Failure, GuestError
-from .health import _Entry, error_kind
-from .instance import Limits, PluginInstance
+from .health import HealthTable, _Entry, error_kind
+from .instance import Limits, ModulePlan, PluginInstance
 from .teardown import retire
 
 _PHASE = {
@@ -53,11 +51,13 @@ class RevisionId:
 class Revision:
     """A loaded revision and its instances."""
 
+    _built = False
+    _health_table = None
+
     def __init__(
         self,
         rid: RevisionId,
-        caps: Capabilities,
-        pre: wasmtime.InstancePre,
+        plan: ModulePlan,
         engine: wasmtime.Engine,
         instances: int,
         limits: Limits,
@@ -65,32 +65,52 @@ class Revision:
         warm: int = 1,
     ):
         self.id = rid
-        self.caps = caps
-        self._pre = pre
+        self.caps = plan.caps
+        self._plan = plan
         self._engine = engine
         self._limits = limits
         self._target = max(1, instances)
         self._checkout_timeout = checkout_timeout
-        self._cond = threading.Condition()
+        # `with self._lock` on the paths every call takes (a Condition's own __enter__ and
+        # __exit__ are Python); the condition, on the same lock, for the waits.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._idle: list[PluginInstance] = []
         self._live = 0
+        # Checkouts waiting for an instance (none left to lend or build).
+        self._waiting = 0
         # Instances of the first pool not built yet: each is built the way the load builds
         # its warm ones (self-check, snapshot); a replacement for a faulted one only configures.
         self._unbuilt = self._target - min(self._target, max(1, warm))
         # The state handed over at load (None: none), for the instances built after it.
         self._snapshot: bytes | None = None
+        # Where its calls count, and the table to leave when freed; set when it starts
+        # serving (see health.py).
+        self.health: _Entry | None = None
+        self._health_table: HealthTable | None = None
         for _ in range(self._target - self._unbuilt):
             self._idle.append(self.instantiate())
         self._live = len(self._idle)
-        # When the revision goes, its instances are freed by a later load (see teardown.py).
-        weakref.finalize(self, retire, self._idle).atexit = False
-        # Where its calls count; set when it starts serving (see health.py).
-        self.health: _Entry | None = None
+        # From here on, its instances are freed by a later load when it goes (teardown.py).
+        self._built = True
+
+    def count_in(self, table: HealthTable) -> None:
+        """Counts this revision's calls in `table` from now on (it starts serving)."""
+        self.health = table.join(self.id.plugin, self.id.revision)
+        self._health_table = table
+
+    def __del__(self, _retire: Callable[[list], None] = retire) -> None:
+        # Cheaper than weakref.finalize, at creation and at the end; a revision is in no
+        # reference cycle, so this runs as the last reference goes, on that thread.
+        if self._built:
+            _retire(self._idle)
+        if self._health_table is not None:
+            self._health_table.leave(self.health)
 
     def instantiate(self) -> PluginInstance:
         """A new configured instance; raises GuestError(phase in {instantiate, configure})."""
         try:
-            inst = PluginInstance(self._pre, self._engine, self.caps, self._limits)
+            inst = PluginInstance(self._plan, self._engine, self._limits)
         except GuestError as err:
             err.phase = errors.INSTANTIATE
             raise
@@ -142,7 +162,8 @@ class Revision:
                     self._live -= 1
                 else:
                     self._idle.append(loan.instance)
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
 
     def _take(self) -> PluginInstance:
         deadline = time.monotonic() + self._checkout_timeout
@@ -164,7 +185,11 @@ class Revision:
                         self.id.revision,
                         waited_ms=int(self._checkout_timeout * 1000),
                     )
-                self._cond.wait(left)
+                self._waiting += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiting -= 1
         try:
             return self._prepared() if first else self.instantiate()
         except GuestError as err:
@@ -172,7 +197,8 @@ class Revision:
                 self._live -= 1
                 if first:
                     self._unbuilt += 1
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
             failure = err.failure
             phase = getattr(err, "phase", "")
             if phase in _PHASE and failure.kind == errors.STATUS:
@@ -190,15 +216,15 @@ class Revision:
     def call(self, data: bytes) -> bytes:
         """Handles one request on a pooled instance, and counts it."""
         start = time.perf_counter()
-        err: BaseException | None = None
         try:
-            return self._handle(data)
-        except BaseException as e:
-            err = e
-            raise
-        finally:
+            out = self._handle(data)
+        except BaseException as err:
             if self.health is not None:
                 self.health.record(time.perf_counter() - start, error_kind(err))
+            raise
+        if self.health is not None:
+            self.health.record(time.perf_counter() - start, None)
+        return out
 
     def mark_failed(self) -> None:
         """Counts a returned call the app found failed."""
@@ -206,15 +232,33 @@ class Revision:
             self.health.mark_failed()
 
     def _handle(self, data: bytes) -> bytes:
-        with self.checkout() as loan:
-            try:
-                return loan.instance.handle(data)
-            except GuestError as err:
-                # Its memory may be half-updated: never hand it to another request.
-                loan.faulted = True
-                raise CallError(
-                    errors.HANDLE, self.id.plugin, self.id.revision, failure=err.failure
-                ) from None
+        # `checkout` inlined: this is every call's path.
+        with self._lock:
+            inst = self._idle.pop() if self._idle else None
+        if inst is None:
+            inst = self._take()
+        try:
+            out = inst.handle(data)
+        except GuestError as err:
+            # Its memory may be half-updated: never hand it to another request.
+            with self._lock:
+                self._live -= 1
+                if self._waiting:
+                    self._cond.notify()
+            raise CallError(
+                errors.HANDLE, self.id.plugin, self.id.revision, failure=err.failure
+            ) from None
+        except BaseException:
+            with self._lock:
+                self._idle.append(inst)
+                if self._waiting:
+                    self._cond.notify()
+            raise
+        with self._lock:
+            self._idle.append(inst)
+            if self._waiting:
+                self._cond.notify()
+        return out
 
 
 class _Loan:

@@ -2,8 +2,8 @@
 
 The last reference to a swapped-out revision is most often dropped by the call that was
 running on it at the swap (with the GIL, a load runs while a call is inside wasm). Freeing
-its instances there (a wasmtime store and a linear memory each, ~15 µs) would add to that
-call's latency; the revision's finalizer only queues them (`retire`), and the next load, or
+its instances there (a wasmtime store each, its linear memory zeroed for reuse) would add
+to that call's latency; the revision's finalizer only queues them (`retire`), and the next load, or
 the Client's next health report, frees them (`free_retired`). Not a thread of its own, as
 hotload-host's reaper is: freeing is mostly Python, which holds the GIL wherever it runs,
 and waking a thread for it cost the waking call more than it saved (on 2 busy cores).
