@@ -5,9 +5,9 @@
 //! - `call_ns`: ns per `PluginHost::call` of tagger-v1 with a 5-byte input, one thread, after
 //!   warm-up: the median of the rounds' means (the loop of `call_overhead.rs`);
 //! - `swap_ns_*`: `Loaded::swap`, the atomic store alone, over alternating v1/v2 loads;
-//! - `load_cached_ms_*`: `Loaded::total` of those loads, each a hit of `HostConfig::cache_dir`
-//!   (digest, precompiled code from disk, ABI check, 4 instances, self-check, state
-//!   hand-over, swap);
+//! - `load_cached_ms_*`: `Loaded::total` of those loads, each a hit (digest, the module the
+//!   host keeps in memory since its first load, which had filled `HostConfig::cache_dir`;
+//!   4 instances, self-check, state hand-over, swap);
 //! - p99 of single calls, steady and while another thread swaps v1↔v2 every ~10 ms.
 //!
 //! ```sh
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..HostConfig::default()
     })?;
 
-    // The first load of each compiles and fills the cache; the timed ones below all hit it.
+    // The first load of each compiles and fills the caches; the timed ones below all hit.
     host.load(reqs[0].clone())?;
     host.load(reqs[1].clone())?;
     let (mut swaps, mut totals, mut hits) = (Vec::new(), Vec::new(), 0);

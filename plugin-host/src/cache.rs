@@ -1,6 +1,8 @@
 //! Precompiled-module cache: compiled machine code on disk, keyed by the artifact's sha256
 //! digest and the engine's compatibility hash (wasmtime version + codegen settings), so an
-//! app restart or a rollback to a cached revision skips Cranelift entirely.
+//! app restart or a rollback to a cached revision skips Cranelift entirely. Within one
+//! process a revision loaded again comes from memory (`compiled.rs`), not from here: this
+//! serves the first load of a module after a restart, and the modules memory no longer keeps.
 //!
 //! Files are written to a temp name and renamed, so a crash never leaves a half file under
 //! a real key; a file that fails to deserialize is recompiled and overwritten. The
@@ -16,7 +18,8 @@ use wasmtime::{Engine, Module};
 /// Where a module came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
-    /// Loaded precompiled code from disk.
+    /// Compiled before: the module this host keeps in memory from an earlier load, or
+    /// precompiled code from disk.
     Hit,
     /// Compiled and stored for next time.
     Miss,
@@ -71,16 +74,23 @@ pub(crate) fn lookup(
     // and the engine fingerprint, and wasmtime re-checks the version header on load.
     match unsafe { Module::deserialize_file(engine, &path) } {
         Ok(m) => {
-            // Used now: the last to be pruned.
-            if let Ok(file) = std::fs::File::options().append(true).open(&path) {
-                let _ = file.set_modified(std::time::SystemTime::now());
-            }
+            touch(fingerprint, dir, digest_hex);
             Some(m)
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "discarding unusable precompiled module");
             None
         }
+    }
+}
+
+/// Marks the precompiled module for `digest_hex` as used now, the last to be pruned; also
+/// when the host reused the module from memory, so a module that serves for long is not
+/// pruned as stale and is still on disk after a restart. Nothing happens without a file.
+pub(crate) fn touch(fingerprint: &str, dir: &Path, digest_hex: &str) {
+    let path = cache_path(dir, digest_hex, fingerprint);
+    if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }
 

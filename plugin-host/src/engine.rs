@@ -22,7 +22,10 @@
 //! again on its first writes. So the pool resets memories and tables with `memset` up to
 //! [`KEEP_RESIDENT_BYTES`] of dirty pages (found with the `PAGEMAP_SCAN` ioctl where the
 //! kernel has it, Linux 6.7+), and reuses freed slots before untouched ones. Memory images
-//! stay mapped per module (copy-on-write): copying the data segments into every instance
+//! stay mapped per module (copy-on-write), and a slot keeps the image of the module that used
+//! it last: the host keeps modules by digest (`compiled.rs`), so a revision loaded again is
+//! the same module, whose instances find their image already in place (the pool prefers
+//! such slots) and map nothing. Copying the data segments into every instance
 //! instead would spare the shootdowns of unmapping an image, but it made instantiating the
 //! Go plugin (megabytes of data) several times slower (its conformance case: 43 s against
 //! 8 s in a debug build), and loads must stay short.

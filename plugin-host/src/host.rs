@@ -1,7 +1,8 @@
 //! [`PluginHost`]: named plugin slots, each holding its serving revision in an `ArcSwap`.
 //!
 //! ```text
-//!  load(req) ── size, digest ─ cache or budgeted compile ─ ABI check ─ instantiate pool ─ configure
+//!  load(req) ── size, digest ─ module kept in memory (or: disk cache or budgeted compile,
+//!      │         ABI check, link, then kept) ─ instantiate pool ─ configure
 //!      │                                                           │
 //!      │        self_check ─ state hand-over (old.save → new.restore) ─ before_unload
 //!      │                                                           │
@@ -25,6 +26,7 @@ use wasmtime::{Engine, Linker};
 use crate::abi;
 use crate::cache::{self, CacheOutcome};
 use crate::compile::{self, CompileError};
+use crate::compiled::{Compiled, CompiledModules};
 use crate::digest::{parse_sha256, sha256_digest};
 use crate::engine::{EpochTicker, HostConfig, build_engine};
 use crate::error::{CallError, GuestFailure, LoadError, Phase};
@@ -134,6 +136,8 @@ pub struct PluginHost {
     fingerprint: String,
     config: HostConfig,
     linker: Linker<StoreState>,
+    /// Modules already compiled, checked and linked, by digest (see `compiled.rs`).
+    compiled: CompiledModules,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     hooks: Arc<dyn HostHooks>,
     /// The counters of every revision that served and has counts left to take.
@@ -180,6 +184,7 @@ impl PluginHost {
         Ok(PluginHost {
             fingerprint: cache::engine_fingerprint(&engine),
             linker,
+            compiled: CompiledModules::default(),
             engine,
             config,
             slots: RwLock::new(HashMap::new()),
@@ -366,44 +371,8 @@ impl PluginHost {
             detail,
         };
 
-        let t = Instant::now();
-        let (module, cache) = compile::load_module(
-            &self.engine,
-            &self.fingerprint,
-            self.config.cache_dir.as_deref(),
-            hex,
-            wasm,
-            self.config.compile_timeout,
-        )
-        .map_err(|e| match e {
-            CompileError::Invalid(reason) => LoadError::InvalidWasm {
-                plugin: p.clone(),
-                revision: r.clone(),
-                reason,
-            },
-            CompileError::Timeout(budget) => LoadError::CompileTimeout {
-                plugin: p.clone(),
-                revision: r.clone(),
-                budget_ms: budget.as_millis(),
-            },
-            CompileError::Thread(source) => LoadError::CompileThread {
-                plugin: p.clone(),
-                revision: r.clone(),
-                source,
-            },
-        })?;
-        let compile = t.elapsed();
-        let abi_err = |reason: String| LoadError::Abi {
-            plugin: p.clone(),
-            revision: r.clone(),
-            reason,
-        };
-        let caps = abi::check_exports(&describe_exports(&module)).map_err(abi_err)?;
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            abi_err(format!(
-                "imports cannot be satisfied (plugins get none): {e:#}"
-            ))
-        })?;
+        let (module, cache, compile) = self.module_for(&p, &r, hex, wasm)?;
+        let caps = module.caps;
         let limits = RevisionLimits {
             instances: self.config.instances_per_revision,
             max_memory: self.config.max_memory_bytes,
@@ -416,15 +385,14 @@ impl PluginHost {
         // Revisions dropped before this load may still be being freed: their pool slots come
         // back first, as when teardown ran inline.
         self.reaper.settle();
-        let new =
-            Revision::new(id, caps, pre, limits, self.reaper.clone()).map_err(|e| match e {
-                InstanceError::Instantiate(fault) => LoadError::Instantiate {
-                    plugin: p.clone(),
-                    revision: r.clone(),
-                    fault,
-                },
-                InstanceError::Configure(detail) => guest(Phase::Configure, detail),
-            })?;
+        let new = Revision::new(id, module, limits, self.reaper.clone()).map_err(|e| match e {
+            InstanceError::Instantiate(fault) => LoadError::Instantiate {
+                plugin: p.clone(),
+                revision: r.clone(),
+                fault,
+            },
+            InstanceError::Configure(detail) => guest(Phase::Configure, detail),
+        })?;
         let mut self_checked = false;
         if caps.self_check {
             new.for_each_instance(|i| i.self_check())
@@ -485,6 +453,69 @@ impl PluginHost {
             total: start.elapsed(),
             swap,
         })
+    }
+
+    /// The module of `hex`, ready to instantiate: the one this host keeps, or else one from
+    /// the disk cache or a budgeted compile, checked against the ABI, linked, and kept. With
+    /// where its code came from, and how long getting the code took.
+    fn module_for(
+        &self,
+        plugin: &str,
+        revision: &str,
+        hex: &str,
+        wasm: &Arc<Vec<u8>>,
+    ) -> Result<(Arc<Compiled>, CacheOutcome, Duration), LoadError> {
+        let t = Instant::now();
+        if let Some(module) = self.compiled.get(hex) {
+            if let Some(dir) = self.config.cache_dir.as_deref() {
+                cache::touch(&self.fingerprint, dir, hex);
+            }
+            return Ok((module, CacheOutcome::Hit, t.elapsed()));
+        }
+        let (p, r) = (plugin.to_string(), revision.to_string());
+        let (module, cache) = compile::load_module(
+            &self.engine,
+            &self.fingerprint,
+            self.config.cache_dir.as_deref(),
+            hex,
+            wasm,
+            self.config.compile_timeout,
+        )
+        .map_err(|e| match e {
+            CompileError::Invalid(reason) => LoadError::InvalidWasm {
+                plugin: p.clone(),
+                revision: r.clone(),
+                reason,
+            },
+            CompileError::Timeout(budget) => LoadError::CompileTimeout {
+                plugin: p.clone(),
+                revision: r.clone(),
+                budget_ms: budget.as_millis(),
+            },
+            CompileError::Thread(source) => LoadError::CompileThread {
+                plugin: p.clone(),
+                revision: r.clone(),
+                source,
+            },
+        })?;
+        let compile = t.elapsed();
+        let abi_err = |reason: String| LoadError::Abi {
+            plugin: p.clone(),
+            revision: r.clone(),
+            reason,
+        };
+        let caps = abi::check_exports(&describe_exports(&module)).map_err(abi_err)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
+            abi_err(format!(
+                "imports cannot be satisfied (plugins get none): {e:#}"
+            ))
+        })?;
+        let (module, evicted) = self
+            .compiled
+            .insert(hex, wasm.len(), Compiled { caps, pre });
+        // Modules no revision runs are unmapped here, off the request path.
+        drop(evicted);
+        Ok((module, cache, compile))
     }
 
     /// Removes a plugin; in-flight calls finish on the revision they started on.

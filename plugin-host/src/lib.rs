@@ -55,6 +55,7 @@
 pub mod abi;
 mod cache;
 mod compile;
+mod compiled;
 mod digest;
 mod engine;
 mod error;

@@ -15,12 +15,11 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use wasmtime::InstancePre;
-
 use crate::abi::Capabilities;
+use crate::compiled::Compiled;
 use crate::error::{CallError, Fault, GuestFailure};
 use crate::health::Meter;
-use crate::instance::{CallLimit, PluginInstance, StoreState};
+use crate::instance::{CallLimit, PluginInstance};
 use crate::teardown::Reaper;
 
 /// Identity of a revision: what a repeated `Load` is compared against.
@@ -48,7 +47,7 @@ pub(crate) struct Revision {
     pub(crate) caps: Capabilities,
     /// How its calls went; shared with the host's list of meters.
     pub(crate) meter: Arc<Meter>,
-    pre: InstancePre<StoreState>,
+    module: Arc<Compiled>,
     target: usize,
     max_memory: usize,
     call_limit: CallLimit,
@@ -59,10 +58,10 @@ pub(crate) struct Revision {
 }
 
 /// What a dropped revision leaves to the reaper: its instances, and the module they run
-/// (the last reference to a module unmaps its code).
+/// (the last reference to a module, once the host no longer keeps it, unmaps its code).
 pub(crate) struct Remains {
     _instances: Vec<PluginInstance>,
-    _pre: InstancePre<StoreState>,
+    _module: Arc<Compiled>,
 }
 
 impl Drop for Revision {
@@ -70,7 +69,7 @@ impl Drop for Revision {
         let pool = self.pool.get_mut().unwrap_or_else(|p| p.into_inner());
         self.reaper.retire(Remains {
             _instances: std::mem::take(&mut pool.idle),
-            _pre: self.pre.clone(),
+            _module: self.module.clone(),
         });
     }
 }
@@ -126,20 +125,19 @@ pub(crate) struct RevisionLimits {
 }
 
 impl Revision {
-    /// Creates the revision with `limits.instances` configured instances; `reaper` frees
-    /// them when the revision is dropped.
+    /// Creates the revision with `limits.instances` configured instances of `module`;
+    /// `reaper` frees them when the revision is dropped.
     pub(crate) fn new(
         id: RevisionId,
-        caps: Capabilities,
-        pre: InstancePre<StoreState>,
+        module: Arc<Compiled>,
         limits: RevisionLimits,
         reaper: Arc<Reaper<Remains>>,
     ) -> Result<Self, InstanceError> {
         let rev = Revision {
             meter: Arc::new(Meter::new(&id.plugin, &id.revision)),
             id,
-            caps,
-            pre,
+            caps: module.caps,
+            module,
             target: limits.instances.max(1),
             max_memory: limits.max_memory,
             call_limit: limits.call_limit,
@@ -169,8 +167,13 @@ impl Revision {
     }
 
     fn instantiate(&self) -> Result<PluginInstance, InstanceError> {
-        let mut inst = PluginInstance::new(&self.pre, self.caps, self.max_memory, self.call_limit)
-            .map_err(InstanceError::Instantiate)?;
+        let mut inst = PluginInstance::new(
+            &self.module.pre,
+            self.caps,
+            self.max_memory,
+            self.call_limit,
+        )
+        .map_err(InstanceError::Instantiate)?;
         inst.configure(&self.id.config)
             .map_err(InstanceError::Configure)?;
         Ok(inst)

@@ -4,7 +4,8 @@
 //! A revision is freed by whoever drops the last `Arc` to it, and after a swap that is as
 //! likely a call still running on it (or a [`Pinned`](crate::Pinned) request) as the loading
 //! thread. Freeing it means dropping its stores: the pooling allocator resets each linear
-//! memory and table, and the last revision of a module unmaps the module's code. Those are
+//! memory and table, and the last revision of a module the host no longer keeps in memory
+//! (`compiled.rs`) unmaps the module's code. Those are
 //! microseconds each, some of them system calls, and they would land on one request's
 //! latency. So a revision's drop only hands its instances to the reaper (a push under a
 //! mutex), and the reaper's thread drops them.

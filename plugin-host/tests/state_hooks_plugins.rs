@@ -160,3 +160,60 @@ fn corrupt_cache_entry_is_recompiled() {
         .expect("load");
     assert_eq!(again.cache, CacheOutcome::Miss);
 }
+
+#[test]
+fn a_revision_loaded_again_reuses_the_module_kept_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = PluginHost::new(HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..config()
+    })
+    .expect("host");
+    let (v1, v2) = (plugin("v01", ""), plugin("v02", ""));
+    let load = |plugin: &str, rev: &str, wasm: &[u8]| {
+        host.load(request(plugin, rev, wasm.to_vec()))
+            .expect("load")
+            .cache
+    };
+    assert_eq!(load("p", "r1", &v1), CacheOutcome::Miss);
+    assert_eq!(load("p", "r2", &v2), CacheOutcome::Miss);
+    // Not from disk: the precompiled files are gone.
+    for entry in std::fs::read_dir(dir.path()).expect("read cache") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    assert_eq!(load("p", "r1", &v1), CacheOutcome::Hit);
+    assert_eq!(
+        load("q", "r1", &v1),
+        CacheOutcome::Hit,
+        "under another name"
+    );
+    for name in ["p", "q"] {
+        let (tag, _) = tag_of(&host.call(name, b"x").expect("call")).expect("tagged");
+        assert_eq!(tag, "v01");
+    }
+}
+
+#[test]
+fn without_a_cache_dir_a_revision_loaded_again_is_not_recompiled() {
+    let host = PluginHost::new(config()).expect("host");
+    let (v1, v2) = (plugin("v01", SAVE_STATE), plugin("v02", RESTORE_STATE));
+    let first = host.load(request("ctr", "r1", v1.clone())).expect("r1");
+    assert_eq!(first.cache, CacheOutcome::Uncached);
+    for _ in 0..3 {
+        host.call("ctr", b"x").expect("call");
+    }
+    let second = host.load(request("ctr", "r2", v2)).expect("r2");
+    assert_eq!(second.cache, CacheOutcome::Uncached);
+    let back = host
+        .load(request("ctr", "r1", plugin("v01", SAVE_STATE)))
+        .expect("back to r1");
+    assert_eq!(back.cache, CacheOutcome::Hit);
+    // A kept module still gets what a load hands over: fresh instances, and the state.
+    assert_eq!(
+        count(&host, "ctr"),
+        0,
+        "r1 restores no state: its instances start anew"
+    );
+    let (tag, _) = tag_of(&host.call("ctr", b"x").expect("call")).expect("tagged");
+    assert_eq!(tag, "v01");
+}
