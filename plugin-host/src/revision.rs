@@ -39,6 +39,10 @@ struct Pool {
     idle: Vec<PluginInstance>,
     /// Instances that exist (idle + checked out).
     live: usize,
+    /// Checkouts waiting for an instance to come back. A return wakes one only when there
+    /// is one: `Condvar::notify_one` enters the kernel even with no waiter, a system call
+    /// on every request otherwise.
+    waiting: usize,
 }
 
 /// A loaded revision and its instances.
@@ -111,8 +115,12 @@ impl Drop for Checkout<'_> {
             Some(inst) if !self.faulted => pool.idle.push(inst),
             _ => pool.live -= 1,
         }
+        // A checkout that starts waiting after this sees the change under the lock first.
+        let wake = pool.waiting > 0;
         drop(pool);
-        self.rev.freed.notify_one();
+        if wake {
+            self.rev.freed.notify_one();
+        }
     }
 }
 
@@ -145,6 +153,7 @@ impl Revision {
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 live: 0,
+                waiting: 0,
             }),
             freed: Condvar::new(),
             reaper,
@@ -156,6 +165,7 @@ impl Revision {
         *rev.lock() = Pool {
             live: idle.len(),
             idle,
+            waiting: 0,
         };
         Ok(rev)
     }
@@ -222,11 +232,13 @@ impl Revision {
                 });
             }
             at_once = false;
+            pool.waiting += 1;
             pool = self
                 .freed
                 .wait_timeout(pool, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            pool.waiting -= 1;
         }
     }
 
