@@ -26,6 +26,13 @@ type Config struct {
 	// CacheDir, when set, keeps wazero's compiled code on disk, so a restarted app (or a
 	// rollback to a revision it ran before) skips compilation.
 	CacheDir string
+	// ModuleCacheEntries is the most compiled modules the host keeps in memory, by digest,
+	// that no revision uses any more (default 8; negative keeps none): loading one of them
+	// again (a swap back, a rollback) compiles nothing and reads no CacheDir. Modules of
+	// revisions still in use are kept besides, always.
+	ModuleCacheEntries int
+	// ModuleCacheBytes is the most wasm bytes of those unused modules (default 64 MiB).
+	ModuleCacheBytes uint64
 	// Hooks receives load events; nil means none.
 	Hooks Hooks
 	// Logger receives the host's structured logs; nil means slog.Default().
@@ -48,6 +55,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxPlugins <= 0 {
 		c.MaxPlugins = 16
+	}
+	if c.ModuleCacheEntries == 0 {
+		c.ModuleCacheEntries = 8
+	}
+	if c.ModuleCacheBytes == 0 {
+		c.ModuleCacheBytes = 64 << 20
 	}
 	if c.Hooks == nil {
 		c.Hooks = NoHooks{}

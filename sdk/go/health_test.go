@@ -78,7 +78,7 @@ func TestBusyCallsCountAsFailed(t *testing.T) {
 		holding <- err
 	}()
 	// Wait until the first call holds the only instance.
-	for len(h.slot("slow").current.Load().idle) != 0 {
+	for h.slot("slow").current.Load().idleCount() != 0 {
 		time.Sleep(time.Millisecond)
 	}
 	_, err := h.Call(ctx, "slow", []byte("y"))

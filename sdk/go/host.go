@@ -39,6 +39,10 @@ type Host struct {
 	base  wazero.ModuleConfig
 	// wasi is what the sandboxed WASI module provides: name → signature.
 	wasi map[string]string
+	// modules keeps compiled modules by digest (modules.go); memories keeps the linear
+	// memories of closed instances for the next ones (memory.go).
+	modules  *compiledModules
+	memories *memoryPool
 
 	// slots is replaced whole (copy on write) under mu, so a call reads it without a lock.
 	slots atomic.Pointer[map[string]*slot]
@@ -81,7 +85,8 @@ type CacheOutcome string
 
 // Where compiled code comes from.
 const (
-	// CacheHit: wazero reused compiled code (from Config.CacheDir or memory).
+	// CacheHit: compiled code was reused: kept in memory from an earlier load of the same
+	// digest (Config.ModuleCacheEntries), or read from Config.CacheDir.
 	CacheHit CacheOutcome = "hit"
 	// CacheMiss: compiled, and stored in Config.CacheDir for next time.
 	CacheMiss CacheOutcome = "miss"
@@ -169,7 +174,9 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		// No start functions: _start belongs to commands; reactors get _initialize.
 		base: wazero.NewModuleConfig().WithName("").WithStartFunctions().
 			WithSysWalltime().WithSysNanotime().WithRandSource(rand.Reader),
-		wasi: wasi,
+		wasi:     wasi,
+		modules:  newCompiledModules(max(cfg.ModuleCacheEntries, 0), cfg.ModuleCacheBytes),
+		memories: &memoryPool{},
 	}
 	h.slots.Store(&map[string]*slot{})
 	return h, nil
@@ -177,6 +184,10 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 
 // Close closes every instance and the runtime. In-flight calls fail.
 func (h *Host) Close(ctx context.Context) error {
+	// Before the runtime: closing it frees the memories of calls still running, which must
+	// not be handed to anyone else, and closes every compiled module.
+	h.memories.close()
+	h.modules.close()
 	err := h.rt.Close(ctx)
 	if h.cache != nil {
 		err = errors.Join(err, h.cache.Close(ctx))
@@ -371,32 +382,18 @@ func (h *Host) loadInto(ctx context.Context, s *slot, id RevisionID, wasm []byte
 	}
 
 	t := time.Now()
-	entries := h.cacheEntries()
-	compiled, err := h.rt.CompileModule(ctx, wasm)
-	if err != nil {
-		e := lerr(LoadInvalidWasm)
-		e.Reason, e.Err = firstLine(err.Error()), err
-		return nil, e
+	module, cache, loadErr := h.module(ctx, id, wasm, lerr)
+	if loadErr != nil {
+		return nil, loadErr
 	}
 	compile := time.Since(t)
-	cache := CacheNone
-	if h.cfg.CacheDir != "" {
-		cache = CacheHit
-		if h.cacheEntries() > entries {
-			cache = CacheMiss
-		}
-	}
-	caps, reason, kind := h.checkModule(compiled)
-	if reason != "" {
-		_ = compiled.Close(ctx)
-		e := lerr(kind)
-		e.Reason = reason
-		return nil, e
-	}
+	caps := module.caps
 	rev, ierr := newRevision(ctx, id, revisionSpec{
 		rt:              h.rt,
 		base:            h.base,
-		compiled:        compiled,
+		modules:         h.modules,
+		module:          module,
+		memories:        h.memories,
 		caps:            caps,
 		instances:       h.cfg.InstancesPerRevision,
 		maxMemory:       h.cfg.MaxMemoryBytes,
@@ -455,6 +452,36 @@ func (h *Host) loadInto(ctx context.Context, s *slot, id RevisionID, wasm []byte
 		Total:       time.Since(start),
 		Swap:        swap,
 	}, nil
+}
+
+// module returns the compiled module of id.Digest, with one more user, from memory (a hit)
+// or compiled (through Config.CacheDir, if any) and checked against the ABI.
+func (h *Host) module(ctx context.Context, id RevisionID, wasm []byte, lerr func(LoadErrorKind) *LoadError) (*compiledModule, CacheOutcome, *LoadError) {
+	if m := h.modules.lease(id.Digest); m != nil {
+		return m, CacheHit, nil
+	}
+	entries := h.cacheEntries()
+	compiled, err := h.rt.CompileModule(ctx, wasm)
+	if err != nil {
+		e := lerr(LoadInvalidWasm)
+		e.Reason, e.Err = firstLine(err.Error()), err
+		return nil, "", e
+	}
+	cache := CacheNone
+	if h.cfg.CacheDir != "" {
+		cache = CacheHit
+		if h.cacheEntries() > entries {
+			cache = CacheMiss
+		}
+	}
+	caps, reason, kind := h.checkModule(compiled)
+	if reason != "" {
+		_ = compiled.Close(ctx)
+		e := lerr(kind)
+		e.Reason = reason
+		return nil, "", e
+	}
+	return h.modules.add(id.Digest, compiled, caps, uint64(len(wasm))), cache, nil
 }
 
 // saveState takes one snapshot from one of old's instances. An instance whose save_state

@@ -213,8 +213,8 @@ func TestARevisionIsClosedWhenItsLastReferenceGoes(t *testing.T) {
 	if got := r1.refs.Load(); got != 0 {
 		t.Fatalf("r1 holds %d references, want 0", got)
 	}
-	if len(r1.idle) != 0 {
-		t.Fatalf("r1 kept %d idle instances after its last reference went", len(r1.idle))
+	if n := r1.idleCount(); n != 0 {
+		t.Fatalf("r1 kept %d idle instances after its last reference went", n)
 	}
 	if r1.acquire() {
 		t.Fatal("a closed revision was acquired again")

@@ -21,23 +21,25 @@ type instance struct {
 	mem  api.Memory
 	caps capabilities
 
-	alloc, handle, configure, selfCheck, saveState, restoreState api.Function
+	alloc, handle api.Function
+	// The optional exports, bound when first called (each binding allocates wazero's call
+	// stack for it): most instances never save state, and a revision with nothing to hand
+	// over never restores any.
+	configure, selfCheck, saveState, restoreState api.Function
 	// stack is reused by every CallWithStack: two slots fit every ABI signature.
 	stack [2]uint64
 
-	timeout time.Duration
-	// op is the context of the guest operation under way, read by nanosleep (which runs
-	// on the same goroutine, inside a guest call).
-	op context.Context
+	// op is the context of the guest operation under way (op.go), also read by nanosleep
+	// (which runs on the same goroutine, inside a guest call).
+	op *opContext
 }
 
 // newInstance instantiates the revision's module, runs _initialize when exported, and
 // binds the exports; the start function and _initialize run under the call deadline.
-func newInstance(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, base wazero.ModuleConfig, caps capabilities, maxMemory uint64, timeout time.Duration) (inst *instance, failure *Failure) {
-	inst = &instance{caps: caps, timeout: timeout}
-	ctx = experimental.WithMemoryAllocator(ctx, limitedAllocator(maxMemory))
-	ctx, done := inst.begin(ctx)
-	defer done()
+func newInstance(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, base wazero.ModuleConfig, caps capabilities, maxMemory uint64, memories *memoryPool, timeout time.Duration) (inst *instance, failure *Failure) {
+	inst = &instance{caps: caps, op: newOpContext(timeout)}
+	ctx = inst.begin(experimental.WithMemoryAllocator(ctx, limitedAllocator(maxMemory, memories)))
+	defer inst.end()
 	defer func() {
 		// The allocator panics past the limit; the runtime recovers that inside guest calls,
 		// but not everywhere during instantiation.
@@ -75,17 +77,16 @@ func newInstance(ctx context.Context, rt wazero.Runtime, compiled wazero.Compile
 	if inst.alloc == nil || inst.handle == nil {
 		return fail(errors.New("export `alloc` or `handle` vanished"))
 	}
-	opt := func(present bool, name string) api.Function {
-		if !present {
-			return nil
-		}
-		return mod.ExportedFunction(name)
-	}
-	inst.configure = opt(caps.configure, exportConfigure)
-	inst.selfCheck = opt(caps.selfCheck, exportSelfCheck)
-	inst.saveState = opt(caps.saveState, exportSaveState)
-	inst.restoreState = opt(caps.restoreState, exportRestoreState)
 	return inst, nil
+}
+
+// optional returns the optional export name, binding it into *f on first use; nil when the
+// module does not export it.
+func (i *instance) optional(f *api.Function, present bool, name string) api.Function {
+	if *f == nil && present {
+		*f = i.mod.ExportedFunction(name)
+	}
+	return *f
 }
 
 // close frees the instance's module (and its memory).
@@ -93,15 +94,16 @@ func (i *instance) close() {
 	_ = i.mod.Close(context.Background())
 }
 
-// begin starts one guest operation: everything until done runs under one deadline, as
+// begin starts one guest operation: everything until end runs under one deadline, as
 // hotload-host arms one epoch deadline per operation.
-func (i *instance) begin(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(ctx, i.timeout)
-	i.op = ctx
-	return ctx, func() {
-		i.op = nil
-		cancel()
-	}
+func (i *instance) begin(ctx context.Context) context.Context {
+	i.op.begin(ctx)
+	return i.op
+}
+
+// end ends the operation begin started.
+func (i *instance) end() {
+	i.op.finish()
 }
 
 // nanosleep is the instance's WASI sleep: it never outlives the operation. A sleep past the
@@ -109,9 +111,6 @@ func (i *instance) begin(ctx context.Context) (context.Context, context.CancelFu
 // call's error, so a sleeping plugin times out like a looping one.
 func (i *instance) nanosleep(ns int64) {
 	op := i.op
-	if op == nil {
-		op = context.Background()
-	}
 	d, cut := time.Duration(ns), false
 	if deadline, ok := op.Deadline(); ok && time.Until(deadline) < d {
 		d, cut = max(time.Until(deadline), 0), true
@@ -180,8 +179,8 @@ func status(code uint64, failure *Failure) *Failure {
 
 // Handle handles one request.
 func (i *instance) Handle(ctx context.Context, input []byte) ([]byte, *Failure) {
-	ctx, done := i.begin(ctx)
-	defer done()
+	ctx = i.begin(ctx)
+	defer i.end()
 	ptr, n, failure := i.write(ctx, input)
 	if failure != nil {
 		return nil, failure
@@ -199,36 +198,39 @@ func (i *instance) Handle(ctx context.Context, input []byte) ([]byte, *Failure) 
 
 // Configure hands the config bytes over, if the plugin takes config.
 func (i *instance) Configure(ctx context.Context, config []byte) *Failure {
-	if i.configure == nil {
+	configure := i.optional(&i.configure, i.caps.configure, exportConfigure)
+	if configure == nil {
 		return nil
 	}
-	ctx, done := i.begin(ctx)
-	defer done()
+	ctx = i.begin(ctx)
+	defer i.end()
 	ptr, n, failure := i.write(ctx, config)
 	if failure != nil {
 		return failure
 	}
-	return status(i.call(ctx, i.configure, uint64(ptr), uint64(n)))
+	return status(i.call(ctx, configure, uint64(ptr), uint64(n)))
 }
 
 // SelfCheck runs the self-check, if exported.
 func (i *instance) SelfCheck(ctx context.Context) *Failure {
-	if i.selfCheck == nil {
+	selfCheck := i.optional(&i.selfCheck, i.caps.selfCheck, exportSelfCheck)
+	if selfCheck == nil {
 		return nil
 	}
-	ctx, done := i.begin(ctx)
-	defer done()
-	return status(i.call(ctx, i.selfCheck))
+	ctx = i.begin(ctx)
+	defer i.end()
+	return status(i.call(ctx, selfCheck))
 }
 
 // SaveState takes a state snapshot; ok is false when the plugin exports no save_state.
 func (i *instance) SaveState(ctx context.Context) (snapshot []byte, ok bool, failure *Failure) {
-	if i.saveState == nil {
+	saveState := i.optional(&i.saveState, i.caps.saveState, exportSaveState)
+	if saveState == nil {
 		return nil, false, nil
 	}
-	ctx, done := i.begin(ctx)
-	defer done()
-	packed, failure := i.call(ctx, i.saveState)
+	ctx = i.begin(ctx)
+	defer i.end()
+	packed, failure := i.call(ctx, saveState)
 	if failure != nil {
 		return nil, true, failure
 	}
@@ -238,14 +240,15 @@ func (i *instance) SaveState(ctx context.Context) (snapshot []byte, ok bool, fai
 
 // RestoreState hands a snapshot over; a plugin without restore_state ignores it.
 func (i *instance) RestoreState(ctx context.Context, snapshot []byte) *Failure {
-	if i.restoreState == nil {
+	restoreState := i.optional(&i.restoreState, i.caps.restoreState, exportRestoreState)
+	if restoreState == nil {
 		return nil
 	}
-	ctx, done := i.begin(ctx)
-	defer done()
+	ctx = i.begin(ctx)
+	defer i.end()
 	ptr, n, failure := i.write(ctx, snapshot)
 	if failure != nil {
 		return failure
 	}
-	return status(i.call(ctx, i.restoreState, uint64(ptr), uint64(n)))
+	return status(i.call(ctx, restoreState, uint64(ptr), uint64(n)))
 }

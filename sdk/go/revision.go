@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,9 +46,12 @@ func (a RevisionID) Equal(b RevisionID) bool {
 
 // revisionSpec is what a revision needs to make instances.
 type revisionSpec struct {
-	rt              wazero.Runtime
-	base            wazero.ModuleConfig
-	compiled        wazero.CompiledModule
+	rt   wazero.Runtime
+	base wazero.ModuleConfig
+	// module is the compiled module, leased from modules: the revision is one of its users.
+	modules         *compiledModules
+	module          *compiledModule
+	memories        *memoryPool
 	caps            capabilities
 	instances       int
 	maxMemory       uint64
@@ -57,11 +62,17 @@ type revisionSpec struct {
 type revision struct {
 	id   RevisionID
 	spec revisionSpec
-	// idle holds the instances not lent out; tokens holds one token per instance that
-	// was discarded and may be re-created. len(idle) + lent + len(tokens) == instances.
-	idle   chan *instance
-	tokens chan struct{}
-	refs   atomic.Int64
+	// free holds one token per instance a checkout may take: one idle in idle, or one that
+	// was discarded and may be re-created. lent + len(free) == instances, and len(free) ==
+	// len(idle) + discarded (a token is sent after its instance is pushed, and received
+	// before one is popped).
+	free chan struct{}
+	// idle holds the instances not lent out, the most recently returned last: a checkout
+	// takes that one, whose memory and stack are warm in the caches, so calls one at a time
+	// keep using one instance, and after a swap only the first call meets a cold one.
+	mu   sync.Mutex
+	idle []*instance
+	refs atomic.Int64
 	// health counts the calls; set when the revision starts serving (a revision that never
 	// served has made no calls).
 	health *revisionHealth
@@ -74,14 +85,14 @@ type instantiateError struct {
 }
 
 // newRevision creates the revision with all its instances configured; it holds one
-// reference (the caller's, handed to the slot on the swap). It owns spec.compiled from here
-// on, also when it fails.
+// reference (the caller's, handed to the slot on the swap). It owns the lease on spec.module
+// from here on, also when it fails.
 func newRevision(ctx context.Context, id RevisionID, spec revisionSpec) (*revision, *instantiateError) {
 	r := &revision{
-		id:     id,
-		spec:   spec,
-		idle:   make(chan *instance, spec.instances),
-		tokens: make(chan struct{}, spec.instances),
+		id:   id,
+		spec: spec,
+		free: make(chan struct{}, spec.instances),
+		idle: make([]*instance, 0, spec.instances),
 	}
 	r.refs.Store(1)
 	for range spec.instances {
@@ -90,14 +101,14 @@ func newRevision(ctx context.Context, id RevisionID, spec revisionSpec) (*revisi
 			r.release()
 			return nil, err
 		}
-		r.idle <- inst
+		r.checkin(inst, false)
 	}
 	return r, nil
 }
 
 func (r *revision) instantiate(ctx context.Context) (*instance, *instantiateError) {
 	s := r.spec
-	inst, failure := newInstance(ctx, s.rt, s.compiled, s.base, s.caps, s.maxMemory, s.callTimeout)
+	inst, failure := newInstance(ctx, s.rt, s.module.compiled, s.base, s.caps, s.maxMemory, s.memories, s.callTimeout)
 	if failure != nil {
 		return nil, &instantiateError{failure: *failure}
 	}
@@ -121,7 +132,8 @@ func (r *revision) acquire() bool {
 	}
 }
 
-// release drops a reference; the last one closes every instance and the compiled code.
+// release drops a reference; the last one closes every instance and gives the compiled
+// module back to the host's cache (which closes it when it is evicted).
 func (r *revision) release() {
 	if r.refs.Add(-1) != 0 {
 		return
@@ -130,38 +142,30 @@ func (r *revision) release() {
 		r.health.users.Add(-1)
 	}
 	// Nothing is lent out any more: every holder checked its instance in before releasing.
-	for {
-		select {
-		case inst := <-r.idle:
-			inst.close()
-		default:
-			_ = r.spec.compiled.Close(context.Background())
-			return
-		}
+	r.mu.Lock()
+	idle := r.idle
+	r.idle = nil
+	r.mu.Unlock()
+	for _, inst := range idle {
+		inst.close()
 	}
+	r.spec.modules.release(r.spec.module)
 }
 
 // checkout borrows an instance, creating one if the pool lost some to faults, waiting up to
 // the checkout timeout for one to come back.
 func (r *revision) checkout(ctx context.Context) (*instance, error) {
 	select {
-	case inst := <-r.idle:
-		return inst, nil
+	case <-r.free:
+		return r.take(ctx)
 	default:
 	}
 	start := time.Now()
 	timer := time.NewTimer(r.spec.checkoutTimeout)
 	defer timer.Stop()
 	select {
-	case inst := <-r.idle:
-		return inst, nil
-	case <-r.tokens:
-		inst, err := r.instantiate(ctx)
-		if err != nil {
-			r.tokens <- struct{}{}
-			return nil, &CallError{Kind: CallReinstantiate, Plugin: r.id.Plugin, Revision: r.id.Revision, Failure: &err.failure}
-		}
-		return inst, nil
+	case <-r.free:
+		return r.take(ctx)
 	case <-timer.C:
 		return nil, &CallError{Kind: CallBusy, Plugin: r.id.Plugin, Revision: r.id.Revision, Waited: time.Since(start)}
 	case <-ctx.Done():
@@ -169,29 +173,58 @@ func (r *revision) checkout(ctx context.Context) (*instance, error) {
 	}
 }
 
+// take lends the most recently returned idle instance, or re-creates a discarded one; the
+// caller holds a token from free.
+func (r *revision) take(ctx context.Context) (*instance, error) {
+	r.mu.Lock()
+	if n := len(r.idle); n > 0 {
+		inst := r.idle[n-1]
+		r.idle[n-1] = nil
+		r.idle = r.idle[:n-1]
+		r.mu.Unlock()
+		return inst, nil
+	}
+	r.mu.Unlock()
+	// The token was a discarded instance's.
+	inst, err := r.instantiate(ctx)
+	if err != nil {
+		r.free <- struct{}{}
+		return nil, &CallError{Kind: CallReinstantiate, Plugin: r.id.Plugin, Revision: r.id.Revision, Failure: &err.failure}
+	}
+	return inst, nil
+}
+
 // checkin returns an instance; one that faulted may be half-updated and is dropped instead.
 func (r *revision) checkin(inst *instance, faulted bool) {
 	if faulted {
 		inst.close()
-		r.tokens <- struct{}{}
-		return
+	} else {
+		r.mu.Lock()
+		r.idle = append(r.idle, inst)
+		r.mu.Unlock()
 	}
-	r.idle <- inst
+	r.free <- struct{}{}
 }
 
-// forEachInstance runs f on every instance. Only used before the revision is published,
-// when every instance is idle.
+// idleCount is the number of idle instances.
+func (r *revision) idleCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.idle)
+}
+
+// forEachInstance runs f on every instance, until one fails. Only used before the revision
+// is published, when every instance is idle and nothing else can reach them.
 func (r *revision) forEachInstance(f func(*instance) *Failure) *Failure {
-	n := len(r.idle)
-	var failure *Failure
-	for range n {
-		inst := <-r.idle
-		if failure == nil {
-			failure = f(inst)
+	r.mu.Lock()
+	idle := slices.Clone(r.idle)
+	r.mu.Unlock()
+	for _, inst := range idle {
+		if failure := f(inst); failure != nil {
+			return failure
 		}
-		r.idle <- inst
 	}
-	return failure
+	return nil
 }
 
 // call handles one request on a pooled instance, and counts it.

@@ -4,8 +4,9 @@
 //   - call_ns: ns per Host.Call of tagger-v1 with a 5-byte input, one goroutine, after
 //     warm-up (median of the rounds' means);
 //   - swap_ns: Loaded.Swap, the atomic pointer store alone, over alternating v1/v2 loads;
-//   - load_cached_ms: Loaded.Total of those loads, every one a hit of Config.CacheDir (the
-//     whole load: digest, compile from wazero's file cache, ABI check, 4 instances,
+//   - load_cached_ms: Loaded.Total of those loads, every one a cache hit (the whole load:
+//     digest, the compiled module (kept in the host's memory by digest since the first two
+//     loads; Config.CacheDir is set too, for a module the host no longer keeps), 4 instances,
 //     self-check, state hand-over, swap);
 //   - p99 of single calls, steady and while another goroutine swaps v1↔v2 every ~10 ms.
 //
