@@ -65,12 +65,7 @@ impl CompiledModules {
 
     /// The module compiled from `digest_hex`, now the most recently used, or `None`.
     pub(crate) fn get(&self, digest_hex: &str) -> Option<Arc<Compiled>> {
-        let mut entries = self.lock();
-        let at = entries.iter().position(|e| e.digest_hex == digest_hex)?;
-        let entry = entries.remove(at);
-        let module = entry.module.clone();
-        entries.push(entry);
-        Some(module)
+        most_recent(&mut self.lock(), digest_hex)
     }
 
     /// Keeps a module that passed every check and returns the one to use: the module kept
@@ -83,11 +78,12 @@ impl CompiledModules {
         wasm_bytes: usize,
         module: Compiled,
     ) -> (Arc<Compiled>, Vec<Arc<Compiled>>) {
-        if let Some(kept) = self.get(digest_hex) {
+        let mut entries = self.lock();
+        // Looked up under the same lock as the push, so two loads of one digest keep one.
+        if let Some(kept) = most_recent(&mut entries, digest_hex) {
             return (kept, Vec::new());
         }
         let module = Arc::new(module);
-        let mut entries = self.lock();
         entries.push(Entry {
             digest_hex: digest_hex.to_string(),
             wasm_bytes,
@@ -107,6 +103,15 @@ impl CompiledModules {
         }
         (module, evicted)
     }
+}
+
+/// The entry for `digest_hex`, moved to the most recently used end, if there is one.
+fn most_recent(entries: &mut Vec<Entry>, digest_hex: &str) -> Option<Arc<Compiled>> {
+    let at = entries.iter().position(|e| e.digest_hex == digest_hex)?;
+    let entry = entries.remove(at);
+    let module = entry.module.clone();
+    entries.push(entry);
+    Some(module)
 }
 
 /// Which entries to evict, given each one's `(in use, wasm bytes)` least recently used

@@ -161,11 +161,26 @@ class DeadlineTest {
      * the deadline cannot stop would otherwise hang the test for good.
      */
     private static Object callBounded(PluginHost host, String what) throws InterruptedException {
+        return runBounded(what + ": the call", () -> {
+            host.call("slow", X);
+            return "returned";
+        });
+    }
+
+    /** A guest call that may hang. */
+    private interface GuestCall {
+        Object run() throws Throwable;
+    }
+
+    /**
+     * Runs {@code call} on a thread of its own and waits at most 5 s for it; returns what it
+     * returned or threw.
+     */
+    private static Object runBounded(String what, GuestCall call) throws InterruptedException {
         AtomicReference<Object> outcome = new AtomicReference<>();
         Thread caller = new Thread(() -> {
             try {
-                host.call("slow", X);
-                outcome.set("returned");
+                outcome.set(call.run());
             } catch (Throwable t) {
                 outcome.set(t);
             }
@@ -173,7 +188,7 @@ class DeadlineTest {
         caller.setDaemon(true);
         caller.start();
         caller.join(5_000);
-        assertFalse(caller.isAlive(), what + ": the call was still running 5 s after its 100 ms deadline");
+        assertFalse(caller.isAlive(), what + " was still running 5 s after its 100 ms deadline");
         return outcome.get();
     }
 
@@ -211,19 +226,8 @@ class DeadlineTest {
                 .withInterpretedFunctions(Set.of(handle))
                 .compile();
         PluginInstance inst = PluginInstance.create(module, machine, new Abi.Capabilities(), 1 << 24, Duration.ofMillis(100), false);
-        AtomicReference<Object> outcome = new AtomicReference<>();
-        Thread caller = new Thread(() -> {
-            try {
-                outcome.set(inst.handle(X));
-            } catch (Throwable t) {
-                outcome.set(t);
-            }
-        }, "bounded-caller");
-        caller.setDaemon(true);
-        caller.start();
-        caller.join(5_000);
-        assertFalse(caller.isAlive(), "the interpreted handle was still running 5 s after its 100 ms deadline");
-        Guest.Fault f = assertInstanceOf(Guest.Fault.class, outcome.get());
+        Object outcome = runBounded("the interpreted handle", () -> inst.handle(X));
+        Guest.Fault f = assertInstanceOf(Guest.Fault.class, outcome);
         assertEquals(Failure.Kind.TIMEOUT, f.failure.kind(), f.getMessage());
     }
 
