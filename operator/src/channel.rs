@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use futures::future::Either;
 use futures::{Stream, StreamExt};
 use hotload_channel::TOKEN_AUDIENCE;
 use hotload_channel::proto::plugin_channel_server::{PluginChannel, PluginChannelServer};
@@ -202,9 +203,15 @@ impl Gate {
         }
     }
 
-    /// Runs `review` (bounded in number and time), then takes an admission slot.
-    async fn pass<F>(&self, review: F) -> Result<(PodIdentity, SemaphorePermit<'_>), Refusal>
+    /// Runs the review `review` makes (bounded in number and time), then takes an admission
+    /// slot.
+    ///
+    /// The review is made, on the heap, only once its turn comes: an attach waiting for its
+    /// turn holds a closure, not the API request's future (about 2 KiB), and a reconnect
+    /// storm has every sidecar's attach waiting at once.
+    async fn pass<R, F>(&self, review: R) -> Result<(PodIdentity, SemaphorePermit<'_>), Refusal>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<PodIdentity, Status>>,
     {
         let reviewed = tokio::time::timeout(REVIEW_TIMEOUT, async {
@@ -213,7 +220,7 @@ impl Gate {
                 .acquire()
                 .await
                 .map_err(|_| Status::unavailable("shutting down"))?;
-            review.await
+            Box::pin(review()).await
         })
         .await
         .map_err(|_| {
@@ -305,27 +312,27 @@ impl ChannelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Refusal> {
+        // The headers are dropped before the review: an attach keeps only its token while it
+        // waits for its turn.
+        let (metadata, extensions, mut inbound) = request.into_parts();
         // Whatever happens, this connection is in use while the stream is.
-        let in_use = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .map(|c| c.usage.hold());
+        let in_use = extensions.get::<ConnectionInfo>().map(|c| c.usage.hold());
         if !self.health.ready() {
             return Err(Status::unavailable(
                 "this operator replica is not the leader (or is still syncing)",
             )
             .into());
         }
-        let token = hotload_channel::bearer_token(request.metadata())
+        let token = hotload_channel::bearer_token(&metadata)
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "no bearer token: the sidecar must send its projected token",
                 )
             })?
             .to_string();
-        let (who, _admitting) = self.gate.pass(self.review(token)).await?;
-        let mut inbound = request.into_inner();
-        let hello = hello_from(&mut inbound, &who).await?;
+        drop((metadata, extensions));
+        let (who, _admitting, first) = self.pass_hearing(token, &mut inbound).await?;
+        let hello = hello_of(first, &who)?;
         if !self.health.ready() {
             // Stepped down while this sidecar was being admitted.
             return Err(
@@ -355,20 +362,51 @@ impl ChannelService {
     }
 }
 
-/// The sidecar's first message, which must be a Hello from the pod its token names, within
-/// [`HELLO_TIMEOUT`].
-async fn hello_from(
+impl ChannelService {
+    /// Reviews `token` and takes an admission slot ([`Gate::pass`]) while the first message
+    /// is read. A refused token is told at once, Hello or not. An unread Hello would keep
+    /// its frame's bytes, and with them its connection's whole read buffer (h2 hands a
+    /// frame on as a slice of it), for as long as the review waits for its turn: in a
+    /// reconnect storm, every connection's.
+    async fn pass_hearing(
+        &self,
+        token: String,
+        inbound: &mut Streaming<SidecarMessage>,
+    ) -> Result<(PodIdentity, SemaphorePermit<'_>, Option<SidecarMessage>), Refusal> {
+        let reviewing = std::pin::pin!(self.gate.pass(|| self.review(token)));
+        let hearing = std::pin::pin!(first_message(inbound));
+        match futures::future::select(reviewing, hearing).await {
+            Either::Left((reviewed, hearing)) => {
+                let (who, slot) = reviewed?;
+                Ok((who, slot, hearing.await?))
+            }
+            Either::Right((first, reviewing)) => {
+                let (who, slot) = reviewing.await?;
+                Ok((who, slot, first?))
+            }
+        }
+    }
+}
+
+/// The sidecar's first message, within [`HELLO_TIMEOUT`].
+async fn first_message(
     inbound: &mut Streaming<SidecarMessage>,
-    who: &PodIdentity,
-) -> Result<hotload_channel::proto::Hello, Status> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+) -> Result<Option<SidecarMessage>, Status> {
+    tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
         .map_err(|_| {
             Status::deadline_exceeded(format!(
                 "no Hello within {}s of attaching",
                 HELLO_TIMEOUT.as_secs()
             ))
-        })??;
+        })?
+}
+
+/// The Hello `first` must be, from the pod the token names (`who`).
+fn hello_of(
+    first: Option<SidecarMessage>,
+    who: &PodIdentity,
+) -> Result<hotload_channel::proto::Hello, Status> {
     let Some(SidecarMessage {
         kind: Some(sidecar_message::Kind::Hello(hello)),
     }) = first
@@ -1039,7 +1077,7 @@ mod tests {
     async fn an_admission_slot_is_taken_only_once_the_token_checks_out() {
         let gate = Gate::new();
         let passed = gate
-            .pass(async {
+            .pass(|| async {
                 assert_eq!(
                     gate.admitting.available_permits(),
                     ADMITTING,
@@ -1056,17 +1094,42 @@ mod tests {
         // a good one is told to come back.
         let _all = gate.admitting.try_acquire_many(ADMITTING as u32).unwrap();
         let bad = gate
-            .pass(async { Err(Status::unauthenticated("token has expired")) })
+            .pass(|| async { Err(Status::unauthenticated("token has expired")) })
             .await;
         assert!(matches!(bad, Err(Refusal::Denied(s)) if s.code() == tonic::Code::Unauthenticated));
-        let good = gate.pass(async { Ok(who()) }).await;
+        let good = gate.pass(|| async { Ok(who()) }).await;
         assert!(matches!(good, Err(Refusal::Busy(s)) if s.code() == tonic::Code::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn an_attach_waiting_for_its_review_turn_holds_no_api_request() {
+        let service = ChannelService {
+            client: reviews(),
+            registry: Arc::new(Registry::default()),
+            health: Arc::new(Health::default()),
+            metrics: Arc::new(Metrics::default()),
+            plugin_health: Arc::new(HealthStore::new()),
+            gate: Gate::new(),
+        };
+        // Every sidecar of a reconnect storm waits here at once, 10,000 of them after an
+        // operator restart: what each holds meanwhile is paid 10,000 times.
+        let waiting = service.gate.pass(|| service.review("good".into()));
+        let held = std::mem::size_of_val(&waiting);
+        assert!(
+            held <= 512,
+            "a waiting attach holds {held} bytes: the review's request is made before its turn"
+        );
+        let (who, _slot) = waiting.await.unwrap();
+        assert_eq!(
+            who.pod, "web-1",
+            "the review still runs once its turn comes"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_token_review_that_hangs_is_given_up() {
         let gate = Gate::new();
-        let hung = gate.pass(std::future::pending()).await;
+        let hung = gate.pass(std::future::pending).await;
         assert!(
             matches!(&hung, Err(Refusal::Denied(s)) if s.code() == tonic::Code::Unavailable
                 && s.message().contains("took longer than 10s")),

@@ -86,6 +86,11 @@ pub struct RolloutReport {
     pub operator_peak_rss_after_connect_mib: f64,
     /// Its resident memory at the end, MiB.
     pub operator_rss_mib: f64,
+    /// Its resident memory once ready, before any pod of the bench existed, MiB: its base.
+    pub operator_base_rss_mib: f64,
+    /// The operator's memory per connected pod, KiB: its peak above its base, divided by
+    /// the pods (pod cache, registry, health store and connection included).
+    pub operator_kib_per_connected_pod: f64,
     /// Operator CPU seconds from the first apply to the end.
     pub operator_cpu_seconds: f64,
     /// Seconds to create the pods, issue tokens and connect every stream (not measured
@@ -115,6 +120,8 @@ pub async fn rollout(
     let per_peer = format!("channel.maxPerPeer={}", pods.max(1));
     let chart = Chart::install(&ns, &["resources.limits.memory=1Gi", &per_peer])?;
     Chart::wait_ready(&ns).await?;
+    let pid = Chart::operator_pid(&ns).await?;
+    let operator_base_rss_mib = apiserver::process_memory_kib(pid, "VmRSS")? as f64 / 1024.0;
     let names = create_pods(&ns, pods).await?;
     progress(&format!("{pods} pods created; issuing tokens"));
     let tokens = issue_tokens(&ns, &names).await?;
@@ -158,7 +165,10 @@ pub async fn rollout(
         "{pods} streams open after {setup_seconds:.0}s; rolling out"
     ));
 
-    let pid = Chart::operator_pid(&ns).await?;
+    ensure!(
+        Chart::operator_pid(&ns).await? == pid,
+        "the operator restarted while the sidecars connected: its memory cannot be read per pod"
+    );
     let cpu_start = apiserver::process_cpu_seconds(pid)?;
     let operator_peak_rss_after_connect_mib =
         apiserver::process_memory_kib(pid, "VmHWM")? as f64 / 1024.0;
@@ -191,6 +201,9 @@ pub async fn rollout(
         operator_peak_rss_mib,
         operator_peak_rss_after_connect_mib,
         operator_rss_mib,
+        operator_base_rss_mib,
+        operator_kib_per_connected_pod: (operator_peak_rss_mib - operator_base_rss_mib) * 1024.0
+            / pods.max(1) as f64,
         operator_cpu_seconds,
         setup_seconds,
     })
