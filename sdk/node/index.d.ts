@@ -9,6 +9,12 @@ export interface HostConfig {
   callTimeoutMs?: number;
   /** Warm instances (worker threads) per revision: calls one plugin runs in parallel. Default 4. */
   instancesPerRevision?: number;
+  /**
+   * Instances a load builds, self-checks and hands the state to before the swap (at most
+   * instancesPerRevision); the others are built the same way when calls first need them, and
+   * one that fails a step then fails that call (`reinstantiate`) instead of the load. Default 1.
+   */
+  instancesAtLoad?: number;
   /** How long a call waits for a free instance before it fails `busy`. Default 2000. */
   checkoutTimeoutMs?: number;
   /** Most named plugins one host holds. Default 16. */

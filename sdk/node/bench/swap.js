@@ -5,8 +5,10 @@
 //                 worker thread through shared memory (src/channel.js), two thread wake-ups;
 //   swap_ns_*     the load result's swapMs, the one assignment `slot.current = next`;
 //   load_cached_ms_*  totalMs of alternating v1/v2 loads after one load of each: the
-//                 compiled module comes from the host's in-memory cache by digest and the 4
-//                 instances from warm pooled threads (cache_hits counts the loads that reported
+//                 compiled module comes from the host's in-memory cache by digest and the
+//                 instance a load builds (instancesAtLoad: 1) from a warm pooled thread; in
+//                 the p99 run the old revision builds a second for the hand-over's save, as
+//                 its first is busy with a call (cache_hits counts the loads that reported
 //                 `cached`; threads_started, the threads the host started during them and
 //                 during the p99 run: 0 once warm). No cache outlives the process: Node 20 has
 //                 no API to serialize compiled Wasm;

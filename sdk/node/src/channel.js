@@ -31,11 +31,11 @@
 // answer that does not fit DATA, and anything not bytes, travels as a message on a port the
 // other side reads synchronously (receiveMessageOnPort) once the doorbell rang.
 //
-// A chain: the requests of one step of a load, one per thread (start every instance, restore
-// the state into every instance), set up by the main thread at once and rung by it only at
-// the head: each thread, done, rings the next itself (its SharedArrayBuffer and sequence
-// number come in the request's message), with BROKEN set if it failed, and only the last
-// rings the main thread. Waking a sleeping thread costs the waker a system call (10-100 µs
+// A chain: the requests of one step of a load, one per thread (start every instance a load
+// builds, restore the state into each), set up by the main thread at once and rung by it
+// only at the head: each thread, done, rings the next itself (its SharedArrayBuffer and
+// sequence number come in the request's message), with BROKEN set if it failed, and only the
+// last rings the main thread. Waking a sleeping thread costs the waker a system call (10-100 µs
 // on a busy 2-core VM), so the main thread rings once per step instead of once per instance.
 
 export const REQ = 0;

@@ -30,7 +30,8 @@ export function failureKind(g) {
   return g.type === 'fault' ? g.fault.type : g.type;
 }
 
-const PHASE_WORDS = {
+/** Words of a guest step, as hotload-host writes them in a reason. */
+export const PHASE_WORDS = {
   configure: 'configure', self_check: 'self-check', save_state: 'save-state', restore_state: 'restore-state',
 };
 

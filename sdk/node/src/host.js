@@ -2,9 +2,9 @@
 // of hotload-host's PluginHost, held to the same conformance cases (sdk/conformance/).
 //
 //  load(req) ── size, digest (libuv's pool) ─ compiled module by digest (module-cache.js), or a
-//      │        compile on a pooled thread: parse, instrument, compile, ABI check ─ instances in
-//      │        warm pooled threads (worker-pool.js): instantiate, configure, self_check ─ state
-//      │        hand-over ─ beforeUnload
+//      │        compile on a pooled thread: parse, instrument, compile, ABI check ─ instances
+//      │        (instancesAtLoad) in warm pooled threads (worker-pool.js): instantiate,
+//      │        configure, self_check ─ state hand-over ─ beforeUnload
 //      └──────────────── slot.current = next   ◄── the only critical section (one assignment)
 //  call(name) ── slot.current, acquire ── check out an instance ── handle ── release
 //  pin(name)  ── slot.current, acquire ── Pinned ── call, call, … ── release()
@@ -34,6 +34,13 @@ export const DEFAULTS = Object.freeze({
   callTimeoutMs: 500,
   /** Warm instances (worker threads) per revision: the most calls a plugin runs in parallel. */
   instancesPerRevision: 4,
+  /**
+   * Instances a load builds, self-checks and hands the state to before the swap (at most
+   * instancesPerRevision); the others are built the same way when calls first need them (see
+   * revision.js). Each is a start on a worker thread that competes with the calls running
+   * meanwhile for the cores.
+   */
+  instancesAtLoad: 1,
   /** How long a call waits for a free instance before it fails `busy`. */
   checkoutTimeoutMs: 2000,
   /** Most named plugins one host holds. */
@@ -345,7 +352,8 @@ export class PluginHost {
         try {
           handed = await old.handOverTo(next);
         } catch (err) {
-          // The old revision had no free instance: its pool is busy, not broken.
+          // The old revision had no instance to save from: its pool is busy (or an instance
+          // it built for this failed), not broken.
           throw LoadError.guest('save_state', plugin, revision, { type: 'fault', fault: { type: 'other', message: err.message } });
         } finally {
           old.release();

@@ -1,14 +1,26 @@
-// One loaded revision of a plugin: a fixed pool of warm instances (each in a worker thread
-// borrowed from the host's pool) that calls check out, as hotload-host's revision.rs. An
-// instance that faulted (trap, deadline, memory limit) is discarded, never reused, and a
-// fresh one is made on the next checkout, in a thread the pool has ready. A call or a pin
-// holds a reference on the revision it started on; a revision that was swapped out gives its
-// threads back when the last reference is released, which is how a swap never cuts a call
-// off.
+// One loaded revision of a plugin: a pool of up to `instancesPerRevision` warm instances
+// (each in a worker thread borrowed from the host's pool) that calls check out, as
+// hotload-host's revision.rs. An instance that faulted (trap, deadline, memory limit) is
+// discarded, never reused, and a fresh one is made on the next checkout, in a thread the pool
+// has ready. A call or a pin holds a reference on the revision it started on; a revision that
+// was swapped out gives its threads back when the last reference is released, which is how a
+// swap never cuts a call off.
+//
+// A load builds only `instancesAtLoad` instances (one by default), which run the self-check
+// and take the handed-over state before the revision is published. The rest of the pool is
+// built when a checkout first finds every built instance lent out, and each passes the same
+// steps (configure, self-check, the load's snapshot) before it serves: it is the instance the
+// load would have built, kept unbuilt until needed (as the Python SDK does). Why: every
+// instance a load builds is a start on a worker thread that competes for the cores with the
+// calls running meanwhile (a cached load of one costs a third of a load of four:
+// docs/benchmarks.md, "App SDKs"), and an app that never has two calls of a plugin in flight
+// at once never needs a second instance. A later instance that fails one of those steps
+// fails the call that needed it (`reinstantiate`) and never serves; the revision serves on
+// from the others, and the next checkout that needs one tries again.
 
-import { CallError, failureText as failureWords } from './errors.js';
+import { CallError, PHASE_WORDS, failureText as failureWords } from './errors.js';
 import { errorKindOf } from './health.js';
-import { Instance } from './instance.js';
+import { Instance, InstanceError } from './instance.js';
 import { DATA_BYTES } from './channel.js';
 import { WorkerThread } from './worker-pool.js';
 
@@ -30,6 +42,13 @@ export class Revision {
 
   #compiled;
   #threads;
+  /**
+   * Instances of the first pool not built yet: each is built as the load builds its own
+   * (self-check, snapshot); a replacement for a faulted instance only configures.
+   */
+  #unbuilt;
+  /** The state handed over at load (null: none), for the instances built after it. */
+  #snapshot = null;
 
   /**
    * @param {RevisionId} id
@@ -46,17 +65,21 @@ export class Revision {
     this.#threads = threads;
     this.cfg = cfg;
     this.target = Math.max(1, cfg.instancesPerRevision);
+    this.#unbuilt = this.target - Math.min(this.target, Math.max(1, cfg.instancesAtLoad));
   }
 
   /**
-   * Makes every instance of the pool ready, each self-checked if the plugin has a self-check;
-   * rejects with an InstanceError. The threads are borrowed together (any that must be
-   * started start in parallel: that is the slow part), then the instances are made one after
-   * the other, as one chain of requests (worker-pool.js): one loading thread at a time leaves
-   * the cores to the threads serving calls, and the main thread rings only the first.
+   * Makes the instances a load builds ready, each self-checked if the plugin has a
+   * self-check; rejects with an InstanceError. The threads are borrowed together (any that
+   * must be started start in parallel: that is the slow part), then the instances are made
+   * one after the other, as one chain of requests (worker-pool.js): one loading thread at a
+   * time leaves the cores to the threads serving calls, and the main thread rings only the
+   * first. Then the pool starts, in the background, the threads the rest of the instances
+   * will need, so that a call that builds one does not wait for a thread to start.
    */
   async fill() {
-    const threads = await Promise.allSettled(Array.from({ length: this.target }, () => Instance.thread(this.#threads)));
+    const threads = await Promise.allSettled(Array.from({ length: this.target - this.#unbuilt },
+      () => Instance.thread(this.#threads)));
     let failure = null;
     const leased = [];
     for (const t of threads) {
@@ -78,10 +101,27 @@ export class Revision {
       this.destroy();
       throw failure;
     }
+    this.#threads.reserve(this.#unbuilt);
   }
 
+  /** A replacement for a faulted instance: configured. Rejects with an InstanceError. */
   #instantiate() {
     return Instance.start(this.#threads, this.#compiled.module, this.id.config, this.cfg);
+  }
+
+  /**
+   * An instance of the first pool built after the load, as the load would have built it:
+   * configured, self-checked, given the load's snapshot. Rejects with an InstanceError.
+   */
+  async #prepared() {
+    const inst = await Instance.start(this.#threads, this.#compiled.module, this.id.config, this.cfg, this.caps.selfCheck);
+    if (this.#snapshot === null) return inst;
+    const timeoutMs = this.cfg.callTimeoutMs;
+    const r = await inst.request({ op: 'restore_state', timeoutMs, state: this.#snapshot }, timeoutMs);
+    if (r.ok) return inst;
+    // Its memory may be half-written: it never serves.
+    inst.discard();
+    throw new InstanceError('restore_state', r.failure);
   }
 
   /** A call or a pin starts using this revision. */
@@ -112,7 +152,7 @@ export class Revision {
     this.idle = [];
   }
 
-  /** Borrows an instance, making one if the pool lost some to faults. */
+  /** Borrows an instance, making one if every one built is lent out or faults cost some. */
   async checkout() {
     const deadline = performance.now() + this.cfg.checkoutTimeoutMs;
     for (;;) {
@@ -120,13 +160,16 @@ export class Revision {
       if (inst) return inst;
       if (this.live < this.target) {
         this.live++;
+        const first = this.#unbuilt > 0;
+        if (first) this.#unbuilt--;
         try {
-          return await this.#instantiate();
+          return await (first ? this.#prepared() : this.#instantiate());
         } catch (err) {
           this.live--;
+          if (first) this.#unbuilt++;
           this.#wakeOne('retry');
           const f = err.failure;
-          const text = err.phase === 'configure' ? `configure: ${failureWords(f)}` : failureWords(f);
+          const text = err.phase === 'instantiate' ? failureWords(f) : `${PHASE_WORDS[err.phase]}: ${failureWords(f)}`;
           throw new CallError('reinstantiate', this.id.plugin, this.id.revision,
             `plugin ${this.id.plugin} revision ${this.id.revision}: re-instantiation failed: ${text}`, f);
         }
@@ -207,11 +250,12 @@ export class Revision {
   /**
    * The state hand-over from this (old) revision to `next` (not published yet, so all of its
    * instances are idle): `save_state` on one instance of this revision, then `restore_state`
-   * of that snapshot on every instance of `next`, as one chain of requests that hands the
-   * snapshot from thread to thread (worker-pool.js): the main thread rings once. Resolves
-   * {saved, failure}: the save's result, and null or the first restore's GuestFailure. A
-   * snapshot too large to hand on in shared memory is restored by the main thread instead.
-   * Rejects (a CallError) if no instance of this revision is free in time.
+   * of that snapshot on every instance `next` has built, as one chain of requests that hands
+   * the snapshot from thread to thread (worker-pool.js): the main thread rings once; `next`
+   * keeps the snapshot for the instances it builds later. Resolves {saved, failure}: the
+   * save's result, and null or the first restore's GuestFailure. A snapshot too large to hand
+   * on in shared memory is restored by the main thread instead. Rejects (a CallError) if no
+   * instance of this revision is free in time.
    */
   async handOverTo(next) {
     const inst = await this.checkout();
@@ -223,6 +267,7 @@ export class Revision {
     this.checkin(inst, !saved.ok);
     if (!saved.ok) return { saved, failure: null };
     const snapshot = saved.value ?? EMPTY;
+    next.#snapshot = snapshot;
     if (snapshot.length > DATA_BYTES) return { saved, failure: await next.forEachInstance({ op: 'restore_state', state: snapshot }) };
     return { saved, failure: restored.find((r) => !r.ok)?.failure ?? null };
   }

@@ -4,6 +4,8 @@
 // gives its threads back, so swapping v1 → v2 → v1 starts no thread at all once warm.
 //
 //   lease()        an idle thread, else one started in the background, else a new one
+//   reserve(n)     threads started in the background until n are idle or starting: those a
+//                  revision leases when calls first need its later instances (revision.js)
 //   giveBack(t)    t waits, idle, for the next revision; past `spare` idle threads it is
 //                  stopped instead. The instance it held is dropped by its next `start`, or by
 //                  the thread itself once it has waited IDLE_RESET_MS: not at once, so that a
@@ -484,7 +486,20 @@ export class WorkerPool {
 
   /** Starts a thread in the background to stand in for one that died. */
   #replace() {
-    if (this.#closed || this.#idle.length + this.#warming.length >= this.spare) return;
+    if (!this.#closed && this.#idle.length + this.#warming.length < this.spare) this.#warm();
+  }
+
+  /**
+   * Starts threads in the background until `n` (at most `spare`) are idle or starting: the
+   * threads a revision will lease for the instances it builds when calls need them, so that
+   * such a call does not wait for a thread to start.
+   */
+  reserve(n) {
+    while (!this.#closed && this.#idle.length + this.#warming.length < Math.min(n, this.spare)) this.#warm();
+  }
+
+  /** Starts a thread in the background; the next lease that finds no idle thread takes it. */
+  #warm() {
     const p = this.#spawn();
     this.#warming.push(p);
     p.then((t) => {

@@ -60,7 +60,7 @@ test('inputs and outputs past the shared memory of a thread travel as messages, 
   }
 });
 
-test('a state past the shared memory of a thread is handed over whole, to every instance', async () => {
+test('a state past the shared memory of a thread is handed over whole, to every instance, those built later too', async () => {
   const host = new PluginHost({ instancesPerRevision: 3 });
   try {
     await load(host, 'big', 'r1', bytes('bigState'));
@@ -78,8 +78,8 @@ test('a state past the shared memory of a thread is handed over whole, to every 
   }
 });
 
-test('a small state is handed from thread to thread, to every instance', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3 });
+test('a small state is handed from thread to thread, to every instance a load builds', async () => {
+  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3 });
   const [v1, v2] = [pluginBytes('tagger-v1.wasm'), pluginBytes('tagger-v2.wasm')];
   try {
     await load(host, 'tag', 'r1', v1);
@@ -96,7 +96,7 @@ test('a small state is handed from thread to thread, to every instance', async (
 
 test('each start of a load has its own deadline, counted from when its thread takes it up', async () => {
   // Three self-checks of 150 ms each, one after the other: 450 ms in all, each under 400 ms.
-  const host = new PluginHost({ instancesPerRevision: 3, callTimeoutMs: 400 });
+  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 400 });
   try {
     const t = performance.now();
     const l = await load(host, 'slow', 'r1', bytes('slowSelfCheck'));
@@ -109,7 +109,7 @@ test('each start of a load has its own deadline, counted from when its thread ta
 });
 
 test('a start cut off at its deadline fails the load at once, and the next load is served', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3, callTimeoutMs: 300 });
+  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 300 });
   try {
     // Warm threads and the module, so that the load below times only its starts.
     await load(host, 'p', 'r0', pluginBytes('self-check-loop.wasm')).catch(() => {});
