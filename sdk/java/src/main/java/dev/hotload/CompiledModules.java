@@ -17,8 +17,13 @@ import java.util.function.Function;
  * uses it, so the bound only limits what is kept for revisions no longer serving.
  */
 final class CompiledModules {
-    /** A module ready to instantiate: Chicory's machine factory works only with this very module object. */
-    record Compiled(WasmModule module, Abi.Capabilities caps, Function<Instance, Machine> machine, boolean initialize) {}
+    /**
+     * A module ready to instantiate: Chicory's machine factory works only with this very module
+     * object. {@code machine} is null for the interpreter; {@code initialize}: it exports
+     * {@code _initialize}; {@code wasi}: it imports anything (the ABI check lets through WASI
+     * functions only), so its instances need WASI.
+     */
+    record Compiled(WasmModule module, Abi.Capabilities caps, Function<Instance, Machine> machine, boolean initialize, boolean wasi) {}
 
     private final Map<String, Compiled> byDigest;
 

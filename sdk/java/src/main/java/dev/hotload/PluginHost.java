@@ -317,8 +317,7 @@ public final class PluginHost implements AutoCloseable {
         Abi.Capabilities caps = c.caps();
         Revision rev;
         try {
-            rev = Revision.create(id, new Revision.Spec(c.module(), c.machine(), caps, c.initialize(), cfg.instancesPerRevision, cfg.maxMemoryBytes,
-                    cfg.callTimeout, cfg.checkoutTimeout));
+            rev = Revision.create(id, new Revision.Spec(c, cfg.instancesPerRevision, cfg.maxMemoryBytes, cfg.callTimeout, cfg.checkoutTimeout));
         } catch (Revision.InstantiateFailure e) {
             if (e.configure) {
                 throw LoadException.guest(LoadException.Kind.CONFIGURE, p, rv, e.failure);
@@ -335,7 +334,7 @@ public final class PluginHost implements AutoCloseable {
                 }
                 selfChecked = true;
             }
-            if (old != null && old.spec.caps().saveState && caps.restoreState) {
+            if (old != null && old.spec.module().caps().saveState && caps.restoreState) {
                 byte[] snapshot = saveState(old, p, rv);
                 Failure f = rev.forEachInstance(i -> i.restoreState(snapshot));
                 if (f != null) {
@@ -400,7 +399,8 @@ public final class PluginHost implements AutoCloseable {
                 throw LoadException.invalidWasm(p, rv, firstLine(e.getMessage()), e);
             }
         }
-        CompiledModules.Compiled c = new CompiledModules.Compiled(module, caps, machine, exportNames(module).contains(Abi.INITIALIZE));
+        CompiledModules.Compiled c = new CompiledModules.Compiled(module, caps, machine, exportNames(module).contains(Abi.INITIALIZE),
+                module.importSection().importCount() > 0);
         modules.put(digest, c);
         return new Lookup(c, cacheOutcome);
     }

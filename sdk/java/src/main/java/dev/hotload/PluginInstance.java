@@ -1,21 +1,20 @@
 package dev.hotload;
 
+import com.dylibso.chicory.log.Logger;
+import com.dylibso.chicory.log.SystemLogger;
 import com.dylibso.chicory.runtime.ChicoryInterruptedException;
 import com.dylibso.chicory.runtime.ExecutionListener;
 import com.dylibso.chicory.runtime.ExportFunction;
 import com.dylibso.chicory.runtime.ImportValues;
 import com.dylibso.chicory.runtime.Instance;
-import com.dylibso.chicory.runtime.Machine;
 import com.dylibso.chicory.runtime.Memory;
 import com.dylibso.chicory.wasi.WasiOptions;
 import com.dylibso.chicory.wasi.WasiPreview1;
-import com.dylibso.chicory.wasm.WasmModule;
 import java.io.ByteArrayInputStream;
 import java.io.OutputStream;
 import java.security.SecureRandom;
 import java.time.Clock;
 import java.time.Duration;
-import java.util.function.Function;
 
 /**
  * One live instance of a revision: its Chicory instance, memory and exports, and the
@@ -61,11 +60,19 @@ final class PluginInstance {
     }
 
     /**
+     * The logger of every instance's WASI (it keeps no state). Given none, WasiPreview1's
+     * builder looks for Android on every build, with a Class.forName that fails: a class path
+     * search and an exception per instance.
+     */
+    private static final Logger WASI_LOG = new SystemLogger();
+
+    /**
      * The WASI a plugin gets: real clocks and randomness, nothing else (no files, environment,
      * arguments or sockets; stdout and stderr discarded).
      */
     static WasiPreview1 sandboxedWasi() {
         return WasiPreview1.builder()
+                .withLogger(WASI_LOG)
                 .withOptions(WasiOptions.builder()
                         .withStdout(OutputStream.nullOutputStream())
                         .withStderr(OutputStream.nullOutputStream())
@@ -76,24 +83,27 @@ final class PluginInstance {
                 .build();
     }
 
-    /** Instantiates the module (start function included) and runs _initialize, under the deadline. */
-    static PluginInstance create(WasmModule module, Function<Instance, Machine> machine, Abi.Capabilities caps, long maxMemory, Duration timeout, boolean initialize)
-            throws Guest.Fault {
+    /**
+     * Instantiates the module (start function included) and runs _initialize, under the deadline.
+     * A module that imports nothing gets no WASI: its 48 host functions would go unused.
+     */
+    static PluginInstance create(CompiledModules.Compiled module, long maxMemory, Duration timeout) throws Guest.Fault {
         return Guest.run(timeout, () -> {
-            WasiPreview1 wasi = sandboxedWasi();
-            Instance.Builder b = Instance.builder(module)
-                    .withImportValues(ImportValues.builder().addFunction(wasi.toHostFunctions()).build())
+            Instance.Builder b = Instance.builder(module.module())
                     .withMemoryFactory(limits -> new LimitedMemory(limits, maxMemory))
                     .withStart(false)
                     .withUnsafeExecutionListener(STOP_ON_INTERRUPT);
-            if (machine != null) {
-                b.withMachineFactory(machine);
+            if (module.wasi()) {
+                b.withImportValues(ImportValues.builder().addFunction(sandboxedWasi().toHostFunctions()).build());
+            }
+            if (module.machine() != null) {
+                b.withMachineFactory(module.machine());
             }
             Instance inst = b.build();
-            if (initialize) {
+            if (module.initialize()) {
                 inst.export(Abi.INITIALIZE).apply();
             }
-            return new PluginInstance(inst, caps, timeout);
+            return new PluginInstance(inst, module.caps(), timeout);
         });
     }
 

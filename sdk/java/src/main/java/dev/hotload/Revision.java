@@ -1,13 +1,9 @@
 package dev.hotload;
 
-import com.dylibso.chicory.runtime.Instance;
-import com.dylibso.chicory.runtime.Machine;
-import com.dylibso.chicory.wasm.WasmModule;
 import java.time.Duration;
 import java.util.concurrent.LinkedBlockingDeque;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.Function;
 
 /**
  * One loaded revision of a plugin: a fixed pool of warm instances that calls check out.
@@ -23,8 +19,7 @@ import java.util.function.Function;
  */
 final class Revision {
     /** What a revision needs to make instances. */
-    record Spec(WasmModule module, Function<Instance, Machine> machine, Abi.Capabilities caps, boolean initialize, int instances, long maxMemory,
-            Duration callTimeout, Duration checkoutTimeout) {}
+    record Spec(CompiledModules.Compiled module, int instances, long maxMemory, Duration callTimeout, Duration checkoutTimeout) {}
 
     /** Stands for an instance that was discarded and may be re-created. */
     private static final Object TOKEN = new Object();
@@ -74,7 +69,7 @@ final class Revision {
     private PluginInstance instantiate() throws InstantiateFailure {
         PluginInstance inst;
         try {
-            inst = PluginInstance.create(spec.module(), spec.machine(), spec.caps(), spec.maxMemory(), spec.callTimeout(), spec.initialize());
+            inst = PluginInstance.create(spec.module(), spec.maxMemory(), spec.callTimeout());
         } catch (Guest.Fault f) {
             throw new InstantiateFailure(false, f.failure);
         }

@@ -225,7 +225,8 @@ class DeadlineTest {
                 .withInterpreterFallback(InterpreterFallback.FAIL)
                 .withInterpretedFunctions(Set.of(handle))
                 .compile();
-        PluginInstance inst = PluginInstance.create(module, machine, new Abi.Capabilities(), 1 << 24, Duration.ofMillis(100), false);
+        PluginInstance inst = PluginInstance.create(new CompiledModules.Compiled(module, new Abi.Capabilities(), machine, false, false), 1 << 24,
+                Duration.ofMillis(100));
         Object outcome = runBounded("the interpreted handle", () -> inst.handle(X));
         Guest.Fault f = assertInstanceOf(Guest.Fault.class, outcome);
         assertEquals(Failure.Kind.TIMEOUT, f.failure.kind(), f.getMessage());

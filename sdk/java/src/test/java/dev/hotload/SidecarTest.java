@@ -373,9 +373,14 @@ class SidecarTest {
         assertLoaded(car.load("auth", "r1", v1), "load with one worker");
         // A worker that connects later is offered the set at once and counts once it loaded.
         Worker w2 = new Worker("w2");
-        car.waitReady();
+        // Ready may still be the one-worker verdict until w2 has connected: wait for 2/2.
         String status = car.get("/status").body();
-        assertTrue(status.contains("r1 loaded by 2/2 workers"), "status: " + status);
+        for (long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+                !status.contains("r1 loaded by 2/2 workers"); status = car.get("/status").body()) {
+            assertTrue(System.nanoTime() < deadline, "status: " + status);
+            Thread.sleep(20);
+        }
+        car.waitReady();
         for (Worker w : List.of(w1, w2)) {
             assertEquals("v01:xv01:", w.call("x"), "worker " + w.client.worker());
         }
