@@ -55,6 +55,10 @@ enum BenchCommand {
         /// Simulated sidecars send no health reports (by default each sends one a second).
         #[arg(long)]
         silent: bool,
+        /// Seconds to wait once every stream is open, before the first rollout: the
+        /// operator's memory keeps rising for a minute or two of health reports.
+        #[arg(long, default_value_t = 0)]
+        settle: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -177,6 +181,7 @@ fn main() -> Result<()> {
                 pods,
                 streams_per_connection,
                 silent,
+                settle,
                 json,
             }) => {
                 let report = hotload_e2e::bench::rollout(
@@ -184,6 +189,7 @@ fn main() -> Result<()> {
                     pods,
                     streams_per_connection as usize,
                     silent,
+                    std::time::Duration::from_secs(settle),
                 )
                 .await?;
                 if json {

@@ -96,15 +96,19 @@ pub struct RolloutReport {
     /// Seconds to create the pods, issue tokens and connect every stream (not measured
     /// above).
     pub setup_seconds: f64,
+    /// Seconds waited after that, before the first rollout (`--settle`).
+    pub settle_seconds: u64,
 }
 
 /// Runs the fleet benchmark with `pods` pods, `streams_per_connection` of them sharing a TLS
-/// connection, each reporting health once a second unless `silent`.
+/// connection, each reporting health once a second unless `silent`, rolling out once
+/// `settle` has passed after every stream opened.
 pub async fn rollout(
     layout: &Layout,
     pods: usize,
     streams_per_connection: usize,
     silent: bool,
+    settle: Duration,
 ) -> Result<RolloutReport> {
     let setup = Instant::now();
     let client = ensure_virtual_node(layout).await?;
@@ -162,8 +166,10 @@ pub async fn rollout(
     .await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     progress(&format!(
-        "{pods} streams open after {setup_seconds:.0}s; rolling out"
+        "{pods} streams open after {setup_seconds:.0}s; settling for {}s, then rolling out",
+        settle.as_secs()
     ));
+    tokio::time::sleep(settle).await;
 
     ensure!(
         Chart::operator_pid(&ns).await? == pid,
@@ -206,6 +212,7 @@ pub async fn rollout(
             / pods.max(1) as f64,
         operator_cpu_seconds,
         setup_seconds,
+        settle_seconds: settle.as_secs(),
     })
 }
 
