@@ -360,9 +360,7 @@ impl ChannelService {
             },
         })))
     }
-}
 
-impl ChannelService {
     /// Reviews `token` and takes an admission slot ([`Gate::pass`]) while the first message
     /// is read. A refused token is told at once, Hello or not. An unread Hello would keep
     /// its frame's bytes, and with them its connection's whole read buffer (h2 hands a

@@ -18,6 +18,16 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
+// waitDone fails the test unless ctx ends within 5 s; what names the end it waits for.
+func waitDone(t *testing.T, ctx context.Context, what string) {
+	t.Helper()
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ended " + what)
+	}
+}
+
 // An instance's reused operation context behaves as context.WithTimeout(parent, timeout),
 // operation after operation.
 func TestTheOperationContextActsAsWithTimeout(t *testing.T) {
@@ -36,11 +46,7 @@ func TestTheOperationContextActsAsWithTimeout(t *testing.T) {
 	if c.Err() != nil || isClosed(c.Done()) {
 		t.Fatal("ended at once")
 	}
-	select {
-	case <-c.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("not ended at its deadline")
-	}
+	waitDone(t, c, "at its deadline")
 	if !errors.Is(c.Err(), context.DeadlineExceeded) || time.Since(start) < 20*time.Millisecond {
 		t.Fatalf("err %v after %v", c.Err(), time.Since(start))
 	}
@@ -61,11 +67,7 @@ func TestTheOperationContextActsAsWithTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.begin(ctx)
 	cancel()
-	select {
-	case <-c.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("not ended when the parent was canceled")
-	}
+	waitDone(t, c, "when the parent was canceled")
 	if !errors.Is(c.Err(), context.Canceled) {
 		t.Fatalf("err %v, want canceled", c.Err())
 	}
@@ -99,11 +101,7 @@ func TestTheOperationContextActsAsWithTimeout(t *testing.T) {
 	if d, _ := long.Deadline(); !d.Equal(want) {
 		t.Fatalf("deadline %v, want the parent's %v", d, want)
 	}
-	select {
-	case <-long.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("not ended at the parent's deadline")
-	}
+	waitDone(t, long, "at the parent's deadline")
 	if !errors.Is(long.Err(), context.DeadlineExceeded) {
 		t.Fatalf("err %v", long.Err())
 	}
