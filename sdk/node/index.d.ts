@@ -7,7 +7,17 @@ export interface HostConfig {
   maxMemoryBytes?: number;
   /** Longest one guest call (request, self-check, state hand-over, start-up) may run. Default 500. */
   callTimeoutMs?: number;
-  /** Warm instances (worker threads) per revision: calls one plugin runs in parallel. Default 4. */
+  /**
+   * Where guest calls run: 'inline' on the event loop (no thread hop; a call blocks the loop
+   * while the guest runs, at most callTimeoutMs), or 'threads' in pooled worker threads (calls
+   * of one plugin in parallel, two thread wake-ups each). Default 'inline'.
+   */
+  calls?: 'inline' | 'threads';
+  /**
+   * Warm instances per revision. With calls in 'threads', the calls one plugin runs in
+   * parallel; inline a call holds its instance only while the guest runs, so one serves all.
+   * Default 4.
+   */
   instancesPerRevision?: number;
   /**
    * Instances a load builds, self-checks and hands the state to before the swap (at most
@@ -30,7 +40,10 @@ export interface HostConfig {
   moduleCacheEntries?: number;
   /** Most wasm bytes of the kept modules that no revision uses. Default 64 MiB. */
   moduleCacheBytes?: number;
-  /** Idle worker threads kept warm for the next load or a replaced instance. Default (null): instancesPerRevision. */
+  /**
+   * Idle worker threads kept warm for the next load or a replaced instance. Default (null):
+   * instancesPerRevision with calls in 'threads', 1 (for compiles) inline.
+   */
   spareThreads?: number | null;
 }
 

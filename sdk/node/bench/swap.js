@@ -1,22 +1,29 @@
 // The Node SDK measured the way every app SDK is (docs/benchmarks.md, "App SDKs"), with the
 // conformance taggers (sdk/conformance/build.sh builds them); prints one JSON line:
+//   call_mode     where guest calls run (the host's `calls`): inline (the default) or threads;
 //   call_us       µs per `await host.call()` of tagger-v1 with a 5-byte input, one at a time,
-//                 after warm-up (median of the rounds' means): a round trip to the instance's
-//                 worker thread through shared memory (src/channel.js), two thread wake-ups;
+//                 after warm-up (median of the rounds' means): inline, the guest call itself;
+//                 with threads, a round trip to the instance's worker thread through shared
+//                 memory (src/channel.js), two thread wake-ups;
 //   swap_ns_*     the load result's swapMs, the one assignment `slot.current = next`;
 //   load_cached_ms_*  totalMs of alternating v1/v2 loads after one load of each: the
 //                 compiled module comes from the host's in-memory cache by digest and the
-//                 instance a load builds (instancesAtLoad: 1) from a warm pooled thread; in
-//                 the p99 run the old revision builds a second for the hand-over's save, as
-//                 its first is busy with a call (cache_hits counts the loads that reported
-//                 `cached`; threads_started, the threads the host started during them and
-//                 during the p99 run: 0 once warm). No cache outlives the process: Node 20 has
-//                 no API to serialize compiled Wasm;
-//   p99           single calls, steady and while the same event loop swaps v1↔v2 every
-//                 ~10 ms (an async loop: sleep 10 ms, await load).
-// Run from sdk/node: node bench/swap.js
+//                 instance a load builds (instancesAtLoad: 1) inline or, with threads, in a
+//                 warm pooled thread (cache_hits counts the loads that reported `cached`;
+//                 threads_started, the threads the host started during them and during the
+//                 p99 run: 0 once warm). No cache outlives the process: Node 20 has no API to
+//                 serialize compiled Wasm;
+//   p99           200,000 single requests, steady and while the same event loop swaps v1↔v2
+//                 every ~10 ms (an async loop: sleep 10 ms, await load); inline they take
+//                 about half a second, so that the window holds some 50 swaps (20,000, as
+//                 before calls ran inline, held 6-8 and a single millisecond's hiccup of the
+//                 machine decided the p99). A request is a turn of the
+//                 event loop (setImmediate, as a request read from a socket gets one) and then
+//                 `await host.call()`, timed together: a request that arrives while the loop
+//                 runs a load's work waits for it, and that wait is in its latency.
+// Run from sdk/node: node bench/swap.js [inline|threads]
 import { readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { setImmediate as turn, setTimeout as sleep } from 'node:timers/promises';
 import { PluginHost, sha256Digest } from '../index.js';
 
 const PLUGIN = 'tagger';
@@ -24,9 +31,10 @@ const WARMUP = 5_000;
 const ROUNDS = 7;
 const ROUND_CALLS = 5_000;
 const LOADS = 40;
-const P99_CALLS = 20_000;
+const P99_CALLS = 200_000;
 const SWAP_EVERY_MS = 10;
 const input = Buffer.from('hello');
+const calls = process.argv[2] ?? 'inline';
 
 const dir = new URL('../../conformance/plugins/', import.meta.url);
 const reqs = ['tagger-v1', 'tagger-v2'].map((name) => {
@@ -49,13 +57,14 @@ async function latencies(host) {
   const lat = new Array(P99_CALLS);
   for (let i = 0; i < P99_CALLS; i++) {
     const t = performance.now();
+    await turn();
     await host.call(PLUGIN, input);
     lat[i] = performance.now() - t;
   }
   return lat;
 }
 
-const host = new PluginHost();
+const host = new PluginHost({ calls });
 try {
   await host.load(reqs[0]);
   await host.load(reqs[1]);
@@ -102,6 +111,7 @@ try {
   const p99Swaps = pct(during, 99);
   console.log(JSON.stringify({
     sdk: 'node',
+    call_mode: calls,
     runtime: `V8 ${process.versions.v8} (Node ${process.version})`,
     call_us: round(pct(means, 50)),
     call_us_rounds: means.map((m) => round(m)),
@@ -111,7 +121,7 @@ try {
     load_cached_ms_median: round(pct(totals, 50)),
     load_cached_ms_p90: round(pct(totals, 90)),
     loads: LOADS,
-    cache: 'memory (WebAssembly.Module by digest; warm worker threads)',
+    cache: calls === 'inline' ? 'memory (WebAssembly.Module by digest)' : 'memory (WebAssembly.Module by digest; warm worker threads)',
     threads_started: host.warm().threadsStarted - threadsBefore,
     calls: P99_CALLS,
     p50_steady_us: round(pct(steady, 50) * 1e3),

@@ -1,5 +1,6 @@
 // One compile with every check a load makes before instantiating: parse the module, check
-// its memory against the limit, rewrite memory.grow (wasm-binary.js), compile, check the ABI
+// its memory against the limit, instrument it (wasm-binary.js: memory.grow past the limit
+// traps, and the guest looks at the clock every TICK_EVERY steps), compile, check the ABI
 // and the imports. Runs inside a pooled worker thread (instance-worker.js, op `compile`), so
 // nothing of it runs on the app's event loop; the main thread bounds it by compileTimeoutMs.
 //
@@ -8,7 +9,8 @@
 
 import * as abi from './abi.js';
 import { WASI_FUNCTIONS, WASI_MODULE } from './wasi.js';
-import { WasmFormatError, instrumentMemoryGrow, parseModule } from './wasm-binary.js';
+import { TICK_EVERY } from './guest.js';
+import { WasmFormatError, instrument, parseModule } from './wasm-binary.js';
 
 const refuse = (kind, detail) => ({ refused: { kind, detail } });
 
@@ -27,7 +29,7 @@ export async function checkedCompile(bytes, limit) {
     if (mems.length === 1 && mems[0].min * 65536 > limit) {
       throw new WasmFormatError(`memory minimum of ${mems[0].min} pages (${mems[0].min * 65536} bytes) exceeds the limit of ${limit} bytes`);
     }
-    instrumented = instrumentMemoryGrow(bytes, info, Math.floor(limit / 65536));
+    instrumented = instrument(bytes, info, { limitPages: Math.floor(limit / 65536), tickEvery: TICK_EVERY });
   } catch (err) {
     if (err instanceof WasmFormatError) return refuse('invalid_wasm', `invalid wasm: ${err.message}`);
     throw err;

@@ -3,18 +3,18 @@
 //
 //  load(req) ── size, digest (libuv's pool) ─ compiled module by digest (module-cache.js), or a
 //      │        compile on a pooled thread: parse, instrument, compile, ABI check ─ instances
-//      │        (instancesAtLoad) in warm pooled threads (worker-pool.js): instantiate,
-//      │        configure, self_check ─ state hand-over ─ beforeUnload
+//      │        (instancesAtLoad): instantiate, configure, self_check, on the event loop
+//      │        (inline.js) or in warm pooled threads (worker-pool.js) ─ state hand-over ─
+//      │        beforeUnload
 //      └──────────────── slot.current = next   ◄── the only critical section (one assignment)
 //  call(name) ── slot.current, acquire ── check out an instance ── handle ── release
 //  pin(name)  ── slot.current, acquire ── Pinned ── call, call, … ── release()
 //
-// Everything before the assignment happens off the request path (hashing in libuv's thread
-// pool, compiling and every guest call on threads of their own); a failure anywhere leaves
-// the slot as it was. A call holds a reference on the revision it started on, so it finishes
-// there. A load of a revision whose module this host compiled before starts no thread and
-// compiles nothing: the module comes from the cache, the threads from the pool, and the
-// swapped-out revision gives its threads back for the next load.
+// Hashing runs in libuv's thread pool and compiling on a thread of its own, off the request
+// path; a failure anywhere leaves the slot as it was. A call holds a reference on the revision
+// it started on, so it finishes there. A load of a revision whose module this host compiled
+// before compiles nothing: the module comes from the cache. With calls in threads, the threads
+// come from the pool and the swapped-out revision gives its threads back for the next load.
 
 import { readFile } from 'node:fs/promises';
 
@@ -22,6 +22,7 @@ import { compileModule } from './compile.js';
 import { parseSha256, sha256DigestAsync } from './digest.js';
 import { CallError, LoadError } from './errors.js';
 import { HealthTable } from './health.js';
+import { InlinePool } from './inline.js';
 import { ModuleCache } from './module-cache.js';
 import { Revision } from './revision.js';
 import { WorkerPool } from './worker-pool.js';
@@ -32,7 +33,17 @@ export const DEFAULTS = Object.freeze({
   maxMemoryBytes: 64 << 20,
   /** Longest one guest call (request, self-check, state hand-over, start-up) may run. */
   callTimeoutMs: 500,
-  /** Warm instances (worker threads) per revision: the most calls a plugin runs in parallel. */
+  /**
+   * Where guest calls run: 'inline', on the app's event loop (a call costs what the guest
+   * does, and blocks the loop while it runs, like any synchronous function), or 'threads', in
+   * pooled worker threads (calls of one plugin run in parallel, each paying two thread
+   * wake-ups). Either way a call ends at callTimeoutMs (see inline.js).
+   */
+  calls: 'inline',
+  /**
+   * Instances per revision: with calls in 'threads', the most calls a plugin runs in
+   * parallel; inline a call holds its instance only while the guest runs, so one serves all.
+   */
   instancesPerRevision: 4,
   /**
    * Instances a load builds, self-checks and hands the state to before the swap (at most
@@ -58,7 +69,8 @@ export const DEFAULTS = Object.freeze({
   moduleCacheBytes: 64 << 20,
   /**
    * Idle worker threads the host keeps warm for the next load or for a replaced instance;
-   * null: instancesPerRevision (so a swap starts no thread).
+   * null: instancesPerRevision (so a swap starts no thread) with calls in 'threads', 1 (for
+   * compiles) inline.
    */
   spareThreads: null,
 });
@@ -147,8 +159,10 @@ export class PluginHost {
   #health = new HealthTable();
   /** @type {ModuleCache} */
   #modules;
-  /** @type {WorkerPool} */
+  /** Threads for compiles and, with calls in 'threads', instances. @type {WorkerPool} */
   #threads;
+  /** Where instances live: #threads, or an InlinePool. @type {WorkerPool | InlinePool} */
+  #instances;
 
   /**
    * @param {Partial<typeof DEFAULTS>} [config]
@@ -159,10 +173,15 @@ export class PluginHost {
     if (this.config.maxMemoryBytes % 65536 !== 0) {
       throw new RangeError('maxMemoryBytes must be a whole number of 64 KiB pages');
     }
-    this.config.spareThreads ??= Math.max(1, this.config.instancesPerRevision);
+    const inline = this.config.calls === 'inline';
+    if (!inline && this.config.calls !== 'threads') {
+      throw new RangeError(`calls must be 'inline' or 'threads', not ${JSON.stringify(this.config.calls)}`);
+    }
+    this.config.spareThreads ??= inline ? 1 : Math.max(1, this.config.instancesPerRevision);
     this.hooks = hooks;
     this.#modules = new ModuleCache(this.config.moduleCacheEntries, this.config.moduleCacheBytes);
     this.#threads = new WorkerPool(this.config, this.config.spareThreads);
+    this.#instances = inline ? new InlinePool(this.config) : this.#threads;
   }
 
   /**
@@ -336,7 +355,7 @@ export class PluginHost {
     const { compiled, cached } = await this.#compiled(id, wasm);
     const compileMs = cached ? 0 : performance.now() - t;
     const { caps } = compiled;
-    const next = new Revision(id, compiled, this.#threads, this.config);
+    const next = new Revision(id, compiled, this.#instances, this.config);
     try {
       await next.fill();
     } catch (err) {
@@ -402,6 +421,7 @@ export class PluginHost {
     this.#closed = true;
     await Promise.all([...this.#slots.keys()].map((p) => this.unload(p)));
     this.#threads.close();
+    this.#instances.close();
   }
 }
 

@@ -1,9 +1,11 @@
-// A pooled worker thread (worker-pool.js): it holds at most one plugin instance at a time,
-// and serves one revision after another (`start` drops the instance it held), or compiles a
-// module for a load. The main thread times every request and terminates this thread when a
-// request outlives its deadline: that is what bounds a plugin that loops forever (V8 has no
-// epoch interruption that an embedder in JavaScript can use, but Worker.terminate() stops a
-// thread in the middle of guest code, and wakes it from Atomics.wait).
+// A pooled worker thread (worker-pool.js), for a host whose calls run in threads and for
+// every host's compiles: it holds at most one plugin instance at a time (guest.js), and
+// serves one revision after another (`start` drops the instance it held), or compiles a
+// module for a load. The guest ends its own call at the deadline (guest.js: the instrumented
+// module looks at the clock); the main thread times every request too and terminates this
+// thread when one outlives its deadline all the same, which is what bounds a compile (V8 has
+// no epoch interruption that an embedder in JavaScript can use, but Worker.terminate() stops
+// a thread wherever it is, and wakes it from Atomics.wait).
 //
 // Requests come through the memory shared with the main thread (channel.js): the thread
 // sleeps in Atomics.wait until the main thread rings, runs the request, writes the answer
@@ -21,80 +23,17 @@
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 
-import * as abi from './abi.js';
 import * as ch from './channel.js';
 import { checkedCompile } from './checked-compile.js';
-import { GROW_GLOBAL } from './wasm-binary.js';
-import { ExitSignal, TimeoutSignal, WASI_MODULE, sandboxedWasi } from './wasi.js';
+import { Guest, StepFailure } from './guest.js';
 
 const { limitBytes, limitPages, port, idleResetMs } = workerData;
 const { words, clocks, data } = ch.views(workerData.shared);
 const POLL_MS = Math.max(10, idleResetMs / 2);
 const IDLE_RESET_NS = BigInt(Math.round(idleResetMs * 1e6));
-let exports = null;
-let memory;
-let deadline = 0;
+const guest = new Guest({ limitBytes, limitPages });
 /** The sequence number of the request handled last. */
 let seen = 0;
-
-class BadRange extends Error {
-  constructor(ptr, len) {
-    super('bad range');
-    this.ptr = ptr;
-    this.len = len;
-  }
-}
-
-function fault(err) {
-  if (err instanceof BadRange) return { type: 'bad_range', ptr: err.ptr, len: err.len };
-  if (err instanceof TimeoutSignal) return { type: 'fault', fault: { type: 'timeout' } };
-  if (err instanceof ExitSignal) return { type: 'fault', fault: { type: 'other', message: err.message } };
-  const asked = exports?.[GROW_GLOBAL]?.value;
-  if (typeof asked === 'bigint' && asked > BigInt(limitPages)) {
-    return { type: 'fault', fault: { type: 'memory_limit', requested: Number(asked) * 65536, limit: limitBytes } };
-  }
-  if (err instanceof WebAssembly.RuntimeError) return { type: 'fault', fault: { type: 'trap', message: err.message } };
-  if (err instanceof RangeError && /call stack/i.test(err.message)) {
-    return { type: 'fault', fault: { type: 'trap', message: 'call stack exhausted' } };
-  }
-  return { type: 'fault', fault: { type: 'other', message: String(err?.message ?? err) } };
-}
-
-function write(bytes) {
-  const len = bytes.length;
-  const ptr = exports[abi.ALLOC](len) >>> 0;
-  const range = abi.checkedRange(ptr, len, memory.buffer.byteLength);
-  if (!range) throw new BadRange(ptr, len);
-  new Uint8Array(memory.buffer, ptr, len).set(bytes);
-  return [ptr, len];
-}
-
-/** A view of the guest's answer in its memory (copied out by answer()). */
-function read(packed) {
-  const [ptr, len] = abi.unpack(packed);
-  if (!abi.checkedRange(ptr, len, memory.buffer.byteLength)) throw new BadRange(ptr, len);
-  return new Uint8Array(memory.buffer, ptr, len);
-}
-
-function status(code) {
-  if (code !== 0) {
-    const err = new Error('status');
-    err.status = code;
-    throw err;
-  }
-}
-
-/** The steps of `start`: a fresh instance made ready, and self-checked when loading. */
-const START = ['instantiate', 'initialize', 'configure'];
-const START_CHECKED = [...START, 'self_check'];
-
-/** A failure of step `step` of a multi-step request. */
-class StepFailure {
-  constructor(step, cause) {
-    this.step = step;
-    this.cause = cause;
-  }
-}
 
 /** The request's bytes: in shared memory, or in the message that came with it. */
 function payload(msg, key) {
@@ -113,68 +52,29 @@ class Broken extends Error {}
 
 function drop() {
   // The instance (and its memory) becomes garbage; the next revision instantiates afresh.
-  exports = null;
-  memory = undefined;
+  guest.drop();
   Atomics.store(words, ch.HOLDING, 0);
 }
 
-const steps = {
-  instantiate({ module }) {
-    const imports = {};
-    // Built only for a module that imports WASI (a third of a small module's instantiation).
-    for (const imp of WebAssembly.Module.imports(module)) {
-      if (imp.module === WASI_MODULE) imports[WASI_MODULE] ??= sandboxedWasi(() => memory, () => deadline);
-    }
-    const instance = new WebAssembly.Instance(module, imports);
-    exports = instance.exports;
-    memory = exports[abi.MEMORY];
-  },
-  initialize() {
-    if (typeof exports[abi.INITIALIZE] === 'function') exports[abi.INITIALIZE]();
-  },
-  configure({ config }) {
-    if (typeof exports[abi.CONFIGURE] !== 'function') return;
-    const [ptr, len] = write(config);
-    status(exports[abi.CONFIGURE](ptr, len));
-  },
-  self_check() {
-    if (typeof exports[abi.SELF_CHECK] === 'function') status(exports[abi.SELF_CHECK]());
-  },
-};
-
 const ops = {
   [ch.OP_HANDLE](msg) {
-    const [ptr, len] = write(payload(msg, 'input'));
-    return read(exports[abi.HANDLE](ptr, len));
+    return guest.handle(payload(msg, 'input'));
   },
   [ch.OP_SAVE_STATE]() {
-    if (typeof exports[abi.SAVE_STATE] !== 'function') return null;
-    return read(exports[abi.SAVE_STATE]());
+    return guest.saveState();
   },
   [ch.OP_RESTORE_STATE](msg) {
-    const state = payload(msg, 'state');
-    if (typeof exports[abi.RESTORE_STATE] !== 'function') return null;
-    const [ptr, len] = write(state);
-    status(exports[abi.RESTORE_STATE](ptr, len));
+    guest.restoreState(payload(msg, 'state'));
     return null;
   },
   // One request, one wake-up of this thread, instead of one per step.
   [ch.OP_START](msg) {
     drop();
     Atomics.store(words, ch.HOLDING, 1);
-    const names = msg.selfCheck ? START_CHECKED : START;
-    for (let i = 0; i < names.length; i++) {
-      if (i > 0) {
-        Atomics.store(clocks, ch.STEP_BEGAN, process.hrtime.bigint());
-        Atomics.store(clocks, ch.STEP, BigInt(i));
-        deadline = performance.now() + msg.timeoutMs;
-      }
-      try {
-        steps[names[i]](msg);
-      } catch (err) {
-        throw new StepFailure(i, err);
-      }
-    }
+    guest.start(msg.module, msg.config, msg.selfCheck, msg.timeoutMs, (i) => {
+      Atomics.store(clocks, ch.STEP_BEGAN, process.hrtime.bigint());
+      Atomics.store(clocks, ch.STEP, BigInt(i));
+    });
     return null;
   },
   [ch.OP_COMPILE]({ bytes }) {
@@ -208,16 +108,12 @@ function answer(value) {
   ring();
 }
 
-function failureOf(err) {
-  return err?.status !== undefined && err.message === 'status' ? { type: 'status', code: err.status } : fault(err);
-}
-
 function fail(err) {
   if (err instanceof Broken) {
     port.postMessage({ ok: false, failure: { type: 'fault', fault: { type: 'other', message: 'not run: an earlier request of its chain failed' } }, step: 0, broken: true });
   }
-  else if (err instanceof StepFailure) port.postMessage({ ok: false, failure: failureOf(err.cause), step: err.step });
-  else port.postMessage({ ok: false, failure: failureOf(err) });
+  else if (err instanceof StepFailure) port.postMessage({ ok: false, failure: guest.failureOf(err.cause), step: err.step });
+  else port.postMessage({ ok: false, failure: guest.failureOf(err) });
   words[ch.ANSWER] = ch.ANSWER_MESSAGE;
   ring();
 }
@@ -279,7 +175,7 @@ function serve() {
       Atomics.store(clocks, ch.STEP, 0n);
     }
     Atomics.store(words, ch.BEGUN, seen);
-    deadline = performance.now() + words[ch.TIMEOUT];
+    guest.deadline = performance.now() + words[ch.TIMEOUT];
     let msg = null;
     let value;
     let failed = false;

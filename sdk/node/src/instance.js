@@ -1,10 +1,12 @@
-// One plugin instance: a revision's module instantiated in a worker thread borrowed from the
-// host's pool (worker-pool.js). Requests run one at a time, each under a deadline; past it the
-// thread is terminated, which stops guest code wherever it is, the request fails with a
-// timeout and the instance is dead. Discarding an instance gives its thread back: reset for
-// the next revision if it is alive, replaced in the background if it is not.
+// One plugin instance: a revision's module instantiated where the host runs calls, in a
+// worker thread borrowed from the host's pool (worker-pool.js) or on the event loop
+// (inline.js, an InlineThread standing in for the thread). Requests run one at a time, each
+// under a deadline; past it the guest is stopped (guest.js; a worker thread that does not
+// answer is terminated), the request fails with a timeout and the instance is never used
+// again. Discarding an instance gives its thread back: reset for the next revision if it is
+// alive, replaced in the background if it is not.
 
-import { WorkerThread } from './worker-pool.js';
+import { chain } from './inline.js';
 
 /** The phase of each step of the worker's `start`: instantiate, initialize, configure, self_check. */
 const START_PHASES = ['instantiate', 'instantiate', 'configure', 'self_check'];
@@ -69,7 +71,7 @@ export class Instance {
    * @returns {Promise<Array<Instance | InstanceError>>}
    */
   static async startAll(threads, pool, module, config, limits, selfCheck = false) {
-    const results = await WorkerThread.chain(Instance.startEntries(threads, module, config, limits, selfCheck));
+    const results = await chain(Instance.startEntries(threads, module, config, limits, selfCheck));
     return results.map((r, i) => Instance.made(r, threads[i], pool));
   }
 

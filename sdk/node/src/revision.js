@@ -1,5 +1,5 @@
 // One loaded revision of a plugin: a pool of up to `instancesPerRevision` warm instances
-// (each in a worker thread borrowed from the host's pool) that calls check out, as
+// (each in a worker thread borrowed from the host's pool, or inline) that calls check out, as
 // hotload-host's revision.rs. An instance that faulted (trap, deadline, memory limit) is
 // discarded, never reused, and a fresh one is made on the next checkout, in a thread the pool
 // has ready. A call or a pin holds a reference on the revision it started on; a revision that
@@ -22,7 +22,7 @@ import { CallError, PHASE_WORDS, failureText as failureWords } from './errors.js
 import { errorKindOf } from './health.js';
 import { Instance, InstanceError } from './instance.js';
 import { DATA_BYTES } from './channel.js';
-import { WorkerThread } from './worker-pool.js';
+import { InlineThread, chain } from './inline.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -216,7 +216,10 @@ export class Revision {
    */
   async run(msg) {
     const inst = await this.checkout();
-    const r = await inst.request(msg, this.cfg.callTimeoutMs);
+    const t = inst.thread;
+    // Inline, the instance is back before anything else runs: another call never finds it
+    // lent out and builds a second.
+    const r = t instanceof InlineThread ? t.run(msg, this.cfg.callTimeoutMs) : await inst.request(msg, this.cfg.callTimeoutMs);
     this.checkin(inst, !r.ok);
     return r;
   }
@@ -263,7 +266,9 @@ export class Revision {
     const restore = { op: 'restore_state', timeoutMs, state: EMPTY };
     const entries = [{ thread: inst.thread, msg: { op: 'save_state', timeoutMs }, timeoutMs, pipe: true }];
     for (const i of next.idle) entries.push({ thread: i.thread, msg: restore, timeoutMs, pipe: true });
-    const [saved, ...restored] = await WorkerThread.chain(entries);
+    // Inline, the chain has run when chain() returns, and the instance goes back at once.
+    const ran = chain(entries);
+    const [saved, ...restored] = Array.isArray(ran) ? ran : await ran;
     this.checkin(inst, !saved.ok);
     if (!saved.ok) return { saved, failure: null };
     const snapshot = saved.value ?? EMPTY;
@@ -280,7 +285,7 @@ export class Revision {
   async forEachInstance(msg) {
     const timeoutMs = this.cfg.callTimeoutMs;
     const one = { ...msg, timeoutMs };
-    const results = await WorkerThread.chain(this.idle.map((inst) => ({ thread: inst.thread, msg: one, timeoutMs })));
+    const results = await chain(this.idle.map((inst) => ({ thread: inst.thread, msg: one, timeoutMs })));
     return results.find((r) => !r.ok)?.failure ?? null;
   }
 }

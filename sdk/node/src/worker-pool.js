@@ -39,6 +39,11 @@ export const IDLE_RESET_MS = 1000;
  * performance.now() reaches the deadline: within this, a request counts as expired.
  */
 const SLACK_MS = 1;
+/**
+ * How long past its deadline a guest call may take to end itself (guest.js: it looks at the
+ * clock every TICK_EVERY steps) before its thread is terminated after all.
+ */
+const GRACE_MS = 100;
 
 const TIMEOUT = Object.freeze({ type: 'fault', fault: { type: 'timeout' } });
 const GONE = Object.freeze({ ok: false, failure: { type: 'fault', fault: { type: 'other', message: 'instance is gone' } }, step: 0 });
@@ -60,8 +65,10 @@ class Pending {
   chained = false;
   /** Seen taken up by its thread (a request of a chain). */
   begun = false;
+  /** A guest call past its deadline, given GRACE_MS to end itself. */
+  graced = false;
 
-  constructor(thread, seq, before, timeoutMs, multiStep) {
+  constructor(thread, seq, before, timeoutMs, multiStep, guest) {
     this.thread = thread;
     this.seq = seq;
     /** RESP while this request was unanswered. */
@@ -69,6 +76,8 @@ class Pending {
     this.timeoutMs = timeoutMs;
     this.deadline = performance.now() + timeoutMs;
     this.multiStep = multiStep;
+    /** Guest code (not a compile): it ends itself at its deadline. */
+    this.guest = guest;
   }
 }
 
@@ -282,7 +291,7 @@ export class WorkerThread {
     w[ch.BROKEN] = 0;
     if (op === ch.OP_START) Atomics.store(this.#clocks, ch.STEP, 0n);
     this.#seq = (this.#seq + 1) | 0;
-    const p = new Pending(this, this.#seq, Atomics.load(w, ch.RESP), timeoutMs, op === ch.OP_START);
+    const p = new Pending(this, this.#seq, Atomics.load(w, ch.RESP), timeoutMs, op === ch.OP_START, op !== ch.OP_COMPILE);
     this.#pending = p;
     this.#watchdog.add(p);
     return p;
@@ -337,7 +346,8 @@ export class WorkerThread {
    * The deadline of the step `p` was armed for has passed (the pool's watchdog): a request
    * of a chain not taken up yet waits for the one before it (which has a deadline of its
    * own), and one taken up has its deadline from then; a later step of a `start` gets its
-   * own deadline; else the thread is terminated.
+   * own deadline; guest code gets GRACE_MS to stop itself and answer; else the thread is
+   * terminated.
    */
   expire(p) {
     if (p.settled) {
@@ -363,6 +373,11 @@ export class WorkerThread {
         p.step = step;
         if (this.#rearm(p)) return;
       }
+    }
+    if (p.guest && !p.graced) {
+      p.graced = true;
+      p.deadline = performance.now() + GRACE_MS;
+      return;
     }
     this.kill();
     this.#lost(p, { ok: false, failure: TIMEOUT, step: p.step });

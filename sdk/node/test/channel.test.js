@@ -42,7 +42,7 @@ const bytes = (name) => Buffer.from(WASM[name], 'base64');
 const load = (host, plugin, revision, wasm) => host.load({ plugin, revision, digest: sha256Digest(wasm), wasm });
 
 test('inputs and outputs past the shared memory of a thread travel as messages, intact', async () => {
-  const host = new PluginHost({ instancesPerRevision: 1 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 1 });
   try {
     await load(host, 'echo', 'r1', bytes('echoBig'));
     const pattern = (n, seed) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff));
@@ -61,7 +61,7 @@ test('inputs and outputs past the shared memory of a thread travel as messages, 
 });
 
 test('a state past the shared memory of a thread is handed over whole, to every instance, those built later too', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 3 });
   try {
     await load(host, 'big', 'r1', bytes('bigState'));
     const l = await load(host, 'big', 'r2', bytes('bigState').subarray(0));
@@ -79,7 +79,7 @@ test('a state past the shared memory of a thread is handed over whole, to every 
 });
 
 test('a small state is handed from thread to thread, to every instance a load builds', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 3, instancesAtLoad: 3 });
   const [v1, v2] = [pluginBytes('tagger-v1.wasm'), pluginBytes('tagger-v2.wasm')];
   try {
     await load(host, 'tag', 'r1', v1);
@@ -96,7 +96,7 @@ test('a small state is handed from thread to thread, to every instance a load bu
 
 test('each start of a load has its own deadline, counted from when its thread takes it up', async () => {
   // Three self-checks of 150 ms each, one after the other: 450 ms in all, each under 400 ms.
-  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 400 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 400 });
   try {
     const t = performance.now();
     const l = await load(host, 'slow', 'r1', bytes('slowSelfCheck'));
@@ -109,7 +109,7 @@ test('each start of a load has its own deadline, counted from when its thread ta
 });
 
 test('a start cut off at its deadline fails the load at once, and the next load is served', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 300 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 3, instancesAtLoad: 3, callTimeoutMs: 300 });
   try {
     // Warm threads and the module, so that the load below times only its starts.
     await load(host, 'p', 'r0', pluginBytes('self-check-loop.wasm')).catch(() => {});

@@ -11,10 +11,11 @@ import { checkError, checkOutcome, hostConfig, inputOf, pluginBytes, suite } fro
 const s = suite();
 assert.equal(s.format, 1, 'cases.json format this runner knows');
 
-for (const c of s.cases) {
-  test(`conformance: ${c.name}`, async () => {
+// Every case runs with guest calls on the event loop (the default) and in worker threads.
+for (const calls of ['inline', 'threads']) for (const c of s.cases) {
+  test(`conformance (${calls}): ${c.name}`, async () => {
     const events = [];
-    const host = new PluginHost(hostConfig(s.host, c.host), {
+    const host = new PluginHost({ ...hostConfig(s.host, c.host), calls }, {
       afterLoad: (e) => events.push(`after_load ${e.plugin} ${e.revision} previous=${e.previous ?? ''}`),
       beforeUnload: (e) => events.push(`before_unload ${e.plugin} ${e.revision} next=${e.next ?? ''}`),
       loadFailed: (p, r, err) => events.push(`load_failed ${p} ${r} ${err.kind}`),

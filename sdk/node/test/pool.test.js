@@ -123,7 +123,7 @@ test('a later instance that refuses the load\'s state fails the call that needed
 });
 
 test('the instances built after a load find their threads started', async () => {
-  const host = new PluginHost({ instancesPerRevision: 3 });
+  const host = new PluginHost({ calls: 'threads', instancesPerRevision: 3 });
   try {
     const wasm = pluginBytes('tagger-v1.wasm');
     await host.load({ plugin: 'auth', revision: 'r1', digest: sha256Digest(wasm), wasm });
