@@ -14,6 +14,16 @@ import { WasmFormatError, instrument, parseModule } from './wasm-binary.js';
 
 const refuse = (kind, detail) => ({ refused: { kind, detail } });
 
+/** V8's words for why `bytes` do not validate (WebAssembly.validate gives only false). */
+function validationError(bytes) {
+  try {
+    new WebAssembly.Module(bytes);
+  } catch (err) {
+    return err.message;
+  }
+  return 'module does not validate';
+}
+
 /**
  * @param {Uint8Array} bytes the module as delivered
  * @param {number} limit the host's maxMemoryBytes
@@ -26,9 +36,16 @@ export async function checkedCompile(bytes, limit) {
     info = parseModule(bytes);
     const mems = info.memories;
     if (mems.length > 1) throw new WasmFormatError(`module declares ${mems.length} memories, at most 1 is allowed`);
+    // Shared memory is the threads proposal, which hotload-host's wasmtime is built without;
+    // an atomic wait on it would block the guest where no deadline check runs.
+    if (mems.some((m) => m.shared)) throw new WasmFormatError('shared memory is not supported (threads)');
     if (mems.length === 1 && mems[0].min * 65536 > limit) {
       throw new WasmFormatError(`memory minimum of ${mems[0].min} pages (${mems[0].min * 65536} bytes) exceeds the limit of ${limit} bytes`);
     }
+    // The module as delivered must be valid by itself: the rewrite appends globals, a type and
+    // a function, and an invalid module that names them (`global.set` of the budget) would
+    // become valid and could turn its deadline off.
+    if (!WebAssembly.validate(bytes)) throw new WasmFormatError(validationError(bytes));
     instrumented = instrument(bytes, info, { limitPages: Math.floor(limit / 65536), tickEvery: TICK_EVERY });
   } catch (err) {
     if (err instanceof WasmFormatError) return refuse('invalid_wasm', `invalid wasm: ${err.message}`);

@@ -52,6 +52,13 @@ export class Guest {
   memory = undefined;
   /** When the guest call in progress must end (performance.now() ms). */
   deadline = 0;
+  /**
+   * What a host function threw into the guest (past the deadline, proc_exit, a bad pointer),
+   * once per call. Wasm can catch a host's exception (`catch_all`), so a guest call that
+   * returns normally after one still fails with it: as in hotload-host, where a host error
+   * is a trap no guest code can catch.
+   */
+  #thrown = null;
   #limitBytes;
   #limitPages;
   #imports;
@@ -61,16 +68,48 @@ export class Guest {
     this.#limitBytes = limitBytes;
     this.#limitPages = limitPages;
     const tick = () => {
-      if (performance.now() >= this.deadline) throw new TimeoutSignal('past the call deadline');
+      if (performance.now() >= this.deadline) throw this.#fatal(new TimeoutSignal('past the call deadline'));
       return TICK_EVERY;
     };
     this.#imports = { [TICK_MODULE]: { [TICK_NAME]: tick } };
+  }
+
+  /** Notes `err`, thrown into the guest by a host function; returns it, to be thrown. */
+  #fatal(err) {
+    this.#thrown ??= err;
+    return err;
+  }
+
+  /** `fns` with every exception they throw noted (see #thrown). */
+  #guarded(fns) {
+    const out = {};
+    for (const [name, f] of Object.entries(fns)) {
+      out[name] = (...args) => {
+        try {
+          return f(...args);
+        } catch (err) {
+          throw this.#fatal(err);
+        }
+      };
+    }
+    return out;
+  }
+
+  /** `value`, the result of a guest call, unless a host function threw into it meanwhile. */
+  #returned(value) {
+    const err = this.#thrown;
+    if (err !== null) {
+      this.#thrown = null;
+      throw err;
+    }
+    return value;
   }
 
   /** The instance (and its memory) becomes garbage. */
   drop() {
     this.exports = null;
     this.memory = undefined;
+    this.#thrown = null;
   }
 
   /**
@@ -101,49 +140,54 @@ export class Guest {
         // Built only for a module that imports WASI (a third of a small module's instantiation).
         for (const imp of WebAssembly.Module.imports(module)) {
           if (imp.module === WASI_MODULE) {
-            imports[WASI_MODULE] ??= sandboxedWasi(() => this.memory, () => this.deadline);
+            imports[WASI_MODULE] ??= this.#guarded(sandboxedWasi(() => this.memory, () => this.deadline));
           }
         }
-        const instance = new WebAssembly.Instance(module, imports);
+        const instance = this.#returned(new WebAssembly.Instance(module, imports));
         this.exports = instance.exports;
         this.memory = this.exports[abi.MEMORY];
         return;
       }
       case 'initialize':
-        if (typeof ex[abi.INITIALIZE] === 'function') this.exports[abi.INITIALIZE]();
+        if (typeof ex[abi.INITIALIZE] === 'function') this.#returned(this.exports[abi.INITIALIZE]());
         return;
       case 'configure': {
         if (typeof ex[abi.CONFIGURE] !== 'function') return;
         const [ptr, len] = this.#write(config);
-        status(this.exports[abi.CONFIGURE](ptr, len));
+        status(this.#returned(this.exports[abi.CONFIGURE](ptr, len)));
         return;
       }
       default:
-        if (typeof ex[abi.SELF_CHECK] === 'function') status(this.exports[abi.SELF_CHECK]());
+        if (typeof ex[abi.SELF_CHECK] === 'function') status(this.#returned(this.exports[abi.SELF_CHECK]()));
     }
   }
 
   /** `handle(input)`: a view of the answer in guest memory, valid until the next call. */
   handle(input) {
     const [ptr, len] = this.#write(input);
-    return this.#read(this.exports[abi.HANDLE](ptr, len));
+    return this.#read(this.#returned(this.exports[abi.HANDLE](ptr, len)));
   }
 
   /** `save_state()`: a view of the snapshot in guest memory, or null without the export. */
   saveState() {
     if (typeof this.exports[abi.SAVE_STATE] !== 'function') return null;
-    return this.#read(this.exports[abi.SAVE_STATE]());
+    return this.#read(this.#returned(this.exports[abi.SAVE_STATE]()));
   }
 
   /** `restore_state(state)`; nothing without the export. */
   restoreState(state) {
     if (typeof this.exports[abi.RESTORE_STATE] !== 'function') return;
     const [ptr, len] = this.#write(state);
-    status(this.exports[abi.RESTORE_STATE](ptr, len));
+    status(this.#returned(this.exports[abi.RESTORE_STATE](ptr, len)));
   }
 
-  /** The failure an exception out of a guest call stands for. */
-  failureOf(err) {
+  /**
+   * The failure an exception out of a guest call stands for: what a host function threw into
+   * the guest first, if one did (the guest may have caught it and trapped after), else `err`.
+   */
+  failureOf(thrown) {
+    const err = this.#thrown ?? thrown;
+    this.#thrown = null;
     if (err?.status !== undefined && err.message === 'status') return { type: 'status', code: err.status };
     if (err instanceof BadRange) return { type: 'bad_range', ptr: err.ptr, len: err.len };
     if (err instanceof TimeoutSignal) return { type: 'fault', fault: { type: 'timeout' } };
@@ -161,7 +205,7 @@ export class Guest {
 
   #write(bytes) {
     const len = bytes.length;
-    const ptr = this.exports[abi.ALLOC](len) >>> 0;
+    const ptr = this.#returned(this.exports[abi.ALLOC](len)) >>> 0;
     const range = abi.checkedRange(ptr, len, this.memory.buffer.byteLength);
     if (!range) throw new BadRange(ptr, len);
     new Uint8Array(this.memory.buffer, ptr, len).set(bytes);

@@ -85,17 +85,18 @@ export class InlineThread {
 function runChain(entries) {
   const out = [];
   let failed = false;
+  /** What the entry before, if it pipes, hands on to this one. */
   let handed = null;
   for (const { thread, msg, timeoutMs, pipe = false } of entries) {
     if (failed) {
       out.push(BROKEN);
       continue;
     }
-    const m = pipe && handed !== null && msg.op === 'restore_state' ? { ...msg, state: handed } : msg;
+    const m = handed !== null && msg.op === 'restore_state' ? { ...msg, state: handed } : msg;
     const r = thread.run(m, timeoutMs);
     out.push(r);
     failed = !r.ok;
-    if (pipe) handed = msg.op === 'save_state' ? (r.value ?? new Uint8Array(0)) : m.state;
+    handed = !pipe ? null : msg.op === 'save_state' ? (r.value ?? new Uint8Array(0)) : m.state;
   }
   return out;
 }

@@ -214,14 +214,31 @@ export class Revision {
    * Runs one guest operation (`{op, ...payload}`) on a checked-out instance, under the call
    * deadline; a failure discards the instance.
    */
-  async run(msg) {
+  run(msg) {
+    const inst = this.#idleInline();
+    if (inst === null) return this.#runLater(msg);
+    const r = inst.thread.run(msg, this.cfg.callTimeoutMs);
+    this.checkin(inst, !r.ok);
+    return r;
+  }
+
+  async #runLater(msg) {
     const inst = await this.checkout();
     const t = inst.thread;
-    // Inline, the instance is back before anything else runs: another call never finds it
-    // lent out and builds a second.
     const r = t instanceof InlineThread ? t.run(msg, this.cfg.callTimeoutMs) : await inst.request(msg, this.cfg.callTimeoutMs);
     this.checkin(inst, !r.ok);
     return r;
+  }
+
+  /**
+   * An idle inline instance, taken now, or null. Inline, a guest call runs at once on an
+   * instance taken at once and given back before anything else runs, so calls made in the
+   * same turn of the event loop never find it lent out and build more.
+   */
+  #idleInline() {
+    const inst = this.idle.at(-1);
+    if (!(inst?.thread instanceof InlineThread)) return null;
+    return this.idle.pop();
   }
 
   /** Handles one request and counts it; rejects with a CallError. */
@@ -261,19 +278,23 @@ export class Revision {
    * instance of this revision is free in time.
    */
   async handOverTo(next) {
-    const inst = await this.checkout();
+    const inst = this.#idleInline() ?? await this.checkout();
     const timeoutMs = this.cfg.callTimeoutMs;
     const restore = { op: 'restore_state', timeoutMs, state: EMPTY };
     const entries = [{ thread: inst.thread, msg: { op: 'save_state', timeoutMs }, timeoutMs, pipe: true }];
     for (const i of next.idle) entries.push({ thread: i.thread, msg: restore, timeoutMs, pipe: true });
-    // Inline, the chain has run when chain() returns, and the instance goes back at once.
+    // Inline, the chain has run when chain() returns (any size of snapshot handed on), and
+    // the instance goes back at once.
     const ran = chain(entries);
-    const [saved, ...restored] = Array.isArray(ran) ? ran : await ran;
+    const inline = Array.isArray(ran);
+    const [saved, ...restored] = inline ? ran : await ran;
     this.checkin(inst, !saved.ok);
     if (!saved.ok) return { saved, failure: null };
     const snapshot = saved.value ?? EMPTY;
     next.#snapshot = snapshot;
-    if (snapshot.length > DATA_BYTES) return { saved, failure: await next.forEachInstance({ op: 'restore_state', state: snapshot }) };
+    if (!inline && snapshot.length > DATA_BYTES) {
+      return { saved, failure: await next.forEachInstance({ op: 'restore_state', state: snapshot }) };
+    }
     return { saved, failure: restored.find((r) => !r.ok)?.failure ?? null };
   }
 

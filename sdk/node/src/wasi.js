@@ -5,7 +5,8 @@
 //
 // The one call that can block, poll_oneoff (every language's sleep), sleeps no later than
 // the call's deadline and then throws TimeoutSignal, so a sleeping plugin ends at the
-// deadline like a looping one. Runs inside the instance's worker thread (Atomics.wait).
+// deadline like a looping one (Atomics.wait: with calls inline, the sleep blocks the event
+// loop, at most until the deadline).
 
 import { webcrypto } from 'node:crypto';
 

@@ -389,6 +389,7 @@ export class WorkerThread {
     const left = p.timeoutMs - Number(process.hrtime.bigint() - began) / 1e6;
     if (left <= SLACK_MS) return false;
     p.deadline = performance.now() + left;
+    p.graced = false;
     return true;
   }
 
