@@ -1,7 +1,7 @@
 // One compile with every check a load makes before instantiating: parse the module, check
 // its memory against the limit, instrument it (wasm-binary.js: memory.grow past the limit
-// traps, and the guest looks at the clock every TICK_EVERY steps), compile, check the ABI
-// and the imports. Runs inside a pooled worker thread (instance-worker.js, op `compile`), so
+// traps and, for calls inline, the guest looks at the clock every TICK_EVERY steps), compile,
+// check the ABI and the imports. Runs inside a pooled worker thread (instance-worker.js, op `compile`), so
 // nothing of it runs on the app's event loop; the main thread bounds it by compileTimeoutMs.
 //
 // Resolves {module, caps} (a WebAssembly.Module crosses threads without a copy of its code)
@@ -27,9 +27,10 @@ function validationError(bytes) {
 /**
  * @param {Uint8Array} bytes the module as delivered
  * @param {number} limit the host's maxMemoryBytes
+ * @param {boolean} checks deadline checks in the guest's code (calls inline; see wasm-binary.js)
  * @returns {Promise<{module: WebAssembly.Module, caps: object} | {refused: {kind: string, detail: string}}>}
  */
-export async function checkedCompile(bytes, limit) {
+export async function checkedCompile(bytes, limit, checks) {
   let info;
   let instrumented;
   try {
@@ -46,7 +47,7 @@ export async function checkedCompile(bytes, limit) {
     // a function, and an invalid module that names them (`global.set` of the budget) would
     // become valid and could turn its deadline off.
     if (!WebAssembly.validate(bytes)) throw new WasmFormatError(validationError(bytes));
-    instrumented = instrument(bytes, info, { limitPages: Math.floor(limit / 65536), tickEvery: TICK_EVERY });
+    instrumented = instrument(bytes, info, { limitPages: Math.floor(limit / 65536), tickEvery: TICK_EVERY, checks });
   } catch (err) {
     if (err instanceof WasmFormatError) return refuse('invalid_wasm', `invalid wasm: ${err.message}`);
     throw err;

@@ -1,11 +1,12 @@
 // A pooled worker thread (worker-pool.js), for a host whose calls run in threads and for
 // every host's compiles: it holds at most one plugin instance at a time (guest.js), and
 // serves one revision after another (`start` drops the instance it held), or compiles a
-// module for a load. The guest ends its own call at the deadline (guest.js: the instrumented
-// module looks at the clock); the main thread times every request too and terminates this
-// thread when one outlives its deadline all the same, which is what bounds a compile (V8 has
-// no epoch interruption that an embedder in JavaScript can use, but Worker.terminate() stops
-// a thread wherever it is, and wakes it from Atomics.wait).
+// module for a load. The main thread times every request and terminates this thread when a
+// request outlives its deadline: that is what bounds a plugin that loops forever here, and a
+// compile (V8 has no epoch interruption that an embedder in JavaScript can use, but
+// Worker.terminate() stops a thread wherever it is, and wakes it from Atomics.wait). Modules
+// for calls in threads are compiled without the deadline checks of calls inline
+// (wasm-binary.js), which cost a tight loop up to twice its time.
 //
 // Requests come through the memory shared with the main thread (channel.js): the thread
 // sleeps in Atomics.wait until the main thread rings, runs the request, writes the answer
@@ -77,10 +78,10 @@ const ops = {
     });
     return null;
   },
-  [ch.OP_COMPILE]({ bytes }) {
+  [ch.OP_COMPILE]({ bytes, checks }) {
     drop();
     Atomics.store(words, ch.HOLDING, 1);
-    return checkedCompile(new Uint8Array(bytes), limitBytes);
+    return checkedCompile(new Uint8Array(bytes), limitBytes, checks);
   },
 };
 

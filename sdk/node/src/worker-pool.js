@@ -39,11 +39,6 @@ export const IDLE_RESET_MS = 1000;
  * performance.now() reaches the deadline: within this, a request counts as expired.
  */
 const SLACK_MS = 1;
-/**
- * How long past its deadline a guest call may take to end itself (guest.js: it looks at the
- * clock every TICK_EVERY steps) before its thread is terminated after all.
- */
-const GRACE_MS = 100;
 
 const TIMEOUT = Object.freeze({ type: 'fault', fault: { type: 'timeout' } });
 const GONE = Object.freeze({ ok: false, failure: { type: 'fault', fault: { type: 'other', message: 'instance is gone' } }, step: 0 });
@@ -65,10 +60,8 @@ class Pending {
   chained = false;
   /** Seen taken up by its thread (a request of a chain). */
   begun = false;
-  /** A guest call past its deadline, given GRACE_MS to end itself. */
-  graced = false;
 
-  constructor(thread, seq, before, timeoutMs, multiStep, guest) {
+  constructor(thread, seq, before, timeoutMs, multiStep) {
     this.thread = thread;
     this.seq = seq;
     /** RESP while this request was unanswered. */
@@ -76,8 +69,6 @@ class Pending {
     this.timeoutMs = timeoutMs;
     this.deadline = performance.now() + timeoutMs;
     this.multiStep = multiStep;
-    /** Guest code (not a compile): it ends itself at its deadline. */
-    this.guest = guest;
   }
 }
 
@@ -291,7 +282,7 @@ export class WorkerThread {
     w[ch.BROKEN] = 0;
     if (op === ch.OP_START) Atomics.store(this.#clocks, ch.STEP, 0n);
     this.#seq = (this.#seq + 1) | 0;
-    const p = new Pending(this, this.#seq, Atomics.load(w, ch.RESP), timeoutMs, op === ch.OP_START, op !== ch.OP_COMPILE);
+    const p = new Pending(this, this.#seq, Atomics.load(w, ch.RESP), timeoutMs, op === ch.OP_START);
     this.#pending = p;
     this.#watchdog.add(p);
     return p;
@@ -346,8 +337,7 @@ export class WorkerThread {
    * The deadline of the step `p` was armed for has passed (the pool's watchdog): a request
    * of a chain not taken up yet waits for the one before it (which has a deadline of its
    * own), and one taken up has its deadline from then; a later step of a `start` gets its
-   * own deadline; guest code gets GRACE_MS to stop itself and answer; else the thread is
-   * terminated.
+   * own deadline; else the thread is terminated.
    */
   expire(p) {
     if (p.settled) {
@@ -374,11 +364,6 @@ export class WorkerThread {
         if (this.#rearm(p)) return;
       }
     }
-    if (p.guest && !p.graced) {
-      p.graced = true;
-      p.deadline = performance.now() + GRACE_MS;
-      return;
-    }
     this.kill();
     this.#lost(p, { ok: false, failure: TIMEOUT, step: p.step });
   }
@@ -389,7 +374,6 @@ export class WorkerThread {
     const left = p.timeoutMs - Number(process.hrtime.bigint() - began) / 1e6;
     if (left <= SLACK_MS) return false;
     p.deadline = performance.now() + left;
-    p.graced = false;
     return true;
   }
 

@@ -296,10 +296,10 @@ test('function indices are remapped everywhere: start, calls, return_call, ref.f
   assert.deepEqual(instrument(bytes, undefined, { limitPages: 1, tickEvery: 1 }), out);
 });
 
-test('the budget counts down once per function entry and loop header and ticks when it reaches zero', () => {
+test('the budget counts down once per function entry and once per loopChunk loop headers, and ticks at zero', () => {
+  const env = { env: { add100: (x) => x + 100 } };
   const t = ticker({ budget: 3 });
-  const instance = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 3 }),
-    { env: { add100: (x) => x + 100 }, ...t.imports });
+  const instance = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 3, loopChunk: 1 }), { ...env, ...t.imports });
   const budget = instance.exports[BUDGET_GLOBAL];
   // Instantiation ran start → sum → one, two: 4 checks from 3 → one tick, budget 2.
   assert.deepEqual([t.calls, budget.value], [1, 2]);
@@ -308,9 +308,26 @@ test('the budget counts down once per function entry and loop header and ticks w
   assert.equal(instance.exports.countdown(10), 0);
   // 1 entry + 10 loop headers = 11 checks from 3: ticks at the 3rd, 6th and 9th, 1 left.
   assert.deepEqual([t.calls - before, budget.value], [3, 1]);
+  // Loop headers counted in chunks of 4 (in a local): entry, header 4, header 8 = 3 checks
+  // from 3, one tick at the third; headers 9 and 10 are not a chunk.
+  const c = ticker({ budget: 3 });
+  const chunked = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 1000, loopChunk: 4 }), { ...env, ...c.imports });
+  const cb = chunked.exports[BUDGET_GLOBAL];
+  cb.value = 3;
+  assert.equal(chunked.exports.countdown(10), 0);
+  assert.deepEqual([c.calls, cb.value], [1, 3]);
+  // The counter is the function's own: each call starts a fresh chunk.
+  cb.value = 100;
+  for (let i = 0; i < 5; i++) chunked.exports.countdown(3);
+  assert.equal(cb.value, 95, 'five entries, no chunk of 4 headers within one call');
+  // Without checks the budget is never touched: the host stops such a guest by other means.
+  const u = ticker({ budget: 3 });
+  const unchecked = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 3, loopChunk: 1, checks: false }), { ...env, ...u.imports });
+  assert.equal(unchecked.exports.countdown(10), 0);
+  assert.deepEqual([u.calls, unchecked.exports[BUDGET_GLOBAL].value], [0, 3]);
   // A tick that returns 0 is asked again at the next check rather than after 2^32 of them.
   const zero = ticker({ budget: 0 });
-  const z = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 1 }), { env: { add100: (x) => x + 100 }, ...zero.imports });
+  const z = instantiate(rewrite(indexModule(), { limitPages: 1, tickEvery: 1, loopChunk: 1 }), { ...env, ...zero.imports });
   const n = zero.calls;
   z.exports.countdown(5);
   assert.equal(zero.calls - n, 6);
@@ -336,7 +353,7 @@ test('a module with no type, import, global or export section gets them, in orde
   const exported = wasm(section(1, vec([[0x60, 0, 0]])), section(3, vec([[0]])),
     section(7, vec([[...str('f'), 0, 0]])), section(10, vec([body([0x03, 0x40, END])])));
   const t = ticker({ budget: 1 });
-  instantiate(rewrite(exported, { limitPages: 1, tickEvery: 1 }), t.imports).exports.f();
+  instantiate(rewrite(exported, { limitPages: 1, tickEvery: 1, loopChunk: 1 }), t.imports).exports.f();
   assert.equal(t.calls, 2, 'entry and loop header');
 });
 
@@ -419,7 +436,7 @@ test('truncated, random and mutated modules give WasmFormatError, never another 
 test('bad options are refused; existing export names are refused', () => {
   const bytes = plugin('tagger-v1.wasm');
   for (const opts of [{ limitPages: 1, tickEvery: 0 }, { limitPages: 1, tickEvery: 2 ** 31 }, { limitPages: -1, tickEvery: 1 },
-    { limitPages: 1, tickEvery: 1.5 }, { limitPages: 1 }]) {
+    { limitPages: 1, tickEvery: 1.5 }, { limitPages: 1 }, { limitPages: 1, tickEvery: 1, loopChunk: 0 }]) {
     assert.throws(() => rewrite(bytes, opts), RangeError, JSON.stringify(opts));
   }
   const twice = rewrite(bytes);
