@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::future::Either;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use hotload_channel::TOKEN_AUDIENCE;
 use hotload_channel::proto::plugin_channel_server::{PluginChannel, PluginChannelServer};
 use hotload_channel::proto::{
@@ -26,6 +26,7 @@ use hotload_channel::proto::{
     SidecarMessage, State, Synced, operator_message, sidecar_message,
 };
 use hotload_protocol::{Counts, Errors};
+use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
@@ -153,24 +154,60 @@ impl ChannelLimits {
     }
 }
 
-/// Serves `service` over TLS on `listener` with `limits`, until it fails.
+/// Serves `service` over TLS on `listener` with `limits`, until the listener ends.
+///
+/// Each connection is HTTP/2 only (ALPN `h2`), served by hyper with the service's routes and
+/// the connection's [`ConnectionInfo`] put in each request. Its task is the connection
+/// future itself: 2.8 KiB a connection, where tonic's `Server` spawned one of 5.0 KiB (its
+/// task also kept the builder, the connection and the service it had moved into the
+/// connection, and the connection-age timers this server does not use). At one connection
+/// per sidecar that is 2 KiB per pod (docs/benchmarks.md, "Fleet scale").
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: PluginChannelServer<ChannelService>,
     certs: &Arc<CertStore>,
     limits: ChannelLimits,
-) -> Result<(), tonic::transport::Error> {
+) -> anyhow::Result<()> {
     let connections =
         crate::listener::incoming(listener, certs.server_config(&[b"h2"]), limits.connections);
-    tonic::transport::Server::builder()
+    let routes = tonic::service::Routes::new(service).prepare();
+    let http = http2(&limits);
+    let mut connections = std::pin::pin!(connections);
+    while let Some(connection) = connections.next().await {
+        let Ok(stream) = connection else { continue };
+        let info = stream.info();
+        let service = tower::ServiceExt::map_request(
+            routes.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(info.clone());
+                request
+            },
+        );
+        let served = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        tokio::spawn(served.map(|served| {
+            if let Err(error) = served {
+                tracing::debug!(%error, "sidecar channel connection ended");
+            }
+        }));
+    }
+    Ok(())
+}
+
+/// HTTP/2 with `limits`' stream, keepalive and header bounds; hyper's defaults otherwise (as
+/// tonic's server leaves them).
+fn http2(limits: &ChannelLimits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(limits.streams_per_connection)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .http2_max_header_list_size(limits.max_header_list_bytes)
-        .http2_max_pending_accept_reset_streams(Some(16))
-        .add_service(service)
-        .serve_with_incoming(connections)
-        .await
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_header_list_size(limits.max_header_list_bytes)
+        .max_pending_accept_reset_streams(16);
+    builder
 }
 
 /// Why an attach was refused: the gate was full (the sidecar retries after a back-off), or
