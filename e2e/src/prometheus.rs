@@ -7,9 +7,10 @@
 //!
 //! Where it listens:
 //! - [`Prometheus::start`] listens on the address given: loopback for tests without a
-//!   cluster (the operator's provider tests run it so).
+//!   cluster. With port 0 it binds a free port itself and says which in its log
+//!   (read by `announce.rs`).
 //! - [`Prometheus::start_for_cluster`] listens on [`netplan::HOST_IP`] (198.18.0.2, the root
-//!   namespace's end of the node link), a free port. This is the address the artifact server
+//!   namespace's end of the node link), port 0 as above. This is the address the artifact server
 //!   uses, for the same reason: a pod (the in-cluster operator included) routes through its
 //!   node netns, which holds the other end of that link, so `http://198.18.0.2:<port>` is
 //!   the address to put in a release's `prometheus.address`. From the root namespace the
@@ -24,6 +25,8 @@
 //!        └──────── GET /api/v1/query ◀──────────── routes ◀────────── operator pod
 //! ```
 
+mod announce;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use self::announce::listening_address;
 use crate::netplan;
 
 /// Where Debian's package installs the server.
@@ -83,19 +87,18 @@ impl Prometheus {
     /// `metrics_path` of `targets`; pods reach it there, and it reaches pod IPs (see the
     /// module docs). Needs the local cluster's network up.
     pub async fn start_for_cluster(targets: &[Target], metrics_path: &str) -> Result<Self> {
-        let listen = free_port(IpAddr::V4(netplan::HOST_IP))
-            .context("no free port on the node link's host address (is the cluster up?)")?;
-        Self::start(listen, targets, metrics_path).await
+        let listen = SocketAddr::new(IpAddr::V4(netplan::HOST_IP), 0);
+        Self::start(listen, targets, metrics_path)
+            .await
+            .context("starting Prometheus on the node link's host address (is the cluster up?)")
     }
 
-    /// Starts one listening on `listen` (port 0: a free port of its address) that scrapes
-    /// `metrics_path` of `targets` every [`SCRAPE_INTERVAL`], and waits until it is ready.
+    /// Starts one listening on `listen` that scrapes `metrics_path` of `targets` every
+    /// [`SCRAPE_INTERVAL`], and waits until it is ready. With port 0 Prometheus binds a free
+    /// port itself and the port is read from its log: a port picked here and released for
+    /// Prometheus to bind could be taken by another process in between.
     pub async fn start(listen: SocketAddr, targets: &[Target], metrics_path: &str) -> Result<Self> {
         let binary = binary()?;
-        let listen = match listen.port() {
-            0 => free_port(listen.ip())?,
-            _ => listen,
-        };
         let dir = unique_dir()?;
         let mut prometheus = Self::spawn(&binary, dir, listen, targets, metrics_path)?;
         prometheus.wait_ready().await?;
@@ -233,16 +236,22 @@ impl Prometheus {
             .collect())
     }
 
+    /// Its whole log.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+        let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Waits until it has said where it listens (port 0 learns its port here) and answers
+    /// `/-/ready` there.
     async fn wait_ready(&mut self) -> Result<()> {
         let client = client()?;
-        let url = format!("{}/-/ready", self.address);
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -251,7 +260,14 @@ impl Prometheus {
                     self.log_tail()
                 );
             }
-            if let Ok(response) = client.get(&url).send().await
+            if self.listen.port() == 0
+                && let Some(listen) = listening_address(&self.log())
+            {
+                self.listen = listen;
+                self.address = format!("http://{listen}");
+            }
+            if self.listen.port() != 0
+                && let Ok(response) = client.get(format!("{}/-/ready", self.address)).send().await
                 && response.status().is_success()
             {
                 return Ok(());
@@ -326,12 +342,6 @@ fn write_targets(dir: &Path, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
-/// A port of `ip` nobody listens on now (bound and released; Prometheus binds it next).
-fn free_port(ip: IpAddr) -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind((ip, 0))?;
-    Ok(listener.local_addr()?)
-}
-
 /// A new directory of this process under the temp dir.
 fn unique_dir() -> Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -346,6 +356,8 @@ fn unique_dir() -> Result<PathBuf> {
 }
 
 fn client() -> Result<reqwest::Client> {
+    // reqwest is built without a default provider: the process's must be installed first.
+    crate::tls::install_crypto_provider();
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?)

@@ -20,6 +20,12 @@ use axum::routing::get;
 use hotload_operator::api::{PrometheusCheck, Verdict, WebhookCheck};
 use hotload_operator::providers::{Providers, Window};
 
+/// Where a Prometheus started on port 0 listens (shared with the e2e crate's Prometheus).
+#[path = "../../e2e/src/prometheus/announce.rs"]
+mod announce;
+
+use announce::listening_address;
+
 const LOOPBACK: &str = "127.0.0.1:0";
 
 fn window() -> Window {
@@ -445,8 +451,11 @@ async fn webhook_over_https() -> Result<()> {
     Ok(())
 }
 
-/// A real Prometheus on a free loopback port scraping `target`'s `/metrics` every second,
-/// its data in a temp dir; killed on drop.
+/// A real Prometheus on a loopback port of its own choosing, scraping `target`'s `/metrics`
+/// every second, its data in a temp dir; killed on drop.
+///
+/// Prometheus binds port 0 and the test reads the port from its log: a port picked here
+/// and released for Prometheus to bind could be taken by another test in between.
 struct Prometheus {
     child: tokio::process::Child,
     dir: tempfile::TempDir,
@@ -464,7 +473,6 @@ impl Prometheus {
             binary.display()
         );
         let dir = tempfile::tempdir()?;
-        let listen = std::net::TcpListener::bind(LOOPBACK)?.local_addr()?;
         // JSON is YAML.
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
@@ -484,7 +492,7 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={listen}"))
+            .arg(format!("--web.listen-address={LOOPBACK}"))
             .current_dir(dir.path())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
@@ -495,7 +503,7 @@ impl Prometheus {
         let mut prometheus = Self {
             child,
             dir,
-            address: format!("http://{listen}"),
+            address: String::new(),
         };
         prometheus.wait_ready().await?;
         Ok(prometheus)
@@ -509,16 +517,23 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
+    /// Waits until Prometheus has said where it listens and answers `/-/ready` there.
     async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("prometheus exited ({status}); log:\n{}", self.log());
             }
-            if let Ok(response) = http()?
-                .get(format!("{}/-/ready", self.address))
-                .send()
-                .await
+            if self.address.is_empty()
+                && let Some(listen) = listening_address(&self.log())
+            {
+                self.address = format!("http://{listen}");
+            }
+            if !self.address.is_empty()
+                && let Ok(response) = http()?
+                    .get(format!("{}/-/ready", self.address))
+                    .send()
+                    .await
                 && response.status().is_success()
             {
                 return Ok(());
