@@ -4,6 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hotload_e2e::{cluster, layout::Layout, node, runtime, testserver};
 
+/// The operator's allocator, so that `bench health-server` measures the channel server as
+/// the operator runs it ([`hotload_operator::allocator`]).
+#[global_allocator]
+static ALLOCATOR: hotload_operator::allocator::Allocator = hotload_operator::allocator::ALLOCATOR;
+
 /// A real Kubernetes cluster on this machine, for Hotload's e2e tests and demo.
 #[derive(Parser, Debug)]
 #[command(version, about)]

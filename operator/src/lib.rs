@@ -8,6 +8,7 @@
 //! ```
 
 pub mod admin;
+pub mod allocator;
 pub mod analysis;
 pub mod api;
 pub mod certs;

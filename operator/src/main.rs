@@ -111,6 +111,10 @@ struct WebhookArgs {
     webhook_config: Option<String>,
 }
 
+/// See [`hotload_operator::allocator`]: jemalloc unless built without the `jemalloc` feature.
+#[global_allocator]
+static ALLOCATOR: hotload_operator::allocator::Allocator = hotload_operator::allocator::ALLOCATOR;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {

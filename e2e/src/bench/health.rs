@@ -66,6 +66,8 @@ pub struct HealthBenchReport {
     pub streams_per_connection: usize,
     /// Seconds each phase was measured.
     pub seconds: u64,
+    /// The measured process's memory allocator, the operator's (`jemalloc` or `system`).
+    pub allocator: &'static str,
     /// Every stream open, no health reports.
     pub silent: Phase,
     /// Every sidecar reporting once a second.
@@ -199,6 +201,7 @@ pub async fn run(
         pods,
         streams_per_connection,
         seconds,
+        allocator: hotload_operator::allocator::NAME,
         health_cpu_seconds_per_second: reporting.cpu_seconds_per_second
             - silent.cpu_seconds_per_second,
         health_rss_mib: reporting.rss_mib - silent.rss_mib,

@@ -93,6 +93,8 @@ pub struct RolloutReport {
     pub operator_kib_per_connected_pod: f64,
     /// Operator CPU seconds from the first apply to the end.
     pub operator_cpu_seconds: f64,
+    /// The operator's memory allocator (`jemalloc` or `system`; this build's images).
+    pub operator_allocator: &'static str,
     /// Seconds to create the pods, issue tokens and connect every stream (not measured
     /// above).
     pub setup_seconds: f64,
@@ -211,6 +213,7 @@ pub async fn rollout(
         operator_kib_per_connected_pod: (operator_peak_rss_mib - operator_base_rss_mib) * 1024.0
             / pods.max(1) as f64,
         operator_cpu_seconds,
+        operator_allocator: hotload_operator::allocator::NAME,
         setup_seconds,
         settle_seconds: settle.as_secs(),
     })
