@@ -4,7 +4,8 @@
 //! With a TLS connection per pod, glibc malloc's per-thread arenas fragment: at 10,000
 //! reporting sidecars the operator's RSS crept by about 20 MiB (2 KiB a pod) in the five
 //! minutes after the fleet connected, while its live heap stayed flat. With jemalloc it
-//! stays flat (docs/benchmarks.md, "The allocator"). The operator binary and the bench's
+//! stayed within 383–397 MiB for fifteen minutes, 10–15 MiB under glibc's peak
+//! (docs/benchmarks.md, "The allocator"). The operator binary and the bench's
 //! channel server (`hotload-e2e bench health-server`) both install [`ALLOCATOR`], so the
 //! benchmark measures what runs in the cluster.
 
